@@ -1,0 +1,43 @@
+# Two commands: `make serve` and `make test`. Both install first when needed.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+HOST ?= 127.0.0.1
+PORT ?= 8000
+STAMP := $(VENV)/.installed
+
+.PHONY: install serve test lint format artifacts default-onnx clean
+
+# torch is pinned to the CPU wheel (torch==2.13.0 via the [train] extra); an unpinned torch pulls CUDA.
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# The service needs an ONNX model; it is a build artifact exported from the shipped weights.
+artifacts/default.onnx: weights/default.safetensors | $(STAMP)
+	$(BIN)/drrn export weights/default.safetensors -o $@
+
+default-onnx: artifacts/default.onnx
+
+serve: $(STAMP) artifacts/default.onnx
+	$(BIN)/drrn serve --host $(HOST) --port $(PORT)
+
+test: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(STAMP)
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+clean:
+	rm -rf artifacts .pytest_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""DRRN super-resolution service: command line and shared project paths."""

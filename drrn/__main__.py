@@ -1,0 +1,5 @@
+import sys
+
+from drrn.cli import main
+
+sys.exit(main())

@@ -1,0 +1,173 @@
+"""The ``drrn`` command line. Each subcommand imports its implementation lazily, so ``drrn serve`` and
+``drrn upscale`` with an ONNX model never import torch, and a bad argument fails before any heavy import.
+
+Errors a user can cause (missing files, bad weights, bad images) print one line to stderr and exit 2;
+tracebacks are for bugs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+
+from drrn.errors import UserError
+
+
+def _model_info(args: argparse.Namespace) -> int:
+    from model_export.model import DRRN, DRRNConfig, count_params
+
+    cfg = DRRNConfig(
+        blocks=args.blocks,
+        units=args.units,
+        channels=args.channels,
+        batch_norm=args.batch_norm,
+        bias=args.bias,
+        share_weights=not args.no_share,
+        multi_path=not args.chained,
+    )
+    info = {
+        "name": cfg.name,
+        "depth": cfg.depth,
+        "params": count_params(DRRN(cfg)),
+        "receptive_field": cfg.receptive_field,
+        "flops_per_pixel": cfg.flops_per_pixel(),
+    }
+    if args.json:
+        print(json.dumps(info))
+    else:
+        for k, v in info.items():
+            print(f"{k:>16}: {v:,}" if isinstance(v, int) else f"{k:>16}: {v}")
+    return 0
+
+
+def _convert(args: argparse.Namespace) -> int:
+    from model_export.vdsr_import import convert_vdsr
+
+    meta = convert_vdsr(args.src, args.output)
+    print(f"wrote {args.output}: {meta.config.name}")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from model_export.cli_support import run_export
+
+    return run_export(args.weights, args.output, args.fp16)
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from evaluation.runner import run_eval_cli
+
+    return run_eval_cli(args)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from training.loop import run_training_cli
+
+    return run_training_cli(args)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from service.main import serve
+
+    serve(host=args.host, port=args.port)
+    return 0
+
+
+def _upscale(args: argparse.Namespace) -> int:
+    from service.local import upscale_file
+
+    upscale_file(args.input, args.output, args.scale, args.model)
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from bench.cli import run_bench_cli
+
+    return run_bench_cli(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="drrn", description="DRRN super-resolution: train, export, serve.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("model-info", help="depth, parameter count and receptive field of a config")
+    s.add_argument("--blocks", "-B", type=int, default=1)
+    s.add_argument("--units", "-U", type=int, default=9)
+    s.add_argument("--channels", "-C", type=int, default=128)
+    s.add_argument("--batch-norm", action="store_true")
+    s.add_argument("--bias", action="store_true")
+    s.add_argument("--no-share", action="store_true", help="DRRN_NS: no weight sharing between units")
+    s.add_argument("--chained", action="store_true", help="DRRN_C: skip from the previous unit, not h0")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=_model_info)
+
+    s = sub.add_parser("convert", help="import foreign weights into the project's safetensors format")
+    s.add_argument("--from", dest="source_format", required=True, choices=["pytorch-vdsr"])
+    s.add_argument("src")
+    s.add_argument("-o", "--output", required=True)
+    s.set_defaults(func=_convert)
+
+    s = sub.add_parser("export", help="export weights to ONNX and verify parity with ONNX Runtime")
+    s.add_argument("weights")
+    s.add_argument("-o", "--output", required=True)
+    s.add_argument("--fp16", action="store_true", help="float16 weights and math, float32 I/O")
+    s.set_defaults(func=_export)
+
+    s = sub.add_parser("eval", help="PSNR/SSIM under the DRRN (MATLAB) protocol")
+    s.add_argument("--model", required=True, help="bicubic | default | FILE.safetensors | FILE.onnx")
+    s.add_argument("--data", nargs="+", required=True, help="one or more image folders")
+    s.add_argument("--scales", nargs="+", type=int, default=[2, 3, 4])
+    s.add_argument("--json", dest="json_out", help="write results JSON here")
+    s.add_argument("--save-images", help="write the super-resolved Y images here")
+    s.add_argument("--tile", type=int, default=None, help="tile size of the inference pipeline")
+    s.set_defaults(func=_eval)
+
+    s = sub.add_parser("train", help="train a DRRN with a recipe (resumable)")
+    s.add_argument("--recipe", required=True, help="recipe name (training/recipes/NAME.toml) or path")
+    s.add_argument("--out", required=True, help="run directory, e.g. runs/NAME")
+    s.add_argument("--resume", action="store_true")
+    s.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    s.add_argument("--max-minutes", type=float, default=None, help="stop cleanly after this long")
+    s.add_argument("--max-steps", type=int, default=None, help="stop cleanly after this many steps")
+    s.add_argument("--data", nargs="+", default=None, help="override the recipe's training folders")
+    s.add_argument("--init", default=None, help="warm-start from a weight file (same config)")
+    s.set_defaults(func=_train)
+
+    s = sub.add_parser("serve", help="run the HTTP service (settings from DRRN_* env vars)")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8000)
+    s.set_defaults(func=_serve)
+
+    s = sub.add_parser("upscale", help="upscale one image file with the service's pipeline")
+    s.add_argument("input")
+    s.add_argument("output")
+    s.add_argument("--scale", type=float, required=True)
+    s.add_argument("--model", default="default", help="default | FILE.onnx | FILE.safetensors")
+    s.set_defaults(func=_upscale)
+
+    s = sub.add_parser("bench", help="benchmarks (engine, service)")
+    s.add_argument("target", choices=["engine", "service"])
+    s.add_argument("--model", default="default")
+    s.add_argument("--json", dest="json_out")
+    s.add_argument("--quick", action="store_true", help="a few iterations only (smoke test)")
+    s.add_argument("--url", default="http://127.0.0.1:8000")
+    s.set_defaults(func=_bench)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except UserError as exc:
+        print(f"drrn {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

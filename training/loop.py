@@ -1,0 +1,313 @@
+"""``drrn train``: the training loop, with periodic Set5 validation, atomic checkpoints and exact resume.
+
+Run directory layout (``runs/NAME/``):
+
+- ``checkpoint.pt``: model, optimiser, step, sampler and RNG state (atomic; also written on SIGINT/SIGTERM)
+- ``best.safetensors``: weights with the best mean Set5 PSNR so far, in the project's weight format
+- ``last.safetensors``: the weights when the run stopped
+- ``log.jsonl``: one JSON object per log interval (``"event": "train"``) and per validation (``"eval"``)
+- ``recipe.json``: the resolved recipe
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import signal
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from drrn.errors import UserError
+from drrn.paths import PROJECT_ROOT
+from model_export.model import DRRN, count_params
+from model_export.weights import WeightsMeta, load_weights, save_weights
+from training.data import PatchSampler, build_patch_cache
+from training.recipe import Recipe, learning_rate, load_recipe
+
+CACHE_ROOT = PROJECT_ROOT / "cache"
+
+
+def _resolve(path: str) -> Path:
+    p = Path(path)
+    return p if p.is_absolute() else PROJECT_ROOT / p
+
+
+def _atomic_torch_save(obj: dict, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def hardware_summary(device: str) -> dict:
+    info = {
+        "platform": platform.platform(),
+        "cpu": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+    }
+    if device == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def validate(model: DRRN, recipe: Recipe, device: str) -> dict:
+    """Set5 PSNR/SSIM at every training scale, full-image fp32 inference, under the eval protocol."""
+    from evaluation.core import evaluate
+
+    def sr(bicubic: np.ndarray, _scale: int) -> np.ndarray:
+        x = torch.from_numpy(bicubic.astype(np.float32))[None, None].to(device)
+        with torch.no_grad():
+            return model(x)[0, 0].float().cpu().numpy()
+
+    was_training = model.training
+    model.eval()
+    try:
+        res = evaluate([_resolve(recipe.data.val_folder)], recipe.data.scales, sr, progress=False)
+    finally:
+        model.train(was_training)
+    per_scale = next(iter(res.values()))
+    return {s: {"psnr": round(r["psnr"], 4), "ssim": round(r["ssim"], 5)} for s, r in per_scale.items()}
+
+
+class Trainer:
+    """Owns the model, optimiser and sampler of one run; ``run()`` trains until done, stopped or timed out."""
+
+    def __init__(self, recipe: Recipe, out: Path, device: str, init: str | None = None) -> None:
+        self.recipe, self.out, self.device = recipe, out, device
+        rt = recipe.runtime
+        if rt.threads:
+            torch.set_num_threads(rt.threads)
+        torch.manual_seed(rt.seed)
+        self.model = DRRN(recipe.model)
+        if init:
+            src, _ = load_weights(init)
+            if src.cfg != recipe.model:
+                raise UserError(f"--init weights are {src.cfg.name}, recipe wants {recipe.model.name}")
+            self.model.load_state_dict(src.state_dict())
+        self.model.to(device)
+        if rt.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        self.model.train()
+        o = recipe.optim
+        if o.name == "sgd":
+            self.opt = torch.optim.SGD(
+                self.model.parameters(), lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay
+            )
+        else:
+            self.opt = torch.optim.AdamW(
+                self.model.parameters(), lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay
+            )
+        d = recipe.data
+        patches = build_patch_cache([_resolve(f) for f in d.folders], d.scales, d.patch, d.stride, CACHE_ROOT)
+        self.patch_key = patches.key
+        self.n_patches = len(patches)
+        self.sampler = PatchSampler(patches, o.batch, seed=rt.seed)
+        self.step = 0
+        self.elapsed = 0.0
+        self.best = {"mean_psnr": -1.0, "step": -1, "set5": {}}
+        self.last_eval: dict = {}
+        self.stop_requested = False
+        self.init = init
+
+    # -- state ---------------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {
+            "model": self.model.state_dict(),
+            "optim": self.opt.state_dict(),
+            "step": self.step,
+            "elapsed": self.elapsed,
+            "sampler": self.sampler.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "best": self.best,
+            "last_eval": self.last_eval,
+            "recipe": self.recipe.to_dict(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.opt.load_state_dict(state["optim"])
+        self.step, self.elapsed = state["step"], state["elapsed"]
+        self.sampler.load_state_dict(state["sampler"])
+        torch.set_rng_state(state["torch_rng"])
+        self.best, self.last_eval = state["best"], state["last_eval"]
+
+    def checkpoint(self) -> None:
+        _atomic_torch_save(self.state_dict(), self.out / "checkpoint.pt")
+
+    def meta(self, evaluation: dict) -> WeightsMeta:
+        r = self.recipe
+        return WeightsMeta(
+            config=r.model,
+            scales=r.data.scales,
+            provenance={
+                "trained_by": "drrn train",
+                "recipe": r.name,
+                "run": self.out.name,
+                "patch_cache": self.patch_key,
+                "init": self.init,
+            },
+            training={
+                "recipe": r.to_dict(),
+                "steps": self.step,
+                "patches_seen": self.step * r.optim.batch,
+                "wall_clock_s": round(self.elapsed, 1),
+                "hardware": hardware_summary(self.device),
+                "train_patches": self.n_patches,
+            },
+            evaluation={"set5_validation": evaluation},
+        )
+
+    # -- one step ------------------------------------------------------------------------------------
+    def train_step(self) -> tuple[float, float]:
+        r = self.recipe
+        lr = learning_rate(r.schedule, r.optim.lr, self.step)
+        for g in self.opt.param_groups:
+            g["lr"] = lr
+        x, y = self.sampler.next()
+        x, y = x.to(self.device), y.to(self.device)
+        if r.runtime.channels_last:
+            x, y = (
+                x.contiguous(memory_format=torch.channels_last),
+                y.contiguous(memory_format=torch.channels_last),
+            )
+        amp = (
+            torch.autocast(self.device, dtype=torch.bfloat16)
+            if r.runtime.autocast == "bf16"
+            else nullcontext()
+        )
+        with amp:
+            pred = self.model(x)
+        diff = pred.float() - y
+        loss = diff.pow(2).mean() if r.optim.loss == "mse" else diff.abs().mean()
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if r.clip.mode == "adjustable":
+            torch.nn.utils.clip_grad_value_(self.model.parameters(), r.clip.theta / lr)
+        elif r.clip.mode == "norm":
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), r.clip.max_norm)
+        self.opt.step()
+        self.step += 1
+        return float(loss.detach()), lr
+
+    # -- the loop ------------------------------------------------------------------------------------
+    def run(self, max_minutes: float | None, max_steps: int | None, progress: bool = True) -> None:
+        r = self.recipe
+        total = min(r.schedule.total_steps, max_steps or r.schedule.total_steps)
+        log = open(self.out / "log.jsonl", "a")  # noqa: SIM115 (closed in finally)
+        start = time.monotonic()
+        base_elapsed = self.elapsed
+        last_ckpt = last_eval = start
+        window_t, window_steps, window_loss = start, 0, 0.0
+        bar = tqdm(
+            total=total, initial=self.step, desc=r.name, unit="step", disable=not progress, dynamic_ncols=True
+        )
+        try:
+            while self.step < total and not self.stop_requested:
+                loss, lr = self.train_step()
+                bar.update(1)
+                window_steps += 1
+                window_loss += loss
+                now = time.monotonic()
+                self.elapsed = base_elapsed + (now - start)
+                if window_steps >= r.runtime.log_every:
+                    pps = window_steps * r.optim.batch / (now - window_t)
+                    rec = {
+                        "event": "train",
+                        "step": self.step,
+                        "loss": window_loss / window_steps,
+                        "lr": lr,
+                        "patches_per_s": round(pps, 1),
+                        "elapsed_s": round(self.elapsed, 1),
+                    }
+                    log.write(json.dumps(rec) + "\n")
+                    log.flush()
+                    bar.set_postfix(loss=f"{rec['loss']:.2e}", lr=f"{lr:.1e}", pps=f"{pps:.0f}")
+                    window_t, window_steps, window_loss = now, 0, 0.0
+                if now - last_eval >= r.runtime.eval_every_minutes * 60:
+                    self.evaluate_and_keep_best(log)
+                    last_eval = time.monotonic()
+                if now - last_ckpt >= r.runtime.checkpoint_every_minutes * 60:
+                    self.checkpoint()
+                    last_ckpt = time.monotonic()
+                if max_minutes is not None and now - start >= max_minutes * 60:
+                    break
+            if (
+                self.step >= r.schedule.total_steps
+                or not self.last_eval
+                or self.last_eval.get("step") != self.step
+            ):
+                self.evaluate_and_keep_best(log)
+        finally:
+            bar.close()
+            self.checkpoint()
+            save_weights(
+                self.model.cpu() if self.device == "cpu" else self._cpu_copy(),
+                self.meta(self.last_eval),
+                self.out / "last.safetensors",
+            )
+            log.close()
+
+    def _cpu_copy(self) -> DRRN:
+        m = DRRN(self.recipe.model)
+        m.load_state_dict({k: v.cpu() for k, v in self.model.state_dict().items()})
+        return m
+
+    def evaluate_and_keep_best(self, log) -> None:
+        set5 = validate(self.model, self.recipe, self.device)
+        mean = float(np.mean([v["psnr"] for v in set5.values()]))
+        self.last_eval = {"step": self.step, "set5": set5, "mean_psnr": round(mean, 4)}
+        log.write(json.dumps({"event": "eval", "elapsed_s": round(self.elapsed, 1), **self.last_eval}) + "\n")
+        log.flush()
+        tqdm.write(f"step {self.step}: Set5 " + " ".join(f"x{s} {v['psnr']:.2f}" for s, v in set5.items()))
+        if mean > self.best["mean_psnr"]:
+            self.best = {"mean_psnr": round(mean, 4), "step": self.step, "set5": set5}
+            model = self.model if self.device == "cpu" else self._cpu_copy()
+            save_weights(model, self.meta(self.last_eval), self.out / "best.safetensors")
+
+
+def run_training_cli(args: argparse.Namespace) -> int:
+    try:
+        recipe = load_recipe(args.recipe)
+    except (FileNotFoundError, ValueError) as exc:
+        raise UserError(str(exc)) from exc
+    if args.data:
+        recipe.data.folders = list(args.data)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda requested but CUDA is not available")
+    out = Path(args.out)
+    ckpt = out / "checkpoint.pt"
+    if ckpt.exists() and not args.resume:
+        raise UserError(f"{out} already has a checkpoint; pass --resume to continue it or pick a new --out")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "recipe.json").write_text(json.dumps(recipe.to_dict(), indent=1))
+    try:
+        trainer = Trainer(recipe, out, args.device, init=args.init)
+    except FileNotFoundError as exc:
+        raise UserError(str(exc)) from exc
+    if args.resume and ckpt.exists():
+        trainer.load_state_dict(torch.load(ckpt, map_location=args.device, weights_only=False))
+        print(f"resumed {out} at step {trainer.step}")
+
+    def _request_stop(signum: int, _frame: object) -> None:
+        trainer.stop_requested = True
+
+    old = {s: signal.signal(s, _request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        trainer.run(args.max_minutes, args.max_steps)
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+    print(
+        f"stopped at step {trainer.step}; best Set5 mean PSNR {trainer.best['mean_psnr']:.3f} "
+        f"at step {trainer.best['step']}; weights in {out}"
+    )
+    print(f"model: {recipe.model.name}, {count_params(trainer.model):,} params")
+    return 0
