@@ -22,7 +22,7 @@ from imaging.tiling import run_tiled
 PROTOCOL = "drrn-matlab"
 
 
-def make_sr_function(model: str, tile: int | None):  # noqa: ANN201 (returns SRFunction | None)
+def make_sr_function(model: str, tile: int | None):
     """``None`` for bicubic, else ``sr(bicubic float64[H,W], scale) -> float32[H,W]`` via the pipeline."""
     if model == "bicubic":
         return None

@@ -63,7 +63,7 @@ def test_non_drrn_file_is_refused(tmp_path: Path) -> None:
 
 
 class _Evil:
-    def __reduce__(self):  # noqa: ANN204
+    def __reduce__(self):
         return (print, ("pwned",))
 
 
