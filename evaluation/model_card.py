@@ -1,0 +1,114 @@
+"""Render the shipped model's card (``weights/MODEL_CARD.md``) from ``drrn eval`` JSON results.
+
+Every measured number in the card comes from a JSON file written by ``drrn eval --json``; the paper's
+columns are constants quoted from the paper (``../shared/DRRN.md``). Regenerate with::
+
+    python -m evaluation.model_card --default results/eval-default.json \
+        --vdsr results/eval-vdsr-onnx.json -o weights/MODEL_CARD.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from drrn.paths import DEFAULT_WEIGHTS
+
+# (PSNR, SSIM) from the DRRN paper, Table: DRRN B1U9, and SRCNN's published PSNR (the acceptance floor).
+PAPER_B1U9 = {
+    "Set5": {"2": (37.66, 0.9588), "3": (33.93, 0.9222), "4": (31.58, 0.8814)},
+    "Set14": {"2": (33.19, 0.9133), "3": (29.94, 0.8339), "4": (28.18, 0.7701)},
+    "BSD100": {"2": (32.01, 0.8969), "3": (28.91, 0.7992), "4": (27.35, 0.7262)},
+}
+SRCNN_PSNR = {
+    "Set5": {"2": 36.66, "3": 32.75, "4": 30.48},
+    "Set14": {"2": 32.42, "3": 29.28, "4": 27.49},
+    "BSD100": {"2": 31.36, "3": 28.41, "4": 26.90},
+}
+
+
+def _cell(r: dict | None, key: str = "psnr", skey: str = "ssim") -> str:
+    return "n/a" if r is None else f"{r[key]:.2f} / {r[skey]:.4f}"
+
+
+def quality_table(default: dict, vdsr: dict | None) -> str:
+    """Markdown table: bicubic, VDSR (public weights, our eval), SRCNN floor, paper DRRN, ours."""
+    lines = [
+        "| set | scale | bicubic | VDSR (public weights) | SRCNN (paper) | DRRN B1U9 (paper) | **this model** |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, per_scale in default["results"].items():
+        for s, r in per_scale.items():
+            v = (vdsr or {}).get("results", {}).get(name, {}).get(s)
+            paper = PAPER_B1U9.get(name, {}).get(s)
+            paper_cell = "n/a" if paper is None else f"{paper[0]:.2f} / {paper[1]:.4f}"
+            srcnn = SRCNN_PSNR.get(name, {}).get(s)
+            lines.append(
+                f"| {name} | x{s} | {_cell(r, 'bicubic_psnr', 'bicubic_ssim')} | {_cell(v)} | "
+                f"{'n/a' if srcnn is None else f'{srcnn:.2f}'} | {paper_cell} | **{_cell(r)}** |"
+            )
+    return "\n".join(lines)
+
+
+def render(default_json: Path, vdsr_json: Path | None, weights: Path = DEFAULT_WEIGHTS) -> str:
+    from model_export.model import DRRN, count_params
+    from model_export.weights import read_meta, sha256_file
+
+    meta = read_meta(weights)
+    default = json.loads(default_json.read_text())
+    vdsr = json.loads(vdsr_json.read_text()) if vdsr_json and vdsr_json.is_file() else None
+    cfg = meta.config
+    t = meta.training
+    hw = t.get("hardware", {})
+    recipe = t.get("recipe", {})
+    val = meta.evaluation.get("set5_validation", {})
+    return f"""# Model card: `weights/default.safetensors`
+
+| | |
+|---|---|
+| architecture | {cfg.name}: DRRN, B={cfg.blocks} recursive block, U={cfg.units} residual units, C={cfg.channels} \
+channels, {"BN" if cfg.batch_norm else "no BN"}, {"bias" if cfg.bias else "no bias"}, shared weights, multi-path |
+| depth / receptive field | {cfg.depth} conv layers / {cfg.receptive_field}x{cfg.receptive_field} px |
+| parameters | {count_params(DRRN(cfg)):,} |
+| FLOPs per output pixel | {cfg.flops_per_pixel():,} |
+| scales | one model for x{", x".join(str(s) for s in meta.scales)} (and any real scale up to 4 in the service) |
+| data | 291 images: T91 + BSD200 (`../shared/datasets`), Y channel, MATLAB bicubic degradation at \
+x2/x3/x4 mixed, 31x31 patches stride 21, random flips/rotations (8 dihedral transforms) |
+| recipe | `{recipe.get("name", "?")}` (`training/recipes/{recipe.get("name", "?")}.toml`): \
+{recipe.get("description", "")} |
+| command | `{meta.provenance.get("command", "drrn train --recipe " + str(recipe.get("name")))}` |
+| iterations | {t.get("steps", "?"):,} steps of batch {recipe.get("optim", {}).get("batch", "?")} \
+({t.get("patches_seen", 0):,} patches) |
+| wall-clock | {t.get("wall_clock_s", 0) / 60:.0f} min |
+| hardware | {hw.get("cpu", "?")}, {hw.get("cpu_count", "?")} cores, torch {hw.get("torch", "?")}\
+{", GPU " + hw["gpu"] if "gpu" in hw else " (CPU only)"} |
+| Set5 validation at the end of training | {json.dumps(val.get("set5", {}))} |
+| weights sha256 | `{sha256_file(weights)}` |
+
+## Quality (PSNR dB / SSIM on Y, the paper's MATLAB protocol, `drrn eval`)
+
+Measured through the service's own tiled ONNX Runtime pipeline (`drrn eval --model default`); "VDSR" is the
+public pytorch-vdsr checkpoint converted with `drrn convert` and evaluated the same way. SRCNN and DRRN
+columns are the papers' published numbers.
+
+{quality_table(default, vdsr)}
+
+Reproduce: `drrn eval --model default --data ../shared/datasets/Set5 ../shared/datasets/Set14 \
+../shared/datasets/BSD100 --scales 2 3 4 --json results/eval-default.json`.
+"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--default", required=True, type=Path, help="drrn eval JSON of the default model")
+    p.add_argument("--vdsr", type=Path, help="drrn eval JSON of the converted VDSR weights")
+    p.add_argument("-o", "--output", type=Path, required=True)
+    args = p.parse_args(argv)
+    args.output.write_text(render(args.default, args.vdsr))
+    print(f"wrote {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,130 @@
+"""Every error the service returns is JSON of one shape::
+
+    {"error": code, "detail": human message, "limit": {"name": ..., "value": ...} | null, "request_id": ...}
+
+This module maps pipeline (:class:`~service.pipeline.ImageError`) and batcher errors to that shape and
+installs FastAPI exception handlers so validation errors, unknown routes and unexpected exceptions use it.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from service.batcher import (
+    BatcherError,
+    DeadlineExceededError,
+    EngineError,
+    QueueFullError,
+    RequestTooLargeError,
+    ShuttingDownError,
+)
+from service.pipeline import ImageError
+
+log = logging.getLogger("drrn.service")
+REQUEST_ID_HEADER = "X-Request-ID"
+_ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.:")
+
+
+class ServiceError(Exception):
+    """An HTTP error with the service's JSON body; ``reason`` labels ``drrn_rejections_total`` (None = a
+    server-side error, counted in ``drrn_errors_total`` instead)."""
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        detail: str,
+        limit: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
+        reason: str | None = None,
+    ) -> None:
+        super().__init__(detail)
+        self.status, self.code, self.detail, self.limit = status, code, detail, limit
+        self.headers, self.reason = headers or {}, reason
+
+
+def sane_request_id(incoming: str | None) -> str:
+    """``incoming`` if it is a sane id (1-128 chars of ``[A-Za-z0-9-_.:]``, safe in logs and headers), else a
+    new uuid4 hex."""
+    if incoming and len(incoming) <= 128 and set(incoming) <= _ID_CHARS:
+        return incoming
+    return uuid.uuid4().hex
+
+
+def request_id(request: Request) -> str:
+    """The request's id, assigned once (by the access-log middleware, or here) and kept on ``request.state``
+    so logs, headers and error bodies agree."""
+    rid = getattr(request.state, "request_id", None)
+    if rid is None:
+        rid = request.state.request_id = sane_request_id(request.headers.get(REQUEST_ID_HEADER))
+    return rid
+
+
+def error_response(
+    request: Request,
+    status: int,
+    code: str,
+    detail: str,
+    limit: dict[str, Any] | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
+    rid = request_id(request)
+    body = {"error": code, "detail": detail, "limit": limit, "request_id": rid}
+    return JSONResponse(body, status_code=status, headers={**(headers or {}), REQUEST_ID_HEADER: rid})
+
+
+def from_image_error(exc: ImageError) -> ServiceError:
+    """Pipeline input errors (400/413/415/422) keep their status, code and limit."""
+    reason = "too_large" if exc.status == 413 else "bad_input"
+    return ServiceError(exc.status, exc.code, exc.detail, exc.limit, reason=reason)
+
+
+def from_batcher_error(exc: BatcherError, request_timeout_s: float, retry_after_s: int) -> ServiceError:
+    """Batcher outcomes -> HTTP: full queue/shutdown 503 + Retry-After, too many tiles 413, deadline 504,
+    engine failure 500. Rejections were already counted by the batcher's observer (reason=None here)."""
+    retry = {"Retry-After": str(retry_after_s)}
+    if isinstance(exc, QueueFullError):
+        limit = {"name": "max_queue_tiles", "value": exc.max_queue_tiles}
+        return ServiceError(503, "queue_full", f"server busy: {exc}; retry later", limit, retry)
+    if isinstance(exc, RequestTooLargeError):
+        limit = {"name": "max_queue_tiles", "value": exc.max_queue_tiles}
+        return ServiceError(413, "too_many_tiles", f"image too large for this server: {exc}", limit)
+    if isinstance(exc, DeadlineExceededError):
+        limit = {"name": "request_timeout_s", "value": request_timeout_s}
+        return ServiceError(
+            504, "deadline_exceeded", f"request not finished within {request_timeout_s}s", limit
+        )
+    if isinstance(exc, ShuttingDownError):
+        return ServiceError(503, "shutting_down", str(exc), headers=retry)
+    if isinstance(exc, EngineError):
+        return ServiceError(500, "engine_error", "inference failed; the request id identifies the server log")
+    return ServiceError(500, "internal_error", "unexpected batcher error")
+
+
+def install_exception_handlers(app: FastAPI) -> None:
+    """JSON bodies for :class:`ServiceError`, validation errors and HTTP errors (404/405). Unexpected
+    exceptions are turned into a JSON 500 by :class:`service.app.AccessLogMiddleware`."""
+
+    @app.exception_handler(ServiceError)
+    async def _service_error(request: Request, exc: ServiceError) -> JSONResponse:
+        return error_response(request, exc.status, exc.code, exc.detail, exc.limit, exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        parts = [f"{'.'.join(str(x) for x in e.get('loc', ()))}: {e.get('msg', '')}" for e in exc.errors()]
+        return error_response(request, 422, "validation_error", "; ".join(parts) or "invalid request")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        codes = {404: "not_found", 405: "method_not_allowed"}
+        headers = dict(exc.headers or {})
+        return error_response(
+            request, exc.status_code, codes.get(exc.status_code, "http_error"), str(exc.detail), None, headers
+        )

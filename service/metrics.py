@@ -1,0 +1,155 @@
+"""Prometheus metrics of one service instance, in its own registry (so apps in one process don't collide).
+
+:data:`METRICS` is the single list of exported metric families (name as queried in PromQL, type); the
+Grafana dashboard test checks every dashboard query against :func:`series_names`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest
+
+from service.batcher import BatcherObserver
+
+METRICS: tuple[tuple[str, str], ...] = (
+    ("drrn_request_duration_seconds", "histogram"),
+    ("drrn_decode_seconds", "histogram"),
+    ("drrn_queue_wait_seconds", "histogram"),
+    ("drrn_inference_batch_seconds", "histogram"),
+    ("drrn_encode_seconds", "histogram"),
+    ("drrn_batch_size_tiles", "histogram"),
+    ("drrn_batch_requests", "histogram"),
+    ("drrn_request_tiles", "histogram"),
+    ("drrn_input_megapixels", "histogram"),
+    ("drrn_queue_depth_tiles", "gauge"),
+    ("drrn_inflight_requests", "gauge"),
+    ("drrn_ready", "gauge"),
+    ("drrn_rejections_total", "counter"),
+    ("drrn_errors_total", "counter"),
+    ("drrn_model_info", "info"),
+)
+METRIC_NAMES: tuple[str, ...] = tuple(name for name, _ in METRICS)
+REJECTION_REASONS = (
+    "bad_input",
+    "too_large",
+    "queue_full",
+    "overloaded",
+    "deadline",
+    "shutting_down",
+    "not_ready",
+    "cancelled",
+    "client_disconnected",
+)
+ERROR_KINDS = ("engine", "internal", "warmup")
+# Sample names per family type, from the name without its type suffix (prometheus_client adds ``_created``).
+_SUFFIXES = {
+    "histogram": ("_bucket", "_sum", "_count", "_created"),
+    "counter": ("_total", "_created"),
+    "gauge": ("",),
+    "info": ("_info",),
+}
+_TYPE_SUFFIX = {"counter": "_total", "info": "_info"}
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+MEGAPIXEL_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
+TILE_COUNT_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
+
+
+def series_names() -> frozenset[str]:
+    """Every sample name a scrape can contain, e.g. ``drrn_request_duration_seconds_bucket``."""
+    return frozenset(
+        name.removesuffix(_TYPE_SUFFIX.get(kind, "")) + sfx for name, kind in METRICS for sfx in _SUFFIXES[kind]
+    )
+
+
+class ServiceMetrics(BatcherObserver):
+    """All service metrics; also the batcher's observer (engine runs, queue depth, rejections)."""
+
+    def __init__(self, max_batch: int) -> None:
+        self.registry = r = CollectorRegistry(auto_describe=True)
+        per_run = tuple(range(1, max_batch + 1))  # exact counts: one bucket per possible batch size
+        self.request_duration = Histogram(
+            "drrn_request_duration_seconds",
+            "HTTP request latency by route template and status code.",
+            ["route", "status"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.decode = Histogram(
+            "drrn_decode_seconds",
+            "Decode + bicubic + tiling time per request.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.queue_wait = Histogram(
+            "drrn_queue_wait_seconds",
+            "Time from batcher submit until the request's first tile started running.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.inference_batch = Histogram(
+            "drrn_inference_batch_seconds",
+            "Engine time per run (one batch).",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.encode = Histogram(
+            "drrn_encode_seconds",
+            "Stitch + colour recombine + PNG encode time.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "drrn_batch_size_tiles", "Tiles per engine run.", buckets=per_run, registry=r
+        )
+        self.batch_requests = Histogram(
+            "drrn_batch_requests",
+            "Distinct requests whose tiles shared one engine run.",
+            buckets=per_run,
+            registry=r,
+        )
+        self.request_tiles = Histogram(
+            "drrn_request_tiles", "Tiles per request.", buckets=TILE_COUNT_BUCKETS, registry=r
+        )
+        self.input_megapixels = Histogram(
+            "drrn_input_megapixels", "Decoded input size per request.", buckets=MEGAPIXEL_BUCKETS, registry=r
+        )
+        self.queue_depth = Gauge("drrn_queue_depth_tiles", "Tiles waiting for an engine run.", registry=r)
+        self.inflight = Gauge("drrn_inflight_requests", "Upscale requests being handled.", registry=r)
+        self.ready = Gauge(
+            "drrn_ready", "1 when the service is ready (model warm, batcher running).", registry=r
+        )
+        self.rejections = Counter(
+            "drrn_rejections_total", "Requests refused or abandoned, by reason.", ["reason"], registry=r
+        )
+        self.errors = Counter("drrn_errors_total", "Server-side failures, by kind.", ["kind"], registry=r)
+        self.model = Info("drrn_model", "The served model.", registry=r)
+        for reason in REJECTION_REASONS:  # zero-initialised, so rate() works from the first scrape
+            self.rejections.labels(reason=reason)
+        for kind in ERROR_KINDS:
+            self.errors.labels(kind=kind)
+
+    def set_model(self, info: dict[str, Any]) -> None:
+        """Publish ``drrn_model_info`` from :meth:`service.engine.Engine.info`."""
+        keys = ("name", "provider", "precision", "tile", "max_batch")
+        self.model.info({k: str(info.get(k, "")) for k in keys})
+
+    def render(self) -> bytes:
+        """The registry in Prometheus text exposition format."""
+        return generate_latest(self.registry)
+
+    # --- BatcherObserver --------------------------------------------------------------------------------
+    def on_batch(self, size: int, requests: int, seconds: float) -> None:
+        self.batch_size.observe(size)
+        self.batch_requests.observe(requests)
+        self.inference_batch.observe(seconds)
+
+    def on_queue_depth(self, tiles: int) -> None:
+        self.queue_depth.set(tiles)
+
+    def on_reject(self, reason: str) -> None:
+        self.rejections.labels(reason=reason).inc()
+
+    def on_engine_error(self, exc: BaseException) -> None:
+        self.errors.labels(kind="engine").inc()

@@ -1,0 +1,211 @@
+"""The super-resolution pipeline around the model: bytes in, tiles for the engine, PNG bytes out.
+
+``prepare`` (decode, validate, bicubic-upscale, cut the luminance into tiles) and ``finish`` (stitch the
+model's tiles, recombine with the upscaled chroma and alpha, encode) are separate so the HTTP service can
+batch tiles from many requests through one engine in between; :func:`upscale_bytes` chains them for a
+single caller (``drrn upscale``).
+
+Colour handling follows the DRRN protocol: the model sees only MATLAB-YCbCr luminance (grey images use
+their one channel as Y). Cb, Cr and alpha are bicubic-upscaled with the same MATLAB-compatible
+``imresize``. All maths is float32 in [0, 1]; 8-bit inputs give 8-bit PNGs and 16-bit inputs 16-bit
+PNGs, rounded half up and clipped. Decoding and limits live in :mod:`service.image_io`, PNG output in
+:mod:`service.png`.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from imaging.color import rgb_to_ycbcr, ycbcr_to_rgb
+from imaging.resize import imresize, output_shape_for_scale
+from imaging.tiling import TilePlan, extract_tiles, plan_tiles, stitch_tiles
+from service.image_io import ImageError, ImageLimits, check_upload_size, decode_image
+from service.png import encode_png
+
+__all__ = [
+    "ImageError",
+    "ImageLimits",
+    "Prepared",
+    "check_upload_size",
+    "finish",
+    "parse_scale",
+    "prepare",
+    "upscale_bytes",
+]
+
+# Colour conversion runs in horizontal strips of about this many pixels: rgb_to_ycbcr/ycbcr_to_rgb work
+# in float64 with per-channel temporaries, which on a whole 64-Mpixel output would take several GB.
+_STRIP_PIXELS = 1 << 20
+# A plain decimal or scientific number; float() alone would also accept "1_5", "nan", "infinity".
+_NUMBER = re.compile(r"[+]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?")
+
+
+def _bad_scale(detail: str, limits: ImageLimits | None = None) -> ImageError:
+    limit = {"name": "max_scale", "value": limits.max_scale} if limits is not None else None
+    return ImageError(422, "bad_scale", detail, limit)
+
+
+def _check_scale(value: float, limits: ImageLimits) -> float:
+    if math.isnan(value):
+        raise _bad_scale("scale must be a number, got nan")
+    if value > limits.max_scale:  # +inf (e.g. "1e400") included
+        raise _bad_scale(f"scale {value:g} exceeds the limit of {limits.max_scale:g}", limits)
+    if value <= 1:
+        raise _bad_scale(f"scale must be greater than 1 (up to {limits.max_scale:g}), got {value:g}")
+    return value
+
+
+def parse_scale(raw: str | None, limits: ImageLimits) -> float:
+    """Parse a scale parameter: any real number in ``(1, max_scale]`` (typically 2, 3 or 4).
+
+    Raises:
+        ImageError: 422 ``bad_scale`` when missing, not a number, NaN/inf, <= 1, or over ``max_scale``
+            (then with ``limit = {"name": "max_scale", "value": ...}``).
+    """
+    if raw is None or not raw.strip():
+        raise _bad_scale(f"the scale parameter is required (a number in (1, {limits.max_scale:g}])")
+    text = raw.strip()
+    if len(text) > 32 or not _NUMBER.fullmatch(text):
+        raise _bad_scale(f"scale must be a number, got {text[:32]!r}")
+    return _check_scale(float(text), limits)
+
+
+@dataclass
+class Prepared:
+    """A decoded request, ready for the engine.
+
+    Attributes:
+        tiles: ``float32[N, 1, T, T]`` bicubic-upscaled Y in [0, 1] (unclipped bicubic overshoot, as
+            in training), cut by ``imaging.tiling``; the engine returns the same shape.
+        input_size: ``(width, height)`` of the upright input (after EXIF orientation).
+        output_size: ``(width, height)`` = ``(ceil(w * s), ceil(h * s))``.
+
+    The underscored fields are private to :func:`finish`.
+    """
+
+    tiles: np.ndarray
+    input_size: tuple[int, int]
+    output_size: tuple[int, int]
+    _plan: TilePlan = field(repr=False)
+    _chroma: np.ndarray | None = field(repr=False)  # float32[H, W, 2] upscaled (Cb, Cr); None for grey
+    _alpha: np.ndarray | None = field(repr=False)  # uint8/uint16[H, W] upscaled alpha, or None
+    _dtype: type = field(repr=False)  # np.uint8 or np.uint16: output sample type
+    _icc_profile: bytes | None = field(repr=False)
+
+
+def _quantize(x: np.ndarray, dtype: type[np.unsignedinteger]) -> np.ndarray:
+    """Float samples in [0, 1] -> ``uint8``/``uint16``: scaled, clipped, rounded half up; NaN -> 0."""
+    top = float(np.iinfo(dtype).max)
+    scaled = np.nan_to_num(np.asarray(x, dtype=np.float32) * top, nan=0.0)
+    np.clip(scaled, 0.0, top, out=scaled)
+    scaled += 0.5
+    return np.floor(scaled, out=scaled).astype(dtype)
+
+
+def _strips(height: int, width: int) -> Iterator[slice]:
+    step = max(1, _STRIP_PIXELS // max(1, width))
+    for start in range(0, height, step):
+        yield slice(start, min(start + step, height))
+
+
+def prepare(data: bytes, scale: float, limits: ImageLimits, tile: int, margin: int) -> Prepared:
+    """Decode and validate ``data`` and build the engine's input tiles.
+
+    Args:
+        data: the uploaded file (JPEG, PNG, WebP, BMP or TIFF).
+        scale: scale factor in ``(1, limits.max_scale]`` (see :func:`parse_scale`).
+        limits: request limits, all checked before the pixels are decoded.
+        tile: tile side T; margin: context pixels per tile side (the model depth makes tiling exact).
+
+    Raises:
+        ImageError: for anything wrong with the input (see :func:`service.image_io.decode_image`).
+    """
+    _check_scale(float(scale), limits)
+    decoded = decode_image(data, scale, limits)
+    width, height = decoded.size
+    out_shape = output_shape_for_scale((height, width), scale)
+    inv_max = np.float32(1.0 / decoded.max_value)
+
+    if decoded.color.ndim == 2:  # grey: the channel is Y (as in the evaluation protocol)
+        luma = decoded.color.astype(np.float32) * inv_max
+        chroma = None
+    else:
+        ycc = np.empty((height, width, 3), dtype=np.float32)
+        for rows in _strips(height, width):
+            ycc[rows] = rgb_to_ycbcr(decoded.color[rows].astype(np.float32) * inv_max)
+        luma = ycc[..., 0]
+        chroma = imresize(ycc[..., 1:], output_shape=out_shape)
+        del ycc
+    luma_up = imresize(luma, output_shape=out_shape)
+    del luma
+    alpha = None
+    if decoded.alpha is not None:
+        # Quantised right away: only its integer form is needed later and it is 2-4x smaller.
+        alpha_up = imresize(decoded.alpha.astype(np.float32) * inv_max, output_shape=out_shape)
+        alpha = _quantize(alpha_up, decoded.color.dtype.type)
+    plan = plan_tiles(out_shape[0], out_shape[1], tile, margin)
+    return Prepared(
+        tiles=extract_tiles(luma_up, plan),
+        input_size=(width, height),
+        output_size=(out_shape[1], out_shape[0]),
+        _plan=plan,
+        _chroma=chroma,
+        _alpha=alpha,
+        _dtype=decoded.color.dtype.type,
+        _icc_profile=decoded.icc_profile,
+    )
+
+
+def finish(prepared: Prepared, sr_tiles: np.ndarray) -> bytes:
+    """Stitch the model's output tiles, recombine with chroma/alpha and encode a PNG.
+
+    Args:
+        prepared: from :func:`prepare`.
+        sr_tiles: ``float32[N, 1, T, T]`` model output for ``prepared.tiles`` in the same order; Y in
+            [0, 1] (values outside are clipped, NaN becomes 0).
+
+    Returns:
+        PNG bytes, ``output_size``, mode L/LA/RGB/RGBA (16-bit samples for 16-bit inputs), with the input's
+        ICC profile when it matches the output's colour space.
+    """
+    luma = stitch_tiles(np.asarray(sr_tiles, dtype=np.float32), prepared._plan)
+    height, width = luma.shape
+    dtype = prepared._dtype
+    n_color = 1 if prepared._chroma is None else 3
+    pixels = np.empty((height, width, n_color + (prepared._alpha is not None)), dtype=dtype)
+    for rows in _strips(height, width):
+        if prepared._chroma is None:
+            pixels[rows, :, 0] = _quantize(luma[rows], dtype)
+        else:
+            ycc = np.concatenate([luma[rows, :, None], prepared._chroma[rows]], axis=-1)
+            # ycbcr_to_rgb clips to [0, 1] (MATLAB's behaviour), so chroma overshoot cannot wrap around.
+            pixels[rows, :, :3] = _quantize(ycbcr_to_rgb(ycc), dtype)
+    if prepared._alpha is not None:
+        pixels[..., n_color] = prepared._alpha
+    return encode_png(pixels, prepared._icc_profile)
+
+
+def upscale_bytes(
+    data: bytes,
+    scale: float,
+    run: Callable[[np.ndarray], np.ndarray],
+    limits: ImageLimits,
+    tile: int,
+    margin: int,
+    max_batch: int,
+) -> bytes:
+    """Synchronous :func:`prepare` -> ``run`` on chunks of at most ``max_batch`` tiles -> :func:`finish`.
+
+    ``run`` maps ``float32[n, 1, T, T] -> float32[n, 1, T, T]`` (an engine's ``run``).
+    """
+    if max_batch < 1:
+        raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+    prepared = prepare(data, scale, limits, tile, margin)
+    tiles = prepared.tiles
+    outputs = [run(tiles[i : i + max_batch]) for i in range(0, len(tiles), max_batch)]
+    return finish(prepared, np.concatenate(outputs))

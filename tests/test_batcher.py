@@ -1,0 +1,319 @@
+"""TileBatcher with a fake engine: routing, cross-request batching, limits, deadlines, cancellation, errors.
+
+Ordering is made deterministic with a gated engine: its first run blocks (in the batcher's executor thread)
+until the test releases it, so everything submitted meanwhile is queued when the next batches form.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Awaitable, Callable
+
+import numpy as np
+import pytest
+
+from service.batcher import (
+    BatcherObserver,
+    DeadlineExceededError,
+    EngineError,
+    QueueFullError,
+    RequestTooLargeError,
+    ShuttingDownError,
+    TileBatcher,
+)
+
+T = 4  # tile side: small, the fake engine does no real work
+
+
+def tiles(request: int, n: int) -> np.ndarray:
+    """``float32[n, 1, T, T]``; tile i of request r is filled with ``100 r + i``, so outputs are traceable."""
+    return np.stack([np.full((1, T, T), 100 * request + i, np.float32) for i in range(n)])
+
+
+def ids(batch: np.ndarray) -> list[int]:
+    return [int(x) for x in batch[:, 0, 0, 0]]
+
+
+class FakeEngine:
+    """``x -> x + 1``; records every batch; optionally blocks its first run; refuses negative tiles."""
+
+    def __init__(self, gated: bool = False) -> None:
+        self.calls: list[np.ndarray] = []
+        self.gate, self.entered, self.gated = threading.Event(), threading.Event(), gated
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        self.calls.append(x.copy())
+        self.entered.set()
+        if self.gated and len(self.calls) == 1:
+            assert self.gate.wait(30), "test never released the gate"
+        if (x < 0).any():
+            raise RuntimeError("poisoned tile")
+        return x + 1
+
+    def seen(self) -> list[int]:
+        return [i for c in self.calls for i in ids(c)]
+
+
+class Recorder(BatcherObserver):
+    def __init__(self) -> None:
+        self.batches: list[tuple[int, int]] = []
+        self.depths: list[int] = []
+        self.rejects: list[str] = []
+        self.engine_errors = 0
+
+    def on_batch(self, size: int, requests: int, seconds: float) -> None:
+        self.batches.append((size, requests))
+
+    def on_queue_depth(self, tiles: int) -> None:
+        self.depths.append(tiles)
+
+    def on_reject(self, reason: str) -> None:
+        self.rejects.append(reason)
+
+    def on_engine_error(self, exc: BaseException) -> None:
+        self.engine_errors += 1
+
+
+async def until(cond: Callable[[], bool]) -> None:
+    """Yield to the loop until ``cond()``; the cap only turns a bug into a failure instead of a hang."""
+    for _ in range(30_000):
+        if cond():
+            return
+        await asyncio.sleep(0.001)
+    raise AssertionError("condition never became true")
+
+
+def run_with(
+    engine: FakeEngine, body: Callable[[TileBatcher, Recorder], Awaitable[None]], **kw: float
+) -> Recorder:
+    """Run ``body`` against a started batcher; always releases the engine's gate and stops the batcher."""
+    rec = Recorder()
+
+    async def main() -> None:
+        b = TileBatcher(
+            engine,
+            max_batch=int(kw.get("max_batch", 4)),
+            max_delay_ms=kw.get("max_delay_ms", 1.0),
+            max_queue_tiles=int(kw.get("max_queue_tiles", 64)),
+            observer=rec,
+            retry_after_s=kw.get("retry_after_s", 3),
+            tile=T,
+        )
+        b.start()
+        try:
+            await body(b, rec)
+        finally:
+            engine.gate.set()
+            await b.stop(grace_s=5)
+
+    asyncio.run(main())
+    return rec
+
+
+def far() -> float:
+    return asyncio.get_running_loop().time() + 60
+
+
+async def block_engine(b: TileBatcher, engine: FakeEngine) -> asyncio.Task:
+    """Submit request 0 (one tile) and wait until the engine is stuck running it."""
+    task = asyncio.create_task(b.submit(tiles(0, 1), far(), "r0"))
+    await asyncio.to_thread(engine.entered.wait, 30)
+    return task
+
+
+def test_results_go_to_their_requests_and_batches_mix_requests() -> None:
+    engine = FakeEngine(gated=True)
+
+    async def body(b: TileBatcher, rec: Recorder) -> None:
+        first = await block_engine(b, engine)
+        sizes = {1: 3, 2: 2, 3: 3}  # 8 tiles queue up behind the blocked run
+        subs = {r: asyncio.create_task(b.submit(tiles(r, n), far(), f"r{r}")) for r, n in sizes.items()}
+        await until(lambda: b.queue_depth == 8)
+        engine.gate.set()
+        for r, task in subs.items():
+            res = await task
+            np.testing.assert_array_equal(res.outputs, tiles(r, sizes[r]) + 1)
+            assert res.engine_runs >= 1 and res.infer_s >= 0 and res.queue_wait_s >= 0
+        await first
+        assert b.queue_depth == 0 and b.inflight == 0
+
+    rec = run_with(engine, body, max_batch=4)
+    # FIFO over all requests, at most max_batch per run, tiles of several requests share a run.
+    assert [ids(c) for c in engine.calls] == [[0], [100, 101, 102, 200], [201, 300, 301, 302]]
+    assert rec.batches == [(1, 1), (4, 2), (4, 2)]
+    assert rec.depths[-1] == 0
+
+
+def test_partial_batch_is_flushed_after_max_delay() -> None:
+    engine = FakeEngine()
+
+    async def body(b: TileBatcher, rec: Recorder) -> None:
+        res = await b.submit(tiles(1, 3), far(), "r1")
+        np.testing.assert_array_equal(res.outputs, tiles(1, 3) + 1)
+        assert res.engine_runs == 1
+
+    rec = run_with(engine, body, max_batch=8, max_delay_ms=5)
+    assert rec.batches == [(3, 1)]
+
+
+def test_large_request_spans_runs_of_max_batch() -> None:
+    engine = FakeEngine()
+
+    async def body(b: TileBatcher, rec: Recorder) -> None:
+        res = await b.submit(tiles(1, 7), far(), "r1")
+        np.testing.assert_array_equal(res.outputs, tiles(1, 7) + 1)
+        assert res.engine_runs == 3
+
+    run_with(engine, body, max_batch=3, max_delay_ms=0)
+    assert [len(c) for c in engine.calls] == [3, 3, 1]
+
+
+def test_engine_failure_fails_only_that_batch_and_the_worker_continues() -> None:
+    engine = FakeEngine(gated=True)
+
+    async def body(b: TileBatcher, rec: Recorder) -> None:
+        first = await block_engine(b, engine)
+        poisoned = tiles(1, 3)
+        poisoned[0] = -1  # runs 1: [-1, 101] fails; 102 is dropped, never run
+        bad = asyncio.create_task(b.submit(poisoned, far(), "bad"))
+        good = asyncio.create_task(b.submit(tiles(2, 2), far(), "good"))
+        await until(lambda: b.queue_depth == 5)
+        engine.gate.set()
+        with pytest.raises(EngineError, match="poisoned tile") as err:
+            await bad
+        assert err.value.request_id == "bad"
+        np.testing.assert_array_equal((await good).outputs, tiles(2, 2) + 1)
+        await first
+        after = await b.submit(tiles(3, 1), far(), "after")  # still serving
+        np.testing.assert_array_equal(after.outputs, tiles(3, 1) + 1)
+
+    rec = run_with(engine, body, max_batch=2)
+    assert 102 not in engine.seen()
+    assert [ids(c) for c in engine.calls] == [[0], [-1, 101], [200, 201], [300]]
+    assert rec.engine_errors == 1
+
+
+def test_deadline_drops_pending_tiles() -> None:
+    engine = FakeEngine(gated=True)
+
+    async def body(b: TileBatcher, rec: Recorder) -> None:
+        first = await block_engine(b, engine)
+        soon = asyncio.get_running_loop().time() + 0.05
+        with pytest.raises(DeadlineExceededError):
+            await b.submit(tiles(1, 2), soon, "late")  # expires while the engine is stuck
+        assert b.queue_depth == 0 and b.inflight == 1
+        engine.gate.set()
+        await first
+        with pytest.raises(DeadlineExceededError):  # already past: refused at once
+            await b.submit(tiles(2, 1), asyncio.get_running_loop().time() - 1, "past")
+
+    rec = run_with(engine, body)
+    assert engine.seen() == [0]
+    assert rec.rejects == ["deadline", "deadline"]
+
+
+def test_backpressure_is_counted_in_tiles() -> None:
+    engine = FakeEngine(gated=True)
+
+    async def body(b: TileBatcher, rec: Recorder) -> None:
+        first = await block_engine(b, engine)  # its tile left the queue: depth 0
+        queued = asyncio.create_task(b.submit(tiles(1, 3), far(), "fits"))
+        await until(lambda: b.queue_depth == 3)
+        with pytest.raises(QueueFullError) as full:
+            await b.submit(tiles(2, 2), far(), "full")
+        assert full.value.retry_after_s == 3 and full.value.max_queue_tiles == 4
+        with pytest.raises(RequestTooLargeError) as big:
+            await b.submit(tiles(3, 5), far(), "never fits")
+        assert big.value.n_tiles == 5 and big.value.max_queue_tiles == 4
+        fits = asyncio.create_task(b.submit(tiles(4, 1), far(), "exactly fits"))  # 3 + 1 == bound
+        await until(lambda: b.queue_depth == 4)
+        engine.gate.set()
+        np.testing.assert_array_equal((await fits).outputs, tiles(4, 1) + 1)
+        await queued
+        await first
+
+    rec = run_with(engine, body, max_queue_tiles=4, retry_after_s=3)
+    assert rec.rejects == ["queue_full", "too_large"]
+    assert 200 not in engine.seen() and 300 not in engine.seen()
+
+
+def test_cancelled_request_never_reaches_the_engine() -> None:
+    engine = FakeEngine(gated=True)
+
+    async def body(b: TileBatcher, rec: Recorder) -> None:
+        first = await block_engine(b, engine)
+        gone = asyncio.create_task(b.submit(tiles(1, 3), far(), "gone"))
+        stays = asyncio.create_task(b.submit(tiles(2, 1), far(), "stays"))
+        await until(lambda: b.queue_depth == 4)
+        gone.cancel()  # what a client disconnect does to the awaiting route
+        with pytest.raises(asyncio.CancelledError):
+            await gone
+        assert b.queue_depth == 1 and b.inflight == 2
+        engine.gate.set()
+        np.testing.assert_array_equal((await stays).outputs, tiles(2, 1) + 1)
+        await first
+        assert b.queue_depth == 0 and b.inflight == 0
+
+    rec = run_with(engine, body)
+    assert engine.seen() == [0, 200]
+    assert "cancelled" in rec.rejects
+    assert rec.depths[-1] == 0
+
+
+def test_stop_drains_accepted_work_and_refuses_new() -> None:
+    engine = FakeEngine(gated=True)
+
+    async def body(b: TileBatcher, rec: Recorder) -> None:
+        first = await block_engine(b, engine)
+        accepted = asyncio.create_task(b.submit(tiles(1, 2), far(), "accepted"))
+        await until(lambda: b.queue_depth == 2)
+        stopping = asyncio.create_task(b.stop(grace_s=30))
+        await until(lambda: not b.running)
+        with pytest.raises(ShuttingDownError):
+            await b.submit(tiles(2, 1), far(), "late")
+        engine.gate.set()
+        np.testing.assert_array_equal((await accepted).outputs, tiles(1, 2) + 1)
+        await first
+        await stopping
+
+    run_with(engine, body)
+    assert engine.seen() == [0, 100, 101]
+
+
+def test_stop_fails_what_the_grace_period_did_not_finish() -> None:
+    engine = FakeEngine(gated=True)
+
+    async def body(b: TileBatcher, rec: Recorder) -> None:
+        first = await block_engine(b, engine)
+        queued = asyncio.create_task(b.submit(tiles(1, 1), far(), "queued"))
+        await until(lambda: b.queue_depth == 1)
+        await b.stop(grace_s=0.01)  # the engine is still stuck: nothing can finish
+        for task in (first, queued):
+            with pytest.raises(ShuttingDownError):
+                await task
+        assert b.inflight == 0
+
+    run_with(engine, body)
+    assert 100 not in engine.seen()
+
+
+def test_bad_tiles_are_refused() -> None:
+    async def body(b: TileBatcher, rec: Recorder) -> None:
+        with pytest.raises(ValueError, match="float32"):
+            await b.submit(tiles(1, 1).astype(np.float64), far(), "f64")
+        with pytest.raises(ValueError, match="4x4"):
+            await b.submit(np.zeros((1, 1, 5, 5), np.float32), far(), "wrong tile")
+        with pytest.raises(ValueError):
+            await b.submit(np.zeros((0, 1, T, T), np.float32), far(), "empty")
+
+    run_with(FakeEngine(), body)
+
+
+def test_submit_before_start_is_refused() -> None:
+    async def main() -> None:
+        b = TileBatcher(FakeEngine(), max_batch=2)
+        with pytest.raises(ShuttingDownError):
+            await b.submit(tiles(1, 1), far(), "early")
+
+    asyncio.run(main())
