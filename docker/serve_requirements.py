@@ -41,7 +41,9 @@ def serve_requirements(pyproject: Path, onnxruntime: str | None = None) -> list[
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--pyproject", type=Path, default=Path("pyproject.toml"))
-    p.add_argument("--onnxruntime", help="the ONNX Runtime requirement, e.g. onnxruntime-gpu==1.26.0 (default: none)")
+    p.add_argument(
+        "--onnxruntime", help="the ONNX Runtime requirement, e.g. onnxruntime-gpu==1.26.0 (default: none)"
+    )
     args = p.parse_args(argv)
     if args.onnxruntime and not requirement_name(args.onnxruntime).startswith("onnxruntime"):
         p.error(f"--onnxruntime must name an onnxruntime distribution, got {args.onnxruntime!r}")

@@ -35,12 +35,8 @@ class QueueFullError(BatcherError):
 
     def __init__(self, n_tiles: int, queued: int, max_queue_tiles: int, retry_after_s: float) -> None:
         super().__init__(f"queue full: {queued} tiles queued + {n_tiles} > max_queue_tiles={max_queue_tiles}")
-        self.n_tiles, self.queued, self.max_queue_tiles, self.retry_after_s = (
-            n_tiles,
-            queued,
-            max_queue_tiles,
-            retry_after_s,
-        )
+        self.n_tiles, self.queued, self.max_queue_tiles = n_tiles, queued, max_queue_tiles
+        self.retry_after_s = retry_after_s
 
 
 class RequestTooLargeError(BatcherError):

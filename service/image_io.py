@@ -60,7 +60,7 @@ class ImageLimits:
 
     max_upload_bytes: int = 20 * 2**20
     max_input_pixels: int = 16_000_000
-    max_output_pixels: int = 64_000_000
+    max_output_pixels: int = 16_000_000
     max_scale: float = 4.0
 
 

@@ -59,7 +59,9 @@ TILE_COUNT_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
 def series_names() -> frozenset[str]:
     """Every sample name a scrape can contain, e.g. ``drrn_request_duration_seconds_bucket``."""
     return frozenset(
-        name.removesuffix(_TYPE_SUFFIX.get(kind, "")) + sfx for name, kind in METRICS for sfx in _SUFFIXES[kind]
+        name.removesuffix(_TYPE_SUFFIX.get(kind, "")) + sfx
+        for name, kind in METRICS
+        for sfx in _SUFFIXES[kind]
     )
 
 

@@ -188,6 +188,19 @@ async def _unless_disconnected(request: Request, work: Awaitable[T]) -> T:
     return task.result()
 
 
+_BINARY = {"schema": {"type": "string", "format": "binary"}}
+_UPLOAD_BODY = {  # documented by hand: the route reads the raw stream itself to enforce the byte limit
+    "required": True,
+    "content": {
+        "multipart/form-data": {
+            "schema": {"type": "object", "properties": {"image": _BINARY["schema"]}, "required": ["image"]}
+        },
+        "image/*": _BINARY,
+        "application/octet-stream": _BINARY,
+    },
+}
+
+
 def _ms(seconds: float) -> str:
     return f"{seconds * 1000:.2f}"
 
@@ -197,6 +210,7 @@ def _ms(seconds: float) -> str:
     summary="Super-resolve an image; returns PNG",
     response_class=Response,
     responses={200: {"content": {"image/png": {}}}, 413: {}, 415: {}, 422: {}, 503: {}, 504: {}},
+    openapi_extra={"requestBody": _UPLOAD_BODY},
 )
 async def upscale(
     request: Request,

@@ -65,7 +65,7 @@ class Settings(BaseSettings):
         default=2.0, ge=0, description="How long a partial batch waits for more tiles after its first."
     )
     max_queue_tiles: int = Field(
-        default=256,
+        default=4096,
         ge=1,
         description="Bound on queued tiles from all requests; a request that would exceed it gets 503 "
         "with Retry-After, one that alone exceeds it gets 413.",
@@ -92,7 +92,7 @@ class Settings(BaseSettings):
     # --- input limits -----------------------------------------------------------------------------------
     max_upload_bytes: int = Field(default=20 * MiB, ge=1, description="Largest accepted image upload.")
     max_input_pixels: int = Field(default=16_000_000, ge=1, description="Largest decoded input (w*h).")
-    max_output_pixels: int = Field(default=64_000_000, ge=1, description="Largest output (w*h) after scale.")
+    max_output_pixels: int = Field(default=16_000_000, ge=1, description="Largest output (w*h) after scale.")
     max_scale: float = Field(default=4.0, gt=1, description="Largest accepted scale factor.")
 
     # --- logging ----------------------------------------------------------------------------------------
@@ -105,6 +105,11 @@ class Settings(BaseSettings):
     def _empty_is_none(cls, value: object) -> object:
         # DRRN_FP16_MODEL_PATH="" must mean "no fp16 model", not Path("") == the current directory.
         return None if value in ("", "none", "None") else value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
 
     @model_validator(mode="after")
     def _check_margin(self) -> Settings:

@@ -308,7 +308,7 @@ def test_metrics_and_model_endpoints(tiny_onnx: Path) -> None:
             and model["max_batch"] == MAX_BATCH
             and isinstance(model["model_card"], dict)
         )
-        assert model["serving"]["margin"] == 6 and model["serving"]["max_queue_tiles"] == 256
+        assert model["serving"]["margin"] == 6 and model["serving"]["max_queue_tiles"] == Settings().max_queue_tiles
         assert model["limits"]["max_upload_bytes"] == 100_000 and model["ready"] is True
         assert docs.status_code == 200 and "/upscale" in spec["paths"]
 
@@ -423,3 +423,38 @@ def test_missing_model_fails_startup_with_build_hint(tmp_path: Path) -> None:
                 pass
 
     asyncio.run(main())
+
+
+def test_settings_come_from_drrn_env_vars(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DRRN_TILE", "64")
+    monkeypatch.setenv("DRRN_MAX_BATCH", "2")
+    monkeypatch.setenv("DRRN_LOG_LEVEL", "debug")
+    monkeypatch.setenv("DRRN_FP16_MODEL_PATH", "")
+    s = Settings()
+    assert (s.tile, s.max_batch, s.log_level, s.fp16_model_path) == (64, 2, "DEBUG", None)
+    assert s.resolve_margin(20) == 20 and s.image_limits().max_scale == 4.0
+    with pytest.raises(ValueError, match="2\\*margin < tile"):
+        s.resolve_margin(32)
+    monkeypatch.setenv("DRRN_MARGIN", "40")
+    with pytest.raises(ValueError, match="margin 40"):
+        Settings()
+
+
+def test_ort_engine_contract(tiny_onnx: Path, tmp_path: Path) -> None:
+    from service.engine import ModelNotFoundError, engine_from_settings
+
+    engine = engine_from_settings(settings(tiny_onnx))
+    engine.warmup()
+    x = np.random.default_rng(0).random((3, 1, TILE, TILE), dtype=np.float32)
+    y = engine.run(x)
+    assert y.shape == x.shape and y.dtype == np.float32
+    assert np.abs(y - x).mean() < 0.1  # a residual net near identity (the fixture scales its residual)
+    with pytest.raises(ValueError):
+        engine.run(np.zeros((MAX_BATCH + 1, 1, TILE, TILE), np.float32))
+    info = engine.info()
+    assert (info["depth"], info["receptive_field"], info["precision"]) == (6, 13, "fp32")
+    assert info["providers"] == ["CPUExecutionProvider"] and engine.depth == 6
+    with pytest.raises(ModelNotFoundError, match=r"drrn export weights/default\.safetensors"):
+        engine_from_settings(settings(tmp_path / "missing.onnx"))
+    with pytest.raises(ValueError, match="tile/max_batch"):
+        create_app(settings(tiny_onnx, max_batch=2), engine=engine)

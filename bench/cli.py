@@ -1,0 +1,85 @@
+"""``drrn bench {engine,service,scaling}``: dispatch to the benchmark modules (imported lazily).
+
+- ``engine``: :func:`bench.engine.run_engine_bench` (backends x tiles x batches, peaks, headline ratio).
+- ``service``: :func:`bench.service_load.run_service_bench` (closed-loop HTTP load, overhead ratio), or with
+  ``--sweep`` :func:`bench.sweep.run_sweep` (one spawned service per setting combination).
+- ``scaling``: :func:`bench.scaling.run_scaling` (time and peak RSS against output megapixels).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from drrn.errors import UserError
+
+
+def int_list(text: str | None) -> list[int] | None:
+    """``"64,128"`` -> ``[64, 128]``; None stays None."""
+    if text is None:
+        return None
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError as exc:
+        raise UserError(f"expected a comma-separated list of integers, got {text!r}") from exc
+
+
+def float_list(text: str | None) -> list[float] | None:
+    if text is None:
+        return None
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError as exc:
+        raise UserError(f"expected a comma-separated list of numbers, got {text!r}") from exc
+
+
+def env_pairs(items: list[str] | None) -> dict[str, str]:
+    """``["DRRN_TILE=96", ...]`` -> ``{"DRRN_TILE": "96"}`` (keys must be ``DRRN_*``)."""
+    out = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.upper().startswith("DRRN_"):
+            raise UserError(f"--set expects DRRN_NAME=VALUE, got {item!r}")
+        out[key.upper()] = value
+    return out
+
+
+def run_bench_cli(args: argparse.Namespace) -> int:
+    """Entry point of ``drrn bench``; returns the process exit code."""
+    if args.target == "engine":
+        from bench.engine import run_engine_bench
+
+        run_engine_bench(
+            model=args.model,
+            json_out=args.json_out,
+            quick=args.quick,
+            b1u25=getattr(args, "b1u25", True),
+            full=getattr(args, "full", False),
+            tiles=int_list(getattr(args, "tiles", None)),
+            batches=int_list(getattr(args, "batches", None)),
+            backends=(args.backends.split(",") if getattr(args, "backends", None) else None),
+            budget_s=getattr(args, "budget_s", 2.0),
+            max_repeats=getattr(args, "repeats", 10),
+        )
+        return 0
+    if args.target == "scaling":
+        from bench.scaling import run_scaling
+
+        run_scaling(
+            model=args.model,
+            json_out=args.json_out,
+            quick=args.quick,
+            megapixels=float_list(getattr(args, "sizes", None)),
+            env=env_pairs(getattr(args, "set", None)),
+        )
+        return 0
+    if args.target == "service":
+        if getattr(args, "sweep", False):
+            from bench.sweep import run_sweep
+
+            run_sweep(args)
+            return 0
+        from bench.service_load import run_service_bench
+
+        run_service_bench(args)
+        return 0
+    raise UserError(f"unknown bench target {args.target!r}")

@@ -1,0 +1,324 @@
+"""``drrn bench engine``: the model alone, tile batches in and out, on every CPU backend we could serve with.
+
+Backends (ids as in the JSON):
+
+- ``torch-fp32``: PyTorch eager, float32, all cores (``torch.inference_mode``).
+- ``torch-bf16``: PyTorch eager under ``torch.autocast("cpu", dtype=torch.bfloat16)``, all cores.
+- ``ort-fp32-1t`` / ``ort-fp32``: ONNX Runtime CPU on the fp32 export with 1 intra-op thread / all cores,
+  through :class:`service.engine.OrtEngine` (the service's own code path).
+- ``ort-fp16``: ONNX Runtime CPU on the fp16 export (float32 I/O), all cores. x86 CPUs without native fp16
+  math run it through casts, so it is often *slower* than fp32 here; it is reported as measured.
+
+For each model (``--model``, plus DRRN B1U25 C=128 unless ``--no-b1u25``) and each tile x batch cell it
+reports ms per run (median and p90 of the timed repeats, after warmup), output Mpx/s counting every tile
+pixel (``batch * tile^2 / time``), effective GFLOP/s (``cfg.flops_per_pixel() * pixels / time``) and that
+as a fraction of the GEMM and 3x3-conv peaks measured in the same process (:mod:`bench.peak`) at the same
+thread count. The headline is ``speedup_ort_fp32_over_torch_fp32`` = PyTorch fp32 ms / ORT fp32 (all
+cores) ms at the service's default tile and batch (>1: ORT is faster).
+
+B1U25 is an untrained-but-real weight file (MSRA init, output conv scaled like a trained residual) built by
+:func:`make_bench_weights`: speed does not depend on the weight values. Its default grid is reduced to tiles
+64/128 (it costs 44x the default model per pixel); ``--full`` sweeps it over the whole grid too.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench.peak import measure_peaks, peak_for
+from bench.report import header, load_average, markdown_table, summarize_ms, time_calls, write_json
+from drrn.errors import UserError
+from drrn.paths import ARTIFACTS, DEFAULT_WEIGHTS
+
+BENCH_ARTIFACTS = ARTIFACTS / "bench"
+TILES, BATCHES = (64, 128, 192, 256), (1, 2, 4, 8)
+B1U25_TILES = (64, 128)
+BACKENDS = ("torch-fp32", "torch-bf16", "ort-fp32-1t", "ort-fp32", "ort-fp16")
+
+
+@dataclass
+class BenchModel:
+    """A model to benchmark: its config and whichever of the weights / fp32 / fp16 ONNX files exist."""
+
+    label: str
+    config: Any  # model_export.model.DRRNConfig
+    weights: Path | None = None
+    onnx: Path | None = None
+    onnx_fp16: Path | None = None
+    skipped: list[dict[str, str]] = field(default_factory=list)
+
+
+def make_bench_weights(
+    path: Path, blocks: int = 1, units: int = 25, channels: int = 128, seed: int = 0
+) -> Path:
+    """Write an untrained DRRN weight file (MSRA init; output conv x0.02 so the residual has a trained-like
+    magnitude and the fp16 export passes its parity check). Reused when it already exists."""
+    if path.is_file():
+        return path
+    import torch
+
+    from model_export.model import DRRN, DRRNConfig
+    from model_export.weights import WeightsMeta, save_weights
+
+    torch.manual_seed(seed)
+    cfg = DRRNConfig(blocks=blocks, units=units, channels=channels)
+    model = DRRN(cfg)
+    with torch.no_grad():
+        model.output.weight.mul_(0.02)
+    provenance = {"source": "bench.engine.make_bench_weights", "trained": False, "seed": seed}
+    save_weights(model, WeightsMeta(config=cfg, provenance=provenance), path)
+    return path
+
+
+def _exported(weights: Path, fp16: bool) -> Path:
+    """``weights`` exported to ``artifacts/bench/<stem>-<sha8>[.fp16].onnx`` (cached by content hash)."""
+    from model_export.onnx_export import export_onnx
+    from model_export.weights import sha256_file
+
+    out = BENCH_ARTIFACTS / f"{weights.stem}-{sha256_file(weights)[:8]}{'.fp16' if fp16 else ''}.onnx"
+    if not out.is_file():
+        print(f"exporting {weights} -> {out}", file=sys.stderr)
+        export_onnx(weights, out, fp16=fp16)
+    return out
+
+
+def _from_weights(label: str, weights: Path, fp32_onnx: Path | None = None) -> BenchModel:
+    from model_export.weights import read_meta
+
+    m = BenchModel(label, read_meta(weights).config, weights=weights)
+    m.onnx = fp32_onnx or _exported(weights, fp16=False)
+    try:
+        m.onnx_fp16 = _exported(weights, fp16=True)
+    except Exception as exc:  # ExportParityError or an exporter failure: report it, bench the rest
+        m.skipped.append({"backend": "ort-fp16", "reason": f"fp16 export failed: {exc}"})
+    return m
+
+
+def resolve_bench_model(spec: str) -> BenchModel:
+    """``default`` | ``b1u25`` | ``FILE.safetensors`` | ``FILE.onnx`` (ONNX only: no PyTorch backends)."""
+    from model_export.model import DRRNConfig
+
+    if spec == "default":
+        from drrn.models import ensure_default_onnx
+
+        return _from_weights("default", DEFAULT_WEIGHTS, ensure_default_onnx())
+    if spec == "b1u25":
+        path = make_bench_weights(BENCH_ARTIFACTS / "b1u25_c128_untrained.safetensors")
+        return _from_weights("b1u25", path)
+    path = Path(spec)
+    if not path.is_file():
+        raise UserError(f"model file not found: {spec}")
+    if path.suffix == ".safetensors":
+        return _from_weights(path.stem, path)
+    if path.suffix != ".onnx":
+        raise UserError(f"unsupported model {spec!r}: expected default, b1u25, *.onnx or *.safetensors")
+    from service.engine import OrtEngine
+
+    meta = OrtEngine(path, tile=1, max_batch=1).metadata
+    if "drrn.config" not in meta:
+        raise UserError(f"{path} lacks drrn.config metadata; re-export it with `drrn export`")
+    m = BenchModel(path.stem, DRRNConfig.from_dict(json.loads(meta["drrn.config"])))
+    if meta.get("drrn.precision") == "fp16":
+        m.onnx_fp16 = path
+    else:
+        m.onnx = path
+    return m
+
+
+def _make_runner(backend: str, m: BenchModel, max_tile: int, max_batch: int, cores: int):
+    """``(run(x) -> y, threads)`` for ``backend``, or ``(None, reason)`` when it cannot run."""
+    if backend.startswith("torch"):
+        if m.weights is None:
+            return None, "no weights (ONNX-only model)"
+        import torch
+
+        from model_export.weights import load_weights
+
+        model, _ = load_weights(m.weights)
+        bf16 = backend == "torch-bf16"
+
+        def run_torch(x: np.ndarray) -> np.ndarray:
+            with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                return model(torch.from_numpy(x)).float().numpy()
+
+        torch.set_num_threads(cores)
+        return run_torch, cores
+    from service.engine import CPU, OrtEngine
+
+    path = m.onnx_fp16 if backend == "ort-fp16" else m.onnx
+    if path is None:
+        return None, "no ONNX file for this precision"
+    threads = 1 if backend == "ort-fp32-1t" else cores
+    eng = OrtEngine(path, max_tile, max_batch, [CPU], intra_op_threads=threads, graph_optimization="all")
+    return eng.run, threads
+
+
+def bench_model(
+    m: BenchModel, tiles, batches, backends, peaks: dict, quick: bool, budget_s: float, max_repeats: int
+) -> dict[str, Any]:
+    """Every backend x tile x batch cell of one model; see the module docstring for the fields."""
+    cfg, cores = m.config, os.cpu_count() or 1
+    fpp = cfg.flops_per_pixel()
+    rng = np.random.default_rng(0)
+    probe = rng.random((1, 1, 64, 64), dtype=np.float32)
+    reference = None
+    results, accuracy, skipped = [], {}, list(m.skipped)
+    for backend in backends:
+        if any(s["backend"] == backend for s in skipped):
+            continue
+        run, threads = _make_runner(backend, m, max(tiles), max(batches), cores)
+        if run is None:
+            skipped.append({"backend": backend, "reason": threads})
+            continue
+        out = run(probe)
+        if reference is None:  # torch-fp32 when it runs, else the first backend that does
+            reference, accuracy["reference"] = out, backend
+        accuracy[backend] = float(np.max(np.abs(out - reference)))
+        gemm_peak, conv_peak = peak_for(peaks, threads, cfg.channels)
+        timing = (1, 2, 2, 0.0) if quick else (1, 3, max_repeats, budget_s)
+        for tile in tiles:
+            for batch in batches:
+                x = rng.random((batch, 1, tile, tile), dtype=np.float32)
+                stats = summarize_ms(time_calls(partial(run, x), *timing))
+                px = batch * tile * tile
+                gflops = fpp * px / (stats["ms_median"] / 1e3) / 1e9
+                results.append(
+                    {
+                        "backend": backend,
+                        "precision": "bf16" if "bf16" in backend else "fp16" if "fp16" in backend else "fp32",
+                        "threads": threads,
+                        "tile": tile,
+                        "batch": batch,
+                        **stats,
+                        "mpx_per_s": px / (stats["ms_median"] / 1e3) / 1e6,
+                        "gflops": gflops,
+                        "frac_gemm_peak": gflops / gemm_peak if gemm_peak else None,
+                        "frac_conv_peak": gflops / conv_peak if conv_peak else None,
+                    }
+                )
+                msg = f"  {m.label} {backend} tile {tile} batch {batch}: {stats['ms_median']:.1f} ms"
+                print(msg, file=sys.stderr)
+    return {
+        "label": m.label,
+        "name": cfg.name,
+        "config": dataclasses.asdict(cfg),
+        "flops_per_pixel": fpp,
+        "depth": cfg.depth,
+        "weights": str(m.weights) if m.weights else None,
+        "onnx": str(m.onnx) if m.onnx else None,
+        "onnx_fp16": str(m.onnx_fp16) if m.onnx_fp16 else None,
+        "skipped": skipped,
+        "max_abs_diff": accuracy,
+        "results": results,
+        "headline": headline(results),
+    }
+
+
+def headline(results: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """ORT fp32 (all cores) vs PyTorch eager fp32 at the service's default tile/batch, else at the largest
+    cell both measured."""
+    from service.settings import Settings
+
+    cells = {(r["backend"], r["tile"], r["batch"]): r for r in results}
+    both = [(t, b) for (k, t, b) in cells if k == "ort-fp32" and ("torch-fp32", t, b) in cells]
+    if not both:
+        return None
+    s = Settings()
+    tile, batch = (
+        (s.tile, s.max_batch) if (s.tile, s.max_batch) in both else max(both, key=lambda c: c[0] ** 2 * c[1])
+    )
+    ort_ms, torch_ms = (
+        cells["ort-fp32", tile, batch]["ms_median"],
+        cells["torch-fp32", tile, batch]["ms_median"],
+    )
+    return {
+        "tile": tile,
+        "batch": batch,
+        "ort_fp32_ms": ort_ms,
+        "torch_fp32_ms": torch_ms,
+        "speedup_ort_fp32_over_torch_fp32": torch_ms / ort_ms,
+    }
+
+
+COLUMNS = [
+    ("backend", "backend"), ("threads", "thr"), ("tile", "tile"), ("batch", "batch"), ("ms_median", "ms p50"),
+    ("ms_p90", "ms p90"), ("mpx_per_s", "Mpx/s"), ("gflops", "GFLOP/s"), ("frac_gemm_peak", "÷ GEMM peak"),
+    ("frac_conv_peak", "÷ conv peak"),
+]  # fmt: skip
+
+
+def render(report: dict[str, Any]) -> str:
+    """The markdown summary printed after a run."""
+    lines = []
+    for t, p in report["peaks"]["by_threads"].items():
+        convs = ", ".join(f"C={c}: {v:.1f}" for c, v in p["conv_torch_gflops"].items())
+        lines.append(f"- peak @ {t} thread(s): GEMM {p['gemm_best_gflops']:.1f} GFLOP/s; 3x3 conv {convs}")
+    for m in report["models"]:
+        lines += ["", f"### {m['label']}: {m['name']} ({m['flops_per_pixel']:,} FLOP/px)", ""]
+        lines.append(markdown_table(m["results"], COLUMNS))
+        for s in m["skipped"]:
+            lines.append(f"- skipped {s['backend']}: {s['reason']}")
+        diffs = ", ".join(f"{k} {v:.2g}" for k, v in m["max_abs_diff"].items() if k != "reference")
+        lines.append(f"- max abs diff on a 64x64 probe vs {m['max_abs_diff'].get('reference')}: {diffs}")
+        h = m["headline"]
+        if h:
+            lines.append(
+                f"- **ORT fp32 ÷ PyTorch eager fp32** at tile {h['tile']} batch {h['batch']}: "
+                f"{h['speedup_ort_fp32_over_torch_fp32']:.2f}x speed-up "
+                f"({h['torch_fp32_ms']:.1f} ms -> {h['ort_fp32_ms']:.1f} ms)"
+            )
+    return "\n".join(lines)
+
+
+def run_engine_bench(
+    model: str = "default",
+    json_out: str | None = None,
+    quick: bool = False,
+    b1u25: bool = True,
+    full: bool = False,
+    tiles: list[int] | None = None,
+    batches: list[int] | None = None,
+    backends: list[str] | None = None,
+    budget_s: float = 2.0,
+    max_repeats: int = 10,
+) -> dict[str, Any]:
+    """Run the engine benchmark, print the markdown summary, write JSON; returns the report."""
+    backends = backends or list(BACKENDS)
+    unknown = set(backends) - set(BACKENDS)
+    if unknown:
+        raise UserError(f"unknown backends {sorted(unknown)}; choose from {', '.join(BACKENDS)}")
+    specs = [model] + (["b1u25"] if b1u25 and model != "b1u25" else [])
+    models = []
+    for spec in specs:
+        try:
+            models.append(resolve_bench_model(spec))
+        except UserError as exc:
+            if spec != "default" or not b1u25:
+                raise
+            print(f"warning: skipping model 'default': {exc}", file=sys.stderr)
+    cores = os.cpu_count() or 1
+    peaks = measure_peaks({m.config.channels for m in models}, {1, cores}, quick=quick)
+    report = header(
+        "engine", quick, peaks=peaks, models=[], settings={"budget_s": budget_s, "max_repeats": max_repeats}
+    )
+    for m in models:
+        grid_tiles = tiles or (
+            [64] if quick else list(B1U25_TILES if m.label == "b1u25" and not full else TILES)
+        )
+        grid_batches = batches or ([1] if quick else list(BATCHES))
+        report["models"].append(
+            bench_model(m, grid_tiles, grid_batches, backends, peaks, quick, budget_s, max_repeats)
+        )
+    report["machine"]["load_average_end"] = load_average()
+    print(render(report))
+    write_json(report, json_out)
+    return report

@@ -1,0 +1,276 @@
+"""Closed-loop HTTP load against ``POST /upscale`` (asyncio + httpx), and the request mix it sends.
+
+Request mix (each worker cycles through it from its own offset, so every level sends the same proportions):
+a 64x64 and a 128x128 crop at x2 and x4, and a 480x320 photo at x2. Crops come from Set5 butterfly and the
+photo from Set5 baby when ``drrn.paths.datasets_dir()/Set5`` exists (read in place, never copied); otherwise
+they are synthetic textured images of the same sizes. All are RGB PNGs.
+
+Closed loop: ``concurrency`` workers each send a request, wait for the answer, send the next. A 503 makes
+that worker wait its ``Retry-After`` (capped at 1 s) before the next request, so a saturated service is not
+hammered by a busy loop. Time-based levels discard a warmup period and count the requests that *complete*
+inside the measured window; count-based levels (``--requests``, ``--quick``) count everything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import struct
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from bench.report import percentile
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# (name, crop width, crop height, scale, Set5 source)
+MIX_SPEC = (
+    ("crop64_x2", 64, 64, 2.0, "butterfly"),
+    ("crop64_x4", 64, 64, 4.0, "butterfly"),
+    ("crop128_x2", 128, 128, 2.0, "butterfly"),
+    ("crop128_x4", 128, 128, 4.0, "butterfly"),
+    ("photo480x320_x2", 480, 320, 2.0, "baby"),
+)
+
+
+@dataclass(frozen=True)
+class Req:
+    """One request of the mix: PNG body, scale, and what a correct answer delivers."""
+
+    name: str
+    body: bytes
+    scale: float
+    out_w: int
+    out_h: int
+    tiles: int  # engine tiles the service cuts it into (for the engine comparison)
+    source: str
+
+
+def textured_image(width: int, height: int, seed: int = 0) -> np.ndarray:
+    """A synthetic RGB ``uint8[h, w, 3]`` with gratings, rings, blocky edges and noise (not flat, not pure
+    noise: bicubic and the model both do real work on it)."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    r = np.hypot(x - width / 2, y - height / 2)
+    blocks = ((x // 16 + y // 16) % 2) * 0.15
+    chans = []
+    for c in range(3):
+        v = 0.45 + 0.2 * np.sin(x / (5 + 2 * c) + y / 11) + 0.12 * np.sin(r / (4 + c)) + blocks
+        chans.append(v + rng.normal(0, 0.04, size=v.shape))
+    return (np.clip(np.stack(chans, axis=-1), 0, 1) * 255).round().astype(np.uint8)
+
+
+def _crop(source: str, w: int, h: int) -> tuple[np.ndarray, str]:
+    from PIL import Image
+
+    from drrn.paths import datasets_dir
+
+    path = datasets_dir() / "Set5" / f"{source}.png"
+    if path.is_file():
+        with Image.open(path) as im:
+            arr = np.asarray(im.convert("RGB"))
+        if arr.shape[0] >= h and arr.shape[1] >= w:
+            y0, x0 = (arr.shape[0] - h) // 2, (arr.shape[1] - w) // 2
+            return np.ascontiguousarray(arr[y0 : y0 + h, x0 : x0 + w]), f"Set5/{source}.png center crop"
+    return textured_image(w, h, seed=w * 1000 + h), "synthetic textured"
+
+
+def png_bytes(rgb: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def build_mix(tile: int, margin: int) -> list[Req]:
+    """The request mix, with output size and tile count computed as the service will."""
+    from imaging.resize import output_shape_for_scale
+    from imaging.tiling import plan_tiles
+
+    mix = []
+    for name, w, h, scale, source in MIX_SPEC:
+        rgb, origin = _crop(source, w, h)
+        oh, ow = output_shape_for_scale((h, w), scale)
+        tiles = len(plan_tiles(oh, ow, tile, margin))
+        mix.append(Req(name, png_bytes(rgb), scale, ow, oh, tiles, origin))
+    return mix
+
+
+def png_size(data: bytes) -> tuple[int, int] | None:
+    """``(width, height)`` from a PNG's IHDR, or None if ``data`` is not a PNG."""
+    if len(data) < 24 or not data.startswith(PNG_SIGNATURE):
+        return None
+    return struct.unpack(">II", data[16:24])
+
+
+def parse_metrics(text: str) -> dict[str, float]:
+    """Prometheus text format -> ``{"name{labels}": value}`` (comments skipped)."""
+    out = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            key, _, value = line.rpartition(" ")
+            try:
+                out[key] = float(value)
+            except ValueError:
+                continue
+    return out
+
+
+def metrics_delta(before: dict[str, float], after: dict[str, float], wall_s: float) -> dict[str, Any]:
+    """Mean tiles per engine run, requests per run, engine busy fraction and rejections by reason."""
+
+    def d(key: str) -> float:
+        return after.get(key, 0.0) - before.get(key, 0.0)
+
+    runs = d("drrn_batch_size_tiles_count")
+    rejections = {
+        k.split('reason="')[1].rstrip('"}'): int(d(k))
+        for k in after
+        if k.startswith("drrn_rejections_total{") and d(k) > 0
+    }
+    return {
+        "engine_runs": int(runs),
+        "mean_batch_tiles": d("drrn_batch_size_tiles_sum") / runs if runs else None,
+        "mean_batch_requests": d("drrn_batch_requests_sum") / runs if runs else None,
+        "engine_busy_frac": d("drrn_inference_batch_seconds_sum") / wall_s if wall_s > 0 else None,
+        "server_rejections": rejections,
+    }
+
+
+@dataclass
+class Record:
+    name: str
+    status: int  # HTTP status, or 0 for a transport failure
+    t_start: float
+    t_done: float
+    out_px: int = 0
+    tiles: int = 0
+    error: str | None = None
+    retry_after: float = 0.0
+
+
+async def send(client: Any, url: str, req: Req) -> Record:
+    """POST one request; a 200 whose PNG has the wrong size counts as an error."""
+    import httpx
+
+    t0 = time.perf_counter()
+    try:
+        resp = await client.post(
+            f"{url}/upscale",
+            params={"scale": f"{req.scale:g}"},
+            content=req.body,
+            headers={"content-type": "image/png"},
+        )
+    except httpx.HTTPError as exc:
+        return Record(req.name, 0, t0, time.perf_counter(), error=type(exc).__name__)
+    rec = Record(req.name, resp.status_code, t0, time.perf_counter())
+    if resp.status_code == 200:
+        if png_size(resp.content) != (req.out_w, req.out_h):
+            rec.error = f"bad output size {png_size(resp.content)}"
+        else:
+            rec.out_px, rec.tiles = req.out_w * req.out_h, req.tiles
+    elif resp.status_code == 503:
+        try:
+            rec.retry_after = float(resp.headers.get("retry-after", "1"))
+        except ValueError:
+            rec.retry_after = 1.0
+    else:
+        rec.error = f"http {resp.status_code}"
+    return rec
+
+
+async def _scrape(client: Any, url: str) -> dict[str, float]:
+    resp = await client.get(f"{url}/metrics")
+    resp.raise_for_status()
+    return parse_metrics(resp.text)
+
+
+async def run_level(
+    client: Any,
+    url: str,
+    mix: list[Req],
+    concurrency: int,
+    duration_s: float | None = None,
+    n_requests: int | None = None,
+    warmup_s: float = 0.0,
+) -> dict[str, Any]:
+    """One closed-loop level: ``n_requests`` in total, or ``warmup_s`` + ``duration_s`` of time."""
+    if (duration_s is None) == (n_requests is None):
+        raise ValueError("give exactly one of duration_s and n_requests")
+    records: list[Record] = []
+    issued = 0
+    t0 = time.perf_counter()
+    start = t0 + (warmup_s if duration_s is not None else 0.0)
+    stop = start + duration_s if duration_s is not None else float("inf")
+
+    async def worker(i: int) -> None:
+        nonlocal issued
+        k = i
+        while (issued < n_requests) if n_requests is not None else time.perf_counter() < stop:
+            issued += 1
+            rec = await send(client, url, mix[k % len(mix)])
+            k += 1
+            records.append(rec)
+            if rec.status == 503:
+                await asyncio.sleep(min(rec.retry_after, 1.0))
+
+    async def timed_scrapes() -> tuple[dict[str, float], dict[str, float]]:
+        await asyncio.sleep(max(0.0, start - time.perf_counter()))
+        before = await _scrape(client, url)
+        await asyncio.sleep(max(0.0, stop - time.perf_counter()))
+        return before, await _scrape(client, url)
+
+    if n_requests is not None:
+        before = await _scrape(client, url)
+        await asyncio.gather(*(worker(i) for i in range(concurrency)))
+        after = await _scrape(client, url)
+        window = list(records)
+        wall = max(r.t_done for r in records) - t0 if records else 0.0
+    else:
+        (before, after), *_ = await asyncio.gather(timed_scrapes(), *(worker(i) for i in range(concurrency)))
+        window = [r for r in records if start <= r.t_done <= stop]
+        wall = stop - start
+    return summarize_level(window, concurrency, wall, metrics_delta(before, after, wall))
+
+
+def summarize_level(
+    records: list[Record], concurrency: int, wall_s: float, server: dict[str, Any]
+) -> dict[str, Any]:
+    """Throughput, latency percentiles and failure counts of the requests completed in a window."""
+    ok = [r for r in records if r.status == 200 and r.error is None]
+    lat = [(r.t_done - r.t_start) * 1000 for r in ok]
+    errors: dict[str, int] = {}
+    for r in records:
+        if r.error is not None:
+            errors[r.error] = errors.get(r.error, 0) + 1
+    by_name: dict[str, list[float]] = {}
+    for r in ok:
+        by_name.setdefault(r.name, []).append((r.t_done - r.t_start) * 1000)
+    w = wall_s if wall_s > 0 else float("nan")
+    out_px, tiles = sum(r.out_px for r in ok), sum(r.tiles for r in ok)
+    return {
+        "concurrency": concurrency,
+        "wall_s": wall_s,
+        "completed": len(records),
+        "ok": len(ok),
+        "rejected_503": sum(r.status == 503 for r in records),
+        "errors": sum(errors.values()),
+        "error_kinds": errors,
+        "req_per_s": len(ok) / w,
+        "output_mpx_per_s": out_px / w / 1e6,
+        "tiles_per_s": tiles / w,
+        "output_px": out_px,
+        "tiles": tiles,
+        "latency_ms": {
+            "p50": percentile(lat, 50),
+            "p95": percentile(lat, 95),
+            "p99": percentile(lat, 99),
+            "mean": sum(lat) / len(lat) if lat else None,
+            "max": max(lat) if lat else None,
+        },
+        "p50_ms_by_request": {k: percentile(v, 50) for k, v in sorted(by_name.items())},
+        **server,
+    }

@@ -1,0 +1,113 @@
+"""Start ``drrn serve`` as a subprocess on a free loopback port for one benchmark run (``--spawn``).
+
+The child inherits this process's environment plus the ``DRRN_*`` overrides given (``--set``); its JSON logs
+go to a file under ``artifacts/bench/`` so a failed start can be explained. :class:`SpawnedService` is a
+context manager: it waits for ``/readyz`` (model loaded and warmed up) and sends SIGTERM on exit.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from drrn.errors import UserError
+from drrn.paths import ARTIFACTS, PROJECT_ROOT
+
+LOG_DIR = ARTIFACTS / "bench" / "logs"
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def serve_model_path(spec: str) -> Path:
+    """The ONNX file a spawned service should serve for ``--model`` (exported when needed)."""
+    if spec == "default":
+        from drrn.models import ensure_default_onnx
+
+        return ensure_default_onnx()
+    path = Path(spec)
+    if not path.is_file():
+        raise UserError(f"model file not found: {spec}")
+    if path.suffix == ".onnx":
+        return path
+    if path.suffix == ".safetensors":
+        from bench.engine import _exported
+
+        return _exported(path, fp16=False)
+    raise UserError(f"--spawn serves ONNX models: expected default, *.onnx or *.safetensors, got {spec!r}")
+
+
+class SpawnedService:
+    """``with SpawnedService(env) as svc: svc.url`` -> a ready service; stopped (SIGTERM) on exit."""
+
+    def __init__(
+        self, env: dict[str, str] | None = None, model: Path | None = None, ready_timeout_s: float = 300.0
+    ) -> None:
+        self.overrides = dict(env or {})
+        if model is not None:
+            self.overrides.setdefault("DRRN_MODEL_PATH", str(model))
+            self.overrides.setdefault("DRRN_FP16_MODEL_PATH", "")  # serve exactly this file
+        self.overrides.setdefault("DRRN_LOG_LEVEL", "WARNING")  # no per-request access log lines
+        self.ready_timeout_s = ready_timeout_s
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path = LOG_DIR / f"serve-{self.port}.log"
+        self.startup_s: float | None = None
+
+    def __enter__(self) -> SpawnedService:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        import httpx
+
+        LOG_DIR.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, **self.overrides, "PYTHONUNBUFFERED": "1"}
+        cmd = [sys.executable, "-m", "drrn", "serve", "--host", "127.0.0.1", "--port", str(self.port)]
+        t0 = time.perf_counter()
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=PROJECT_ROOT)
+        deadline = t0 + self.ready_timeout_s
+        with httpx.Client(timeout=5.0) as client:
+            while time.perf_counter() < deadline:
+                if self.proc.poll() is not None:
+                    raise UserError(f"spawned service exited with {self.proc.returncode}:\n{self.log_tail()}")
+                try:
+                    if client.get(f"{self.url}/readyz").status_code == 200:
+                        self.startup_s = time.perf_counter() - t0
+                        return
+                except httpx.TransportError:
+                    pass
+                time.sleep(0.2)
+        self.stop()
+        raise UserError(f"spawned service not ready after {self.ready_timeout_s:.0f}s:\n{self.log_tail()}")
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL after 30 s; only the process this object started."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+    def log_tail(self, lines: int = 20) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
