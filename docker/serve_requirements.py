@@ -1,9 +1,10 @@
 """Print the serving image's requirements: the core dependencies plus the ``serve`` extra from pyproject.toml,
 with every ``onnxruntime`` line dropped, or swapped for the runtime the image wants (``onnxruntime-gpu==X``).
 
-Used by ``docker/Dockerfile`` so the images follow pyproject.toml instead of a copied list. ``onnxruntime`` and
-``onnxruntime-gpu`` both install the ``onnxruntime`` module; installing both leaves whichever came last, so the
-GPU image must never see the CPU requirement. Stdlib only (runs before anything is installed).
+Used by ``docker/Dockerfile`` so the images follow pyproject.toml instead of a copied list.
+``onnxruntime`` and ``onnxruntime-gpu`` both install the ``onnxruntime`` module; installing both leaves
+whichever came last, so the GPU image must never see the CPU requirement. Stdlib only (it runs before
+anything is installed).
 
     python serve_requirements.py [--pyproject pyproject.toml] [--onnxruntime 'onnxruntime-gpu==1.26.0']
 """
@@ -20,7 +21,7 @@ _NAME = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)")
 
 
 def requirement_name(req: str) -> str:
-    """The normalised distribution name of a PEP 508 requirement (``"uvicorn[standard]>=0.30"`` -> uvicorn)."""
+    """The normalised distribution name of a PEP 508 requirement (``uvicorn[standard]>=0.30`` -> uvicorn)."""
     match = _NAME.match(req)
     if not match:
         raise ValueError(f"not a requirement: {req!r}")

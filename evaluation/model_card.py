@@ -35,7 +35,8 @@ def _cell(r: dict | None, key: str = "psnr", skey: str = "ssim") -> str:
 def quality_table(default: dict, vdsr: dict | None) -> str:
     """Markdown table: bicubic, VDSR (public weights, our eval), SRCNN floor, paper DRRN, ours."""
     lines = [
-        "| set | scale | bicubic | VDSR (public weights) | SRCNN (paper) | DRRN B1U9 (paper) | **this model** |",
+        "| set | scale | bicubic | VDSR (public weights) | SRCNN (paper) | DRRN B1U9 (paper) "
+        "| **this model** |",
         "|---|---|---|---|---|---|---|",
     ]
     for name, per_scale in default["results"].items():
@@ -67,12 +68,14 @@ def render(default_json: Path, vdsr_json: Path | None, weights: Path = DEFAULT_W
 
 | | |
 |---|---|
-| architecture | {cfg.name}: DRRN, B={cfg.blocks} recursive block, U={cfg.units} residual units, C={cfg.channels} \
-channels, {"BN" if cfg.batch_norm else "no BN"}, {"bias" if cfg.bias else "no bias"}, shared weights, multi-path |
+| architecture | {cfg.name}: DRRN, B={cfg.blocks} recursive block, U={cfg.units} residual units, \
+C={cfg.channels} channels, {"BN" if cfg.batch_norm else "no BN"}, {"bias" if cfg.bias else "no bias"}, \
+shared weights, multi-path |
 | depth / receptive field | {cfg.depth} conv layers / {cfg.receptive_field}x{cfg.receptive_field} px |
 | parameters | {count_params(DRRN(cfg)):,} |
 | FLOPs per output pixel | {cfg.flops_per_pixel():,} |
-| scales | one model for x{", x".join(str(s) for s in meta.scales)} (and any real scale up to 4 in the service) |
+| scales | one model for x{", x".join(str(s) for s in meta.scales)} \
+(and any real scale up to 4 in the service) |
 | data | 291 images: T91 + BSD200 (`../shared/datasets`), Y channel, MATLAB bicubic degradation at \
 x2/x3/x4 mixed, 31x31 patches stride 21, random flips/rotations (8 dihedral transforms) |
 | recipe | `{recipe.get("name", "?")}` (`training/recipes/{recipe.get("name", "?")}.toml`): \

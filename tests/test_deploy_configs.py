@@ -233,8 +233,9 @@ def test_compose_passes_every_setting_with_the_service_defaults() -> None:
     first = next(iter(envs.values()))
     assert all(env == first for env in envs.values()), "replicas must share one environment (the anchor)"
     drrn_vars = {k for k in first if k.startswith("DRRN_")}
-    assert drrn_vars == settings_env_names(), (
-        f"missing: {sorted(settings_env_names() - drrn_vars)}, unknown: {sorted(drrn_vars - settings_env_names())}"
+    wanted = settings_env_names()
+    assert drrn_vars == wanted, (
+        f"missing: {sorted(wanted - drrn_vars)}, unknown: {sorted(drrn_vars - wanted)}"
     )
     # The image paths and the GPU provider differ from the checkout defaults on purpose.
     deployment_specific = {"DRRN_MODEL_PATH", "DRRN_FP16_MODEL_PATH", "DRRN_PROVIDERS"}
@@ -563,7 +564,8 @@ def test_every_queried_metric_is_exported(live_metrics: tuple[set[str], set[str]
 
 def test_promql_scanner_sees_metrics_and_labels() -> None:
     metrics, labels = promql_names(
-        'histogram_quantile(0.99, sum by (le, job) (rate(drrn_x_bucket{route="/a", status=~"5.."}[$__rate_interval])))'
+        "histogram_quantile(0.99, sum by (le, job) "
+        '(rate(drrn_x_bucket{route="/a", status=~"5.."}[$__rate_interval])))'
         " / on (instance) group_left up{job='x'} > bool 0.05"
     )
     assert metrics == {"drrn_x_bucket", "up"}

@@ -28,8 +28,8 @@ def _write_images(folder: Path, n: int = 2, size: tuple[int, int] = (72, 60)) ->
 
 def test_bicubic_json_document(shared: Path, tmp_path: Path) -> None:
     out = tmp_path / "bicubic.json"
-    assert main(["eval", "--model", "bicubic", "--data", str(shared / "datasets" / "Set5"),
-                 "--scales", "2", "4", "--json", str(out)]) == 0
+    args = f"eval --model bicubic --data {shared / 'datasets' / 'Set5'} --scales 2 4 --json {out}"
+    assert main(args.split()) == 0
     doc = json.loads(out.read_text())
     assert doc["protocol"] == "drrn-matlab" and doc["model"] == "bicubic"
     r = doc["results"]["Set5"]
@@ -44,8 +44,8 @@ def test_safetensors_and_onnx_agree(tiny_weights: Path, tiny_onnx: Path, tmp_pat
     docs = {}
     for model in (tiny_weights, tiny_onnx):
         out = tmp_path / f"{model.suffix}.json"
-        assert main(["eval", "--model", str(model), "--data", str(data), "--scales", "2", "3",
-                     "--tile", "32", "--json", str(out)]) == 0
+        args = f"eval --model {model} --data {data} --scales 2 3 --tile 32 --json {out}"
+        assert main(args.split()) == 0
         docs[model.suffix] = json.loads(out.read_text())["results"]["imgs"]
     for s in ("2", "3"):
         a, b = docs[".safetensors"][s], docs[".onnx"][s]

@@ -12,6 +12,7 @@ pure function of the request). Which replica served a request comes from nginx's
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
 import os
@@ -75,14 +76,10 @@ class Proc:
     def kill(self) -> None:
         """SIGKILL the whole process group (idempotent) and reap it."""
         if self.popen.poll() is None:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.popen.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             self.popen.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            pass
 
     def tail(self, n: int = 30) -> str:
         try:

@@ -308,7 +308,10 @@ def test_metrics_and_model_endpoints(tiny_onnx: Path) -> None:
             and model["max_batch"] == MAX_BATCH
             and isinstance(model["model_card"], dict)
         )
-        assert model["serving"]["margin"] == 6 and model["serving"]["max_queue_tiles"] == Settings().max_queue_tiles
+        assert (
+            model["serving"]["margin"] == 6
+            and model["serving"]["max_queue_tiles"] == Settings().max_queue_tiles
+        )
         assert model["limits"]["max_upload_bytes"] == 100_000 and model["ready"] is True
         assert docs.status_code == 200 and "/upscale" in spec["paths"]
 
