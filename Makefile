@@ -6,7 +6,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 STAMP := $(VENV)/.installed
 
-.PHONY: install serve test lint format artifacts default-onnx clean
+.PHONY: install serve test lint format default-onnx bench clean
 
 # torch is pinned to the CPU wheel (torch==2.13.0 via the [train] extra); an unpinned torch pulls CUDA.
 $(STAMP): pyproject.toml
@@ -26,7 +26,8 @@ default-onnx: artifacts/default.onnx
 serve: $(STAMP) artifacts/default.onnx
 	$(BIN)/drrn serve --host $(HOST) --port $(PORT)
 
-test: $(STAMP)
+# deploy-tools installs the Debian validators (nginx, promtool, docker-compose) when root; see deploy/check.mk.
+test: $(STAMP) deploy-tools
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/pytest -q
@@ -38,6 +39,14 @@ lint: $(STAMP)
 format: $(STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
+
+# Benchmarks (minutes; run on a quiet machine). Results land in docs/bench/, summarised in BENCHMARKS.md.
+bench: $(STAMP) artifacts/default.onnx
+	$(BIN)/drrn bench engine --json docs/bench/engine.json
+	$(BIN)/drrn bench service --spawn --json docs/bench/service.json
+	$(BIN)/drrn bench scaling --json docs/bench/scaling.json
+
+include deploy/check.mk
 
 clean:
 	rm -rf artifacts .pytest_cache .ruff_cache

@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from bench.peak import measure_peaks, peak_for
-from bench.report import header, load_average, markdown_table, summarize_ms, time_calls, write_json
+from bench.report import header, load_average, render_engine, summarize_ms, time_calls, write_json
 from drrn.errors import UserError
 from drrn.paths import ARTIFACTS, DEFAULT_WEIGHTS
 
@@ -171,7 +171,8 @@ def bench_model(
     rng = np.random.default_rng(0)
     probe = rng.random((1, 1, 64, 64), dtype=np.float32)
     reference = None
-    results, accuracy, skipped = [], {}, list(m.skipped)
+    results, skipped = [], list(m.skipped)
+    accuracy: dict[str, Any] = {"reference": None, "probe": "1x1x64x64 uniform [0,1)", "max_abs_diff": {}}
     for backend in backends:
         if any(s["backend"] == backend for s in skipped):
             continue
@@ -182,7 +183,7 @@ def bench_model(
         out = run(probe)
         if reference is None:  # torch-fp32 when it runs, else the first backend that does
             reference, accuracy["reference"] = out, backend
-        accuracy[backend] = float(np.max(np.abs(out - reference)))
+        accuracy["max_abs_diff"][backend] = float(np.max(np.abs(out - reference)))
         gemm_peak, conv_peak = peak_for(peaks, threads, cfg.channels)
         timing = (1, 2, 2, 0.0) if quick else (1, 3, max_repeats, budget_s)
         for tile in tiles:
@@ -217,7 +218,7 @@ def bench_model(
         "onnx": str(m.onnx) if m.onnx else None,
         "onnx_fp16": str(m.onnx_fp16) if m.onnx_fp16 else None,
         "skipped": skipped,
-        "max_abs_diff": accuracy,
+        "accuracy": accuracy,
         "results": results,
         "headline": headline(results),
     }
@@ -249,34 +250,15 @@ def headline(results: list[dict[str, Any]]) -> dict[str, Any] | None:
     }
 
 
-COLUMNS = [
-    ("backend", "backend"), ("threads", "thr"), ("tile", "tile"), ("batch", "batch"), ("ms_median", "ms p50"),
-    ("ms_p90", "ms p90"), ("mpx_per_s", "Mpx/s"), ("gflops", "GFLOP/s"), ("frac_gemm_peak", "÷ GEMM peak"),
-    ("frac_conv_peak", "÷ conv peak"),
-]  # fmt: skip
-
-
-def render(report: dict[str, Any]) -> str:
-    """The markdown summary printed after a run."""
-    lines = []
-    for t, p in report["peaks"]["by_threads"].items():
-        convs = ", ".join(f"C={c}: {v:.1f}" for c, v in p["conv_torch_gflops"].items())
-        lines.append(f"- peak @ {t} thread(s): GEMM {p['gemm_best_gflops']:.1f} GFLOP/s; 3x3 conv {convs}")
-    for m in report["models"]:
-        lines += ["", f"### {m['label']}: {m['name']} ({m['flops_per_pixel']:,} FLOP/px)", ""]
-        lines.append(markdown_table(m["results"], COLUMNS))
-        for s in m["skipped"]:
-            lines.append(f"- skipped {s['backend']}: {s['reason']}")
-        diffs = ", ".join(f"{k} {v:.2g}" for k, v in m["max_abs_diff"].items() if k != "reference")
-        lines.append(f"- max abs diff on a 64x64 probe vs {m['max_abs_diff'].get('reference')}: {diffs}")
-        h = m["headline"]
-        if h:
-            lines.append(
-                f"- **ORT fp32 ÷ PyTorch eager fp32** at tile {h['tile']} batch {h['batch']}: "
-                f"{h['speedup_ort_fp32_over_torch_fp32']:.2f}x speed-up "
-                f"({h['torch_fp32_ms']:.1f} ms -> {h['ort_fp32_ms']:.1f} ms)"
-            )
-    return "\n".join(lines)
+def _estimate(models, grids, backends, peaks) -> float:
+    """A floor on the run time: 4 runs (warmup + 3) per cell per backend at the 3x3-conv peak."""
+    total = 0.0
+    for m in models:
+        conv = max(peak_for(peaks, int(t), m.config.channels)[1] or 0.0 for t in peaks["by_threads"])
+        t, b = grids[m.label]
+        flops = m.config.flops_per_pixel() * sum(tile * tile for tile in t) * sum(b) * 4 * len(backends)
+        total += flops / ((conv or 50.0) * 1e9)
+    return total
 
 
 def run_engine_bench(
@@ -297,7 +279,7 @@ def run_engine_bench(
     if unknown:
         raise UserError(f"unknown backends {sorted(unknown)}; choose from {', '.join(BACKENDS)}")
     specs = [model] + (["b1u25"] if b1u25 and model != "b1u25" else [])
-    models = []
+    models, skipped_models = [], []
     for spec in specs:
         try:
             models.append(resolve_bench_model(spec))
@@ -305,20 +287,24 @@ def run_engine_bench(
             if spec != "default" or not b1u25:
                 raise
             print(f"warning: skipping model 'default': {exc}", file=sys.stderr)
+            skipped_models.append({"model": spec, "reason": str(exc)})
     cores = os.cpu_count() or 1
     peaks = measure_peaks({m.config.channels for m in models}, {1, cores}, quick=quick)
-    report = header(
-        "engine", quick, peaks=peaks, models=[], settings={"budget_s": budget_s, "max_repeats": max_repeats}
-    )
+    settings = {"budget_s": budget_s, "max_repeats": max_repeats, "backends": backends}
+    report = header("engine", quick, peaks=peaks, settings=settings, skipped_models=skipped_models, models=[])
+    grids = {
+        m.label: (
+            tiles or ([64] if quick else list(B1U25_TILES if m.label == "b1u25" and not full else TILES)),
+            batches or ([1] if quick else list(BATCHES)),
+        )
+        for m in models
+    }
+    report["estimate_min_s"] = _estimate(models, grids, backends, peaks)
+    print(f"engine bench: at least ~{report['estimate_min_s'] / 60:.0f} min on this machine", file=sys.stderr)
     for m in models:
-        grid_tiles = tiles or (
-            [64] if quick else list(B1U25_TILES if m.label == "b1u25" and not full else TILES)
-        )
-        grid_batches = batches or ([1] if quick else list(BATCHES))
-        report["models"].append(
-            bench_model(m, grid_tiles, grid_batches, backends, peaks, quick, budget_s, max_repeats)
-        )
+        t, b = grids[m.label]
+        report["models"].append(bench_model(m, t, b, backends, peaks, quick, budget_s, max_repeats))
     report["machine"]["load_average_end"] = load_average()
-    print(render(report))
+    print(render_engine(report))
     write_json(report, json_out)
     return report

@@ -116,12 +116,22 @@ def machine_info(modules: Iterable[str] = ("numpy", "torch", "onnxruntime")) -> 
 
 
 def header(kind: str, quick: bool, **extra: Any) -> dict[str, Any]:
-    """The common top of every results file: ``schema``, ``created`` (UTC), ``quick``, ``machine``."""
+    """The common top of every results file: ``schema``, ``created`` (UTC), ``quick``, ``machine``.
+
+    Warns on stderr (and sets ``machine.busy``) when the 1-minute load average exceeds half the cores:
+    other work on the machine makes every number here pessimistic, multi-threaded ones most of all.
+    """
+    machine = machine_info()
+    load, cores = machine["load_average"], machine["cpu_count"] or 1
+    machine["busy"] = bool(load and load[0] > 0.5 * cores)
+    if machine["busy"]:
+        print(f"warning: load average {load[0]} on {cores} cores: the machine is busy, results will be "
+              "pessimistic and noisy (multi-threaded ones most)", file=sys.stderr)  # fmt: skip
     return {
         "schema": f"drrn-bench-{kind}/1",
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "quick": quick,
-        "machine": machine_info(),
+        "machine": machine,
         **extra,
     }
 
@@ -185,3 +195,34 @@ def linear_fit(xs: Sequence[float], ys: Sequence[float]) -> dict[str, float]:
     ss_res = sum((y - (a + b * x)) ** 2 for x, y in zip(xs, ys, strict=True))
     r2 = 1.0 - ss_res / ss_tot if ss_tot else math.nan
     return {"a": a, "b": b, "r2": r2}
+
+
+ENGINE_COLUMNS = [
+    ("backend", "backend"), ("threads", "thr"), ("tile", "tile"), ("batch", "batch"), ("ms_median", "ms p50"),
+    ("ms_p90", "ms p90"), ("mpx_per_s", "Mpx/s"), ("gflops", "GFLOP/s"), ("frac_gemm_peak", "÷ GEMM peak"),
+    ("frac_conv_peak", "÷ conv peak"),
+]  # fmt: skip
+
+
+def render_engine(report: dict[str, Any]) -> str:
+    """The markdown summary of a ``drrn bench engine`` report."""
+    lines = []
+    for t, p in report["peaks"]["by_threads"].items():
+        convs = ", ".join(f"C={c}: {v:.1f}" for c, v in p["conv_torch_gflops"].items())
+        lines.append(f"- peak @ {t} thread(s): GEMM {p['gemm_best_gflops']:.1f} GFLOP/s; 3x3 conv {convs}")
+    for m in report["models"]:
+        lines += ["", f"### {m['label']}: {m['name']} ({m['flops_per_pixel']:,} FLOP/px)", ""]
+        lines.append(markdown_table(m["results"], ENGINE_COLUMNS))
+        for s in m["skipped"]:
+            lines.append(f"- skipped {s['backend']}: {s['reason']}")
+        acc = m["accuracy"]
+        diffs = ", ".join(f"{k} {v:.2g}" for k, v in acc["max_abs_diff"].items())
+        lines.append(f"- max abs diff on a {acc['probe']} probe vs {acc['reference']}: {diffs}")
+        h = m["headline"]
+        if h:
+            lines.append(
+                f"- **ORT fp32 ÷ PyTorch eager fp32** at tile {h['tile']} batch {h['batch']}: "
+                f"{h['speedup_ort_fp32_over_torch_fp32']:.2f}x speed-up "
+                f"({h['torch_fp32_ms']:.1f} ms -> {h['ort_fp32_ms']:.1f} ms)"
+            )
+    return "\n".join(lines)

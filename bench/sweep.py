@@ -58,8 +58,16 @@ def combinations(params: dict[str, list[Any]], base: dict[str, Any], mode: str) 
         return [dict(zip(names, vals, strict=True)) for vals in itertools.product(*params.values())]
     combos: list[dict[str, Any]] = [{}]
     for name, values in params.items():
-        combos += [{name: v} for v in values if str(v) != str(base.get(name))]
+        combos += [{name: v} for v in values if not _same(v, base.get(name))]
     return combos
+
+
+def _same(a: Any, b: Any) -> bool:
+    """``8 == "8" == 8.0``: sweep values are strings or numbers, settings are typed."""
+    try:
+        return float(a) == float(b)
+    except (TypeError, ValueError):
+        return str(a) == str(b)
 
 
 async def _one_level(url: str, concurrency: int, duration, n_requests, warmup) -> dict[str, Any]:

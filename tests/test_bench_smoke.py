@@ -1,0 +1,148 @@
+"""Smoke tests of ``drrn bench``: each command runs for a few iterations on the tiny model and writes JSON
+with the documented fields and sane values. No timing assertions: only that numbers exist and are positive.
+
+The service tests spawn a real ``drrn serve`` subprocess (``--spawn``) on a free loopback port.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from bench import engine as bench_engine
+from bench import spawn as bench_spawn
+from bench.loadgen import metrics_delta, parse_metrics
+from bench.report import linear_fit, percentile
+from bench.service_load import check_loopback
+from bench.sweep import combinations
+from drrn.cli import main
+from drrn.errors import UserError
+
+SMALL_SERVICE = ["--set", "DRRN_TILE=64", "--set", "DRRN_MAX_BATCH=4"]
+
+
+@pytest.fixture(autouse=True)
+def _bench_dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Exports and service logs go to the test's tmp dir, not the checkout's artifacts/."""
+    monkeypatch.setattr(bench_engine, "BENCH_ARTIFACTS", tmp_path / "artifacts")
+    monkeypatch.setattr(bench_spawn, "LOG_DIR", tmp_path / "logs")
+
+
+def _positive(x: object) -> bool:
+    return isinstance(x, int | float) and math.isfinite(x) and x > 0
+
+
+def test_helpers() -> None:
+    assert percentile([1, 2, 3, 4], 50) == 2.5
+    fit = linear_fit([1, 2, 3], [3, 5, 7])
+    assert fit["a"] == pytest.approx(1) and fit["b"] == pytest.approx(2) and fit["r2"] == pytest.approx(1)
+    before = parse_metrics("# HELP x\ndrrn_batch_size_tiles_sum 4.0\ndrrn_batch_size_tiles_count 2.0\n")
+    after = parse_metrics(
+        "drrn_batch_size_tiles_sum 16.0\ndrrn_batch_size_tiles_count 5.0\n"
+        'drrn_rejections_total{reason="queue_full"} 3.0\n'
+    )
+    delta = metrics_delta(before, after, wall_s=1.0)
+    assert delta["mean_batch_tiles"] == 4.0 and delta["server_rejections"] == {"queue_full": 3}
+    assert combinations({"a": ["1", 2], "b": [3]}, {"a": 1.0, "b": 4}, "oat") == [{}, {"a": 2}, {"b": 3}]
+    assert len(combinations({"a": [1, 2], "b": [3, 4]}, {}, "grid")) == 4
+    check_loopback("http://127.0.0.1:8000", allow_remote=False)
+    with pytest.raises(UserError):
+        check_loopback("http://10.0.0.1:8000", allow_remote=False)
+
+
+def test_make_bench_weights(tmp_path: Path) -> None:
+    from model_export.weights import load_weights
+
+    path = bench_engine.make_bench_weights(tmp_path / "w.safetensors", units=1, channels=4)
+    _, meta = load_weights(path)
+    assert (meta.config.units, meta.config.channels) == (1, 4) and meta.provenance["trained"] is False
+
+
+def test_engine_quick(tiny_weights: Path, tmp_path: Path) -> None:
+    out = tmp_path / "engine.json"
+    assert (
+        main(["bench", "engine", "--model", str(tiny_weights), "--quick", "--no-b1u25", "--json", str(out)])
+        == 0
+    )
+    report = json.loads(out.read_text())
+    assert report["schema"] == "drrn-bench-engine/1" and report["quick"] is True
+    assert report["machine"]["cpu_count"] >= 1
+    for peak in report["peaks"]["by_threads"].values():
+        assert _positive(peak["gemm_best_gflops"]) and all(map(_positive, peak["conv_torch_gflops"].values()))
+    (model,) = report["models"]
+    assert model["flops_per_pixel"] == 4896 and model["onnx"] and model["onnx_fp16"]
+    assert {r["backend"] for r in model["results"]} == set(bench_engine.BACKENDS)
+    for r in model["results"]:
+        assert r["n"] == 2 and r["ms_p90"] >= r["ms_min"] > 0
+        for key in ("ms_median", "mpx_per_s", "gflops", "frac_gemm_peak", "frac_conv_peak"):
+            assert _positive(r[key]), (key, r)
+    diffs = model["accuracy"]["max_abs_diff"]
+    assert (
+        model["accuracy"]["reference"] == "torch-fp32"
+        and diffs["ort-fp32"] < 1e-4
+        and diffs["torch-bf16"] < 0.05
+    )
+    assert _positive(model["headline"]["speedup_ort_fp32_over_torch_fp32"])
+
+
+def test_service_quick_spawn(tiny_onnx: Path, tmp_path: Path) -> None:
+    out, plot = tmp_path / "service.json", tmp_path / "plot.png"
+    argv = ["bench", "service", "--spawn", "--model", str(tiny_onnx), "--quick", "--json", str(out)]
+    assert main([*argv, *SMALL_SERVICE, "--plot", str(plot)]) == 0
+    report = json.loads(out.read_text())
+    assert report["schema"] == "drrn-bench-service/1"
+    assert report["serving"]["tile"] == 64 and report["serving"]["max_batch"] == 4
+    assert [lv["concurrency"] for lv in report["levels"]] == [1, 4]
+    assert len(report["request_mix"]) == 5
+    for lv in report["levels"]:
+        assert lv["ok"] == 4 and lv["errors"] == 0 and lv["rejected_503"] == 0
+        for key in ("req_per_s", "output_mpx_per_s", "tiles_per_s"):
+            assert _positive(lv[key])
+        assert lv["latency_ms"]["p99"] >= lv["latency_ms"]["p95"] >= lv["latency_ms"]["p50"] > 0
+        assert 1 <= lv["mean_batch_tiles"] <= 4 and lv["engine_runs"] >= 1
+    assert _positive(report["engine"]["tiles_per_s"]) and report["engine"]["max_batch"] == 4
+    assert _positive(report["overhead"]["service_over_engine"])
+    assert plot.read_bytes().startswith(b"\x89PNG")
+
+
+def test_scaling_quick(tiny_onnx: Path, tmp_path: Path) -> None:
+    out = tmp_path / "scaling.json"
+    argv = [
+        "bench",
+        "scaling",
+        "--model",
+        str(tiny_onnx),
+        "--quick",
+        "--sizes",
+        "0.005,0.01",
+        "--json",
+        str(out),
+    ]
+    assert main([*argv, *SMALL_SERVICE]) == 0
+    report = json.loads(out.read_text())
+    assert report["schema"] == "drrn-bench-scaling/1" and len(report["sizes"]) == 2
+    for size in report["sizes"]:
+        assert _positive(size["time_s_median"]) and _positive(size["peak_rss_mib"]) and size["tiles"] >= 1
+    assert set(report["time_fit"]) == {"a", "b", "r2"}
+
+
+def test_sweep_quick(tiny_onnx: Path, tmp_path: Path) -> None:
+    out = tmp_path / "sweep.json"
+    argv = [
+        "bench",
+        "service",
+        "--spawn",
+        "--sweep",
+        "--model",
+        str(tiny_onnx),
+        "--quick",
+        "--json",
+        str(out),
+    ]
+    assert main([*argv, *SMALL_SERVICE, "--sweep-param", "max_batch=2", "--requests", "2"]) == 0
+    report = json.loads(out.read_text())
+    assert [r["label"] for r in report["runs"]] == ["base", "max_batch=2"]
+    assert all(_positive(r["output_mpx_per_s"]) for r in report["runs"]) and report["best"]
