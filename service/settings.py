@@ -103,7 +103,7 @@ class Settings(BaseSettings):
     @field_validator("fp16_model_path", "margin", mode="before")
     @classmethod
     def _empty_is_none(cls, value: object) -> object:
-        # DRRN_FP16_MODEL_PATH="" means "no fp16 model" (not Path("") == cwd); DRRN_MARGIN="" means "model depth".
+        # DRRN_FP16_MODEL_PATH="" means no fp16 model (not Path("") == cwd); DRRN_MARGIN="" means depth.
         return None if value in ("", "none", "None") else value
 
     @field_validator("log_level", mode="before")
