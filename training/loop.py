@@ -31,7 +31,10 @@ from model_export.weights import WeightsMeta, load_weights, save_weights
 from training.data import PatchSampler, build_patch_cache
 from training.recipe import Recipe, learning_rate, load_recipe
 
-CACHE_ROOT = PROJECT_ROOT / "cache"
+
+def cache_root() -> Path:
+    """Where patch caches live: ``$DRRN_CACHE_DIR`` or ``cache/`` in the checkout."""
+    return Path(os.environ.get("DRRN_CACHE_DIR") or PROJECT_ROOT / "cache")
 
 
 def _resolve(path: str) -> Path:
@@ -67,10 +70,14 @@ def validate(model: DRRN, recipe: Recipe, device: str) -> dict:
         with torch.no_grad():
             return model(x)[0, 0].float().cpu().numpy()
 
+    folder = _resolve(recipe.data.val_folder)
+    if not folder.is_dir():
+        tqdm.write(f"validation skipped: {folder} not found")
+        return {}
     was_training = model.training
     model.eval()
     try:
-        res = evaluate([_resolve(recipe.data.val_folder)], recipe.data.scales, sr, progress=False)
+        res = evaluate([folder], recipe.data.scales, sr, progress=False)
     finally:
         model.train(was_training)
     per_scale = next(iter(res.values()))
@@ -108,7 +115,9 @@ class Trainer:
                 self.model.parameters(), lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay
             )
         d = recipe.data
-        patches = build_patch_cache([_resolve(f) for f in d.folders], d.scales, d.patch, d.stride, CACHE_ROOT)
+        patches = build_patch_cache(
+            [_resolve(f) for f in d.folders], d.scales, d.patch, d.stride, cache_root()
+        )
         self.patch_key = patches.key
         self.n_patches = len(patches)
         self.sampler = PatchSampler(patches, o.batch, seed=rt.seed)
@@ -264,6 +273,8 @@ class Trainer:
 
     def evaluate_and_keep_best(self, log) -> None:
         set5 = validate(self.model, self.recipe, self.device)
+        if not set5:
+            return
         mean = float(np.mean([v["psnr"] for v in set5.values()]))
         self.last_eval = {"step": self.step, "set5": set5, "mean_psnr": round(mean, 4)}
         log.write(json.dumps({"event": "eval", "elapsed_s": round(self.elapsed, 1), **self.last_eval}) + "\n")

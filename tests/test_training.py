@@ -1,0 +1,89 @@
+"""Training smoke test: a tiny model learns on a few images, and resuming is bit-exact on the CPU."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from safetensors.torch import load_file
+
+from drrn.cli import main
+from model_export.weights import load_weights
+from training.recipe import learning_rate, load_recipe
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Four textured RGB images (96x80): enough patches at x2/x3/x4 for a few dozen steps."""
+    folder = tmp_path_factory.mktemp("train_images")
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:80, 0:96]
+    for i in range(4):
+        base = 128 + 80 * np.sin(xx / (3 + i)) * np.cos(yy / (4 + i)) + rng.normal(0, 8, (80, 96))
+        rgb = np.stack([base, np.roll(base, 7, 1), 255 - base], -1)
+        Image.fromarray(np.clip(rgb, 0, 255).astype(np.uint8)).save(folder / f"t{i}.png")
+    return folder
+
+
+def _train(out: Path, images: Path, steps: int, resume: bool = False) -> int:
+    args = ["train", "--recipe", "smoke", "--out", str(out), "--data", str(images), "--max-steps", str(steps)]
+    return main([*args, "--resume"] if resume else args)
+
+
+def _losses(run: Path) -> list[float]:
+    lines = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines()]
+    return [x["loss"] for x in lines if x["event"] == "train"]
+
+
+def test_loss_goes_down_and_resume_is_bit_exact(
+    images: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DRRN_CACHE_DIR", str(tmp_path / "cache"))
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    assert _train(straight, images, 40) == 0
+    losses = _losses(straight)
+    assert len(losses) == 4 and losses[-1] < 0.5 * losses[0], losses
+
+    assert _train(split, images, 20) == 0
+    assert load_weights(split / "last.safetensors")[1].training["steps"] == 20
+    assert _train(split, images, 40, resume=True) == 0
+    a = load_file(str(straight / "last.safetensors"))
+    b = load_file(str(split / "last.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        assert a[k].equal(b[k]), f"{k} differs after resume"
+
+    model, meta = load_weights(straight / "last.safetensors")
+    assert meta.training["steps"] == 40 and meta.training["recipe"]["name"] == "smoke"
+    assert meta.provenance["trained_by"] == "drrn train" and meta.scales == [2, 3, 4]
+
+
+def test_existing_run_needs_resume(images: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    monkeypatch.setenv("DRRN_CACHE_DIR", str(tmp_path / "cache"))
+    assert _train(tmp_path / "r", images, 2) == 0
+    assert _train(tmp_path / "r", images, 4) == 2
+    assert "--resume" in capsys.readouterr().err
+
+
+def test_shipped_recipes_parse_and_schedules_behave() -> None:
+    paper = load_recipe("paper")
+    assert (paper.optim.name, paper.optim.lr, paper.optim.batch) == ("sgd", 0.1, 128)
+    assert paper.clip.mode == "adjustable" and paper.clip.theta == 0.01
+    assert learning_rate(paper.schedule, 0.1, 65359) == 0.1
+    assert learning_rate(paper.schedule, 0.1, 65360) == 0.05
+    cpu = load_recipe("cpu")
+    s = cpu.schedule
+    assert learning_rate(s, 1.0, s.warmup_steps) == pytest.approx(1.0)
+    assert learning_rate(s, 1.0, s.total_steps) == pytest.approx(s.final_lr_ratio)
+    for name in ("gpu", "smoke"):
+        load_recipe(name)
+
+
+def test_recipe_typos_are_errors(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[optim]\nname = "adam"\nlearning_rate = 0.1\n')
+    with pytest.raises(ValueError, match="unknown keys"):
+        load_recipe(str(bad))
