@@ -14,9 +14,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from imaging.protocol import prepare, quantize, score
+from imaging.protocol import image_files, prepare, quantize, score
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 SRFunction = Callable[[np.ndarray, int], np.ndarray]
 
 
@@ -38,16 +37,6 @@ class ScaleResult:
         }
 
 
-def dataset_images(folder: Path) -> list[Path]:
-    """Images of one benchmark folder, sorted. Raises ``FileNotFoundError``/``ValueError`` when unusable."""
-    if not folder.is_dir():
-        raise FileNotFoundError(f"dataset folder not found: {folder}")
-    images = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-    if not images:
-        raise ValueError(f"no images in dataset folder: {folder}")
-    return images
-
-
 def evaluate(
     folders: list[Path],
     scales: list[int],
@@ -60,7 +49,7 @@ def evaluate(
     ``sr(bicubic_y, scale) -> sr_y`` gets ``float64[H, W]`` and returns ``float[H, W]``.
     """
     results: dict[str, dict[str, dict]] = {}
-    jobs = [(folder, img, s) for folder in folders for img in dataset_images(folder) for s in scales]
+    jobs = [(folder, img, s) for folder in folders for img in image_files(folder) for s in scales]
     per: dict[tuple[str, int], ScaleResult] = {}
     for folder, path, s in tqdm(jobs, desc="eval", unit="img", disable=not progress, leave=False):
         gt, bicubic = prepare(path, s)

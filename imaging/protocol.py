@@ -15,6 +15,7 @@ Steps, for an integer scale ``s``:
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
@@ -25,7 +26,35 @@ from imaging.crop import modcrop, shave
 from imaging.metrics import psnr, ssim
 from imaging.resize import imresize
 
-__all__ = ["ImageReadError", "degrade", "load_y", "prepare", "quantize", "score", "to_y"]
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "ImageReadError",
+    "degrade",
+    "image_files",
+    "load_y",
+    "prepare",
+    "quantize",
+    "score",
+    "to_y",
+]
+
+#: File suffixes treated as images by dataset folders (training and evaluation).
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
+
+
+def image_files(folder: str | os.PathLike[str]) -> list[Path]:
+    """The images of one dataset folder (non-recursive), sorted for a reproducible order.
+
+    Raises ``FileNotFoundError`` when the folder is missing and ``ValueError`` when it holds no image.
+    """
+    path = Path(folder)
+    if not path.is_dir():
+        raise FileNotFoundError(f"dataset folder not found: {path}")
+    images = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not images:
+        raise ValueError(f"no images in dataset folder: {path}")
+    return images
+
 
 # Pillow modes holding one channel of 16- or 32-bit integers (16-bit PNG/TIFF greyscale).
 _WIDE_GRAY_MODES = {"I", "I;16", "I;16L", "I;16B", "I;16N"}

@@ -56,7 +56,7 @@ def test_loss_goes_down_and_resume_is_bit_exact(
     for k in a:
         assert a[k].equal(b[k]), f"{k} differs after resume"
 
-    model, meta = load_weights(straight / "last.safetensors")
+    _, meta = load_weights(straight / "last.safetensors")
     assert meta.training["steps"] == 40 and meta.training["recipe"]["name"] == "smoke"
     assert meta.provenance["trained_by"] == "drrn train" and meta.scales == [2, 3, 4]
 

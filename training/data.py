@@ -24,23 +24,17 @@ import torch
 from tqdm import tqdm
 
 from imaging.crop import modcrop
-from imaging.protocol import degrade, load_y
+from imaging.protocol import degrade, image_files, load_y
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 CACHE_VERSION = 1
 
 
 def list_images(folders: list[str | Path]) -> list[Path]:
     """All images in ``folders`` (non-recursive), sorted for a reproducible order."""
-    files: list[Path] = []
-    for folder in folders:
-        folder = Path(folder)
-        if not folder.is_dir():
-            raise FileNotFoundError(f"training folder not found: {folder}")
-        files += sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-    if not files:
-        raise FileNotFoundError(f"no images in {[str(f) for f in folders]}")
-    return files
+    try:
+        return [Path(p) for folder in folders for p in image_files(folder)]
+    except ValueError as exc:  # an empty folder is as unusable for training as a missing one
+        raise FileNotFoundError(str(exc)) from exc
 
 
 def _cache_key(files: list[Path], scales: list[int], patch: int, stride: int) -> tuple[str, dict]:
