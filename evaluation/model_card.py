@@ -3,8 +3,8 @@
 Every measured number in the card comes from a JSON file written by ``drrn eval --json``; the paper's
 columns are constants quoted from the paper (``../shared/DRRN.md``). Regenerate with::
 
-    python -m evaluation.model_card --default results/eval-default.json \
-        --vdsr results/eval-vdsr-onnx.json -o weights/MODEL_CARD.md
+    python -m evaluation.model_card --default docs/eval/eval-default.json \
+        --vdsr docs/eval/eval-vdsr-onnx.json --log docs/eval/training-log.jsonl -o weights/MODEL_CARD.md
 """
 
 from __future__ import annotations
@@ -52,7 +52,23 @@ def quality_table(default: dict, vdsr: dict | None) -> str:
     return "\n".join(lines)
 
 
-def render(default_json: Path, vdsr_json: Path | None, weights: Path = DEFAULT_WEIGHTS) -> str:
+def validation_curve(log: Path) -> str:
+    """Set5 PSNR against training steps, from a run's ``log.jsonl`` (its ``"eval"`` events)."""
+    rows = ["| step | wall-clock (min) | Set5 x2 | Set5 x3 | Set5 x4 |", "|---|---|---|---|---|"]
+    for line in log.read_text().splitlines():
+        e = json.loads(line)
+        if e.get("event") != "eval":
+            continue
+        p = {s: v["psnr"] for s, v in e["set5"].items()}
+        rows.append(
+            f"| {e['step']:,} | {e['elapsed_s'] / 60:.0f} | {p['2']:.2f} | {p['3']:.2f} | {p['4']:.2f} |"
+        )
+    return "\n".join(rows)
+
+
+def render(
+    default_json: Path, vdsr_json: Path | None, log: Path | None = None, weights: Path = DEFAULT_WEIGHTS
+) -> str:
     from model_export.model import DRRN, count_params
     from model_export.weights import read_meta, sha256_file
 
@@ -97,8 +113,12 @@ columns are the papers' published numbers.
 
 {quality_table(default, vdsr)}
 
+## Validation during training (Set5 PSNR, full-image fp32, same protocol)
+
+{validation_curve(log) if log and log.is_file() else "(no training log given)"}
+
 Reproduce: `drrn eval --model default --data ../shared/datasets/Set5 ../shared/datasets/Set14 \
-../shared/datasets/BSD100 --scales 2 3 4 --json results/eval-default.json`.
+../shared/datasets/BSD100 --scales 2 3 4 --json docs/eval/eval-default.json`.
 """
 
 
@@ -106,9 +126,10 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--default", required=True, type=Path, help="drrn eval JSON of the default model")
     p.add_argument("--vdsr", type=Path, help="drrn eval JSON of the converted VDSR weights")
+    p.add_argument("--log", type=Path, help="the training run's log.jsonl (validation curve)")
     p.add_argument("-o", "--output", type=Path, required=True)
     args = p.parse_args(argv)
-    args.output.write_text(render(args.default, args.vdsr))
+    args.output.write_text(render(args.default, args.vdsr, args.log))
     print(f"wrote {args.output}")
     return 0
 

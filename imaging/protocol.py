@@ -162,19 +162,22 @@ def degrade(gt: np.ndarray, scale: int) -> np.ndarray:
     return imresize(low, s)
 
 
-def quantize(x: np.ndarray) -> np.ndarray:
+def quantize(x: np.ndarray, dtype: type[np.unsignedinteger] = np.uint8) -> np.ndarray:
     """Float image in [0, 1] -> uint8, as MATLAB ``uint8(x * 255)`` / ``im2uint8``.
 
     Values are scaled by 255, saturated to [0, 255] and rounded half away from zero; NaN maps to 0
-    as in MATLAB.
+    as in MATLAB. ``dtype=np.uint16`` does the same with 65535 (MATLAB ``im2uint16``).
     """
-    scaled = np.asarray(x, dtype=np.float64) * 255.0
+    if np.dtype(dtype) not in (np.dtype(np.uint8), np.dtype(np.uint16)):
+        raise ValueError(f"quantize supports uint8 and uint16, got {np.dtype(dtype)}")
+    top = float(np.iinfo(dtype).max)
+    scaled = np.asarray(x, dtype=np.float64) * top
     np.nan_to_num(scaled, copy=False, nan=0.0)
-    np.clip(scaled, 0.0, 255.0, out=scaled)
+    np.clip(scaled, 0.0, top, out=scaled)
     # After clipping every value is >= 0, so floor(x + 0.5) is MATLAB's round-half-away-from-zero.
     scaled += 0.5
     np.floor(scaled, out=scaled)
-    return scaled.astype(np.uint8)
+    return scaled.astype(dtype)
 
 
 def score(pred: np.ndarray, gt: np.ndarray, scale: int) -> tuple[float, float]:

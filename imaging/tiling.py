@@ -7,10 +7,18 @@ Geometry, per axis of length L, tile side T and margin m (core K = T - 2m):
 - each core is computed by a tile starting at ``clamp(core_start - m, 0, L - T)``, so every core pixel is
   at least m pixels from a tile edge, *or* that edge is the image edge itself.
 
-A conv net with ``depth`` 3x3 layers and zero padding sees exactly the same inputs at a core pixel as it
-does on the whole image when m >= depth, so tiled output equals whole-image output (up to float
-summation order). When L < T the image is mirror-padded up to T: there is no whole-image context to
-preserve beyond the border, and mirrored content keeps the tile statistics natural.
+Exactness. A conv net with ``depth`` 3x3 layers and zero padding sees exactly the same inputs at a core
+pixel as it does on the whole image when m >= depth, so for an image at least T pixels long on *both*
+axes, tiled output equals whole-image output up to float summation order (tests/test_tiling.py checks
+this with a real model at atol 1e-5, and that m < depth breaks it).
+
+Short axes are *not* exact. When L < T on an axis, the image is mirror-padded (``numpy`` "symmetric") up
+to T along it and the tile runs on the padded image; its core is the original L pixels. At the far border
+(the padded side) the network then sees mirrored pixels where a whole-image run sees its zero padding, so
+results within ``depth`` pixels of that border differ from a whole-image run of the unpadded image
+(usually slightly: the mirror continues the content naturally, where zero padding is a hard edge). The
+near border (index 0) is unaffected. The service accepts this for small images; callers that need
+bit-for-bit agreement with a whole-image run should use images at least one tile in each dimension.
 """
 
 from __future__ import annotations
@@ -109,6 +117,14 @@ def stitch_tiles(outputs: np.ndarray, plan: TilePlan) -> np.ndarray:
     return out
 
 
+def run_in_batches(tiles: np.ndarray, run: Callable[[np.ndarray], np.ndarray], max_batch: int) -> np.ndarray:
+    """``run`` over ``tiles`` (``float32[N, 1, T, T]``) in consecutive chunks of at most ``max_batch``;
+    the outputs concatenated in order."""
+    if max_batch < 1:
+        raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+    return np.concatenate([run(tiles[i : i + max_batch]) for i in range(0, len(tiles), max_batch)])
+
+
 def run_tiled(
     image: np.ndarray,
     run: Callable[[np.ndarray], np.ndarray],
@@ -123,6 +139,4 @@ def run_tiled(
     by ``drrn upscale`` and ``drrn eval``.
     """
     plan = plan_tiles(*image.shape, tile, margin)
-    tiles = extract_tiles(image, plan)
-    outs = [run(tiles[i : i + max_batch]) for i in range(0, len(tiles), max_batch)]
-    return stitch_tiles(np.concatenate(outs), plan)
+    return stitch_tiles(run_in_batches(extract_tiles(image, plan), run, max_batch), plan)

@@ -1,17 +1,17 @@
 """FastAPI app factory. Nothing happens at import: :func:`create_app` builds settings, metrics and routes;
 the lifespan loads the engine, warms it up in the background (``/healthz`` answers meanwhile, ``/readyz``
-says 503) and then starts the batcher.
+says 503) and then starts the batcher (see :mod:`service.lifecycle`, which also drains on shutdown).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
-import math
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from typing import Any
@@ -19,12 +19,13 @@ from typing import Any
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.batcher import TileBatcher
-from service.engine import Engine, engine_from_settings
+from service.engine import Engine
 from service.errors import install_exception_handlers, sane_request_id
+from service.lifecycle import shutdown, startup, warm_and_start
 from service.metrics import ServiceMetrics
-from service.routes import ServiceState, router
+from service.routes import router
 from service.settings import Settings
+from service.state import ServiceState
 
 log = logging.getLogger("drrn.service")
 access_log = logging.getLogger("drrn.access")
@@ -32,10 +33,15 @@ access_log = logging.getLogger("drrn.access")
 
 class AccessLogMiddleware:
     """Pure ASGI middleware: request id on every response, one JSON access-log line and the request-duration
-    metric per request, and a JSON 500 (never a dropped connection) for any exception a route lets escape."""
+    metric per request, and a JSON 500 (never a dropped connection) for any exception a route lets escape.
 
-    def __init__(self, app: ASGIApp, metrics: ServiceMetrics) -> None:
-        self.app, self.metrics = app, metrics
+    A cancelled request (uvicorn cancels what is still running when its graceful-shutdown timeout ends)
+    still gets its log line and, if no response started yet, a JSON 503 ``shutting_down`` instead of
+    uvicorn's plain-text 500; the cancellation is then re-raised.
+    """
+
+    def __init__(self, app: ASGIApp, metrics: ServiceMetrics, retry_after_s: int) -> None:
+        self.app, self.metrics, self.retry_after_s = app, metrics, retry_after_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -60,13 +66,23 @@ class AccessLogMiddleware:
 
         try:
             await self.app(scope, receive, send_wrapper)
+        except asyncio.CancelledError:
+            rid = state.get("request_id", "-")
+            log.warning("%s %s (request %s) cancelled by the server", scope["method"], scope["path"], rid)
+            if not resp["started"]:
+                self.metrics.on_reject("shutting_down")
+                body = {"error": "shutting_down", "detail": "the server stopped before the request finished"}
+                retry = [(b"retry-after", str(self.retry_after_s).encode())]
+                with contextlib.suppress(Exception):  # the connection may be gone already
+                    await _send_json(send_wrapper, 503, {**body, "limit": None, "request_id": rid}, retry)
+            raise
         except Exception:
             rid = state.get("request_id", "-")
             log.exception("unhandled error in %s %s (request %s)", scope["method"], scope["path"], rid)
             self.metrics.errors.labels(kind="internal").inc()
             if not resp["started"]:
                 body = {"error": "internal_error", "detail": "internal server error", "limit": None}
-                await _send_json(send_wrapper, 500, {**body, "request_id": rid}, rid)
+                await _send_json(send_wrapper, 500, {**body, "request_id": rid})
         finally:
             elapsed = time.perf_counter() - t0
             route = getattr(scope.get("route"), "path", "unmatched")
@@ -85,84 +101,14 @@ class AccessLogMiddleware:
             )
 
 
-async def _send_json(send: Send, status: int, body: dict[str, Any], rid: str) -> None:
+async def _send_json(
+    send: Send, status: int, body: dict[str, Any], extra_headers: Sequence[tuple[bytes, bytes]] = ()
+) -> None:
     payload = json.dumps(body).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
+    headers += extra_headers
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": payload})
-
-
-def _warn_on_limit_conflicts(st: ServiceState) -> None:
-    """The largest allowed output can need more tiles than the queue holds; such requests get 413."""
-    s, core = st.settings, st.settings.tile - 2 * st.margin
-    side = math.isqrt(s.max_output_pixels)
-    worst = math.ceil(side / core) ** 2
-    if worst > s.max_queue_tiles:
-        log.warning(
-            "max_output_pixels=%d needs up to %d tiles of core %d > max_queue_tiles=%d: outputs above "
-            "~%.1f MP will be refused with 413 too_many_tiles",
-            s.max_output_pixels,
-            worst,
-            core,
-            s.max_queue_tiles,
-            s.max_queue_tiles * core * core / 1e6,
-        )
-
-
-async def _startup(st: ServiceState, engine: Engine | None, engine_pool: ThreadPoolExecutor) -> None:
-    """Load the engine (failures abort startup: a service without a model must not pretend to run)."""
-    s = st.settings
-    st.engine = engine or await asyncio.get_running_loop().run_in_executor(
-        engine_pool, engine_from_settings, s
-    )
-    st.margin = s.resolve_margin(st.engine.depth)
-    st.model_info = st.engine.info()
-    st.metrics.set_model(st.model_info)
-    _warn_on_limit_conflicts(st)
-
-
-async def _warm_and_start(st: ServiceState, engine_pool: ThreadPoolExecutor) -> None:
-    """Warm up on the engine's own thread, then start the batcher and report ready."""
-    s, engine = st.settings, st.engine
-    assert engine is not None
-    t0 = time.perf_counter()
-    try:
-        await asyncio.get_running_loop().run_in_executor(engine_pool, engine.warmup)
-    except Exception as exc:
-        log.exception("warmup failed; the service stays unready")
-        st.startup_error = f"warmup failed: {exc}"
-        st.metrics.errors.labels(kind="warmup").inc()
-        return
-    log.info(
-        "warmup of batch sizes 1..%d at %dx%d took %.2fs",
-        s.max_batch,
-        s.tile,
-        s.tile,
-        time.perf_counter() - t0,
-    )
-    st.batcher = TileBatcher(
-        engine.run,
-        max_batch=s.max_batch,
-        max_delay_ms=s.max_delay_ms,
-        max_queue_tiles=s.max_queue_tiles,
-        executor=engine_pool,
-        observer=st.metrics,
-        retry_after_s=s.retry_after_s,
-        tile=s.tile,
-    )
-    st.batcher.start()
-    st.ready = True
-    st.metrics.ready.set(1)
-
-
-async def _shutdown(st: ServiceState, warm: asyncio.Task[None] | None) -> None:
-    st.shutting_down, st.ready = True, False
-    st.metrics.ready.set(0)
-    if warm is not None and not warm.done():
-        warm.cancel()
-        await asyncio.gather(warm, return_exceptions=True)
-    if st.batcher is not None:
-        await st.batcher.stop(st.settings.shutdown_grace_s)
 
 
 def create_app(settings: Settings | None = None, engine: Engine | None = None) -> FastAPI:
@@ -185,11 +131,11 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
         st.cpu_pool = cpu_pool = ThreadPoolExecutor(max_workers=cpu_workers, thread_name_prefix="drrn-cpu")
         warm = None
         try:
-            await _startup(st, engine, engine_pool)
-            warm = asyncio.create_task(_warm_and_start(st, engine_pool), name="drrn-warmup")
+            await startup(st, engine, engine_pool)
+            warm = asyncio.create_task(warm_and_start(st, engine_pool), name="drrn-warmup")
             yield
         finally:
-            await _shutdown(st, warm)
+            await shutdown(st, warm)
             engine_pool.shutdown(wait=False, cancel_futures=True)
             cpu_pool.shutdown(wait=False, cancel_futures=True)
 
@@ -202,5 +148,5 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     app.state.drrn = st
     install_exception_handlers(app)
     app.include_router(router)
-    app.add_middleware(AccessLogMiddleware, metrics=metrics)
+    app.add_middleware(AccessLogMiddleware, metrics=metrics, retry_after_s=settings.retry_after_s)
     return app

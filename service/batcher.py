@@ -1,14 +1,22 @@
 """Cross-request dynamic batching of fixed-size tiles (plain asyncio + numpy; no HTTP, no metrics library).
 
-Every request's tiles (``float32[N, 1, T, T]``) join one FIFO of tiles shared by all requests. A single
-worker task takes up to ``max_batch`` tiles (waiting at most ``max_delay_ms`` after the first for more),
-stacks them, runs the engine once in a single-thread executor (one session owns the device) and routes
-each output row back to the request it came from. So one engine run may mix tiles of several requests,
-and a large request is spread over several runs.
+Every request's tiles (``float32[N, 1, T, T]``) join one queue of tiles shared by all requests. A single
+worker task takes up to ``max_batch`` tiles, round-robin over the requests with queued tiles
+(:mod:`service.scheduling`), stacks them, runs the engine once in a single-thread executor (one session
+owns the device) and routes each output row back to the request it came from. So one engine run may mix
+tiles of several requests, and a large request is spread over several runs. A partial batch waits for
+more tiles until ``max_delay_ms`` after the arrival of the oldest queued tile, never longer.
 
 Failure semantics (Triton-style per-request errors): an engine exception fails only the requests with tiles
 in that run; a request past its deadline or whose awaiting task is cancelled has its queued tiles removed,
-so they never reach the engine; the queue is bounded in tiles and full means an immediate rejection.
+so they never reach the engine; the queue is bounded in tiles and full means an immediate rejection. If
+the worker itself dies (a bug), every pending request fails with :class:`EngineError` at once and
+:attr:`TileBatcher.failure` says why (the service then reports itself unhealthy).
+
+Admission is all-or-nothing per request: a request needs room for all of its tiles at once. Under a
+sustained load of small requests that keeps the queue near ``max_queue_tiles``, a very large request can
+be refused (queue_full) again and again while small ones slip in. Size ``max_queue_tiles`` well above
+the largest request, and watch ``drrn_rejections_total{reason="queue_full"}`` with ``drrn_request_tiles``.
 """
 
 from __future__ import annotations
@@ -16,94 +24,36 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
-from dataclasses import dataclass, field
 
 import numpy as np
 
+from service.batch_types import (
+    BatcherError,
+    BatcherObserver,
+    BatchResult,
+    DeadlineExceededError,
+    EngineError,
+    QueueFullError,
+    RequestTooLargeError,
+    ShuttingDownError,
+)
+from service.scheduling import Job, RoundRobinQueue
+
+__all__ = [
+    "BatchResult",
+    "BatcherError",
+    "BatcherObserver",
+    "DeadlineExceededError",
+    "EngineError",
+    "QueueFullError",
+    "RequestTooLargeError",
+    "ShuttingDownError",
+    "TileBatcher",
+]
+
 log = logging.getLogger(__name__)
-
-
-class BatcherError(Exception):
-    """Base of the errors :meth:`TileBatcher.submit` raises for one request."""
-
-
-class QueueFullError(BatcherError):
-    """Accepting the request would exceed ``max_queue_tiles``; retry after ``retry_after_s``."""
-
-    def __init__(self, n_tiles: int, queued: int, max_queue_tiles: int, retry_after_s: float) -> None:
-        super().__init__(f"queue full: {queued} tiles queued + {n_tiles} > max_queue_tiles={max_queue_tiles}")
-        self.n_tiles, self.queued, self.max_queue_tiles = n_tiles, queued, max_queue_tiles
-        self.retry_after_s = retry_after_s
-
-
-class RequestTooLargeError(BatcherError):
-    """The request alone has more tiles than ``max_queue_tiles``: it can never be accepted (not retryable)."""
-
-    def __init__(self, n_tiles: int, max_queue_tiles: int) -> None:
-        super().__init__(f"request needs {n_tiles} tiles > max_queue_tiles={max_queue_tiles}")
-        self.n_tiles, self.max_queue_tiles = n_tiles, max_queue_tiles
-
-
-class DeadlineExceededError(BatcherError):
-    """The request's deadline passed before all its tiles ran; its pending tiles were dropped."""
-
-
-class ShuttingDownError(BatcherError):
-    """The batcher is stopping (or stopped) and accepts no new work."""
-
-
-class EngineError(BatcherError):
-    """The engine raised while running a batch holding this request's tiles (message = original error)."""
-
-    def __init__(self, message: str, request_id: str) -> None:
-        super().__init__(message)
-        self.request_id = request_id
-
-
-class BatcherObserver:
-    """Metrics hooks; subclass and override what you need (no-op defaults). Called on the event loop."""
-
-    def on_batch(self, size: int, requests: int, seconds: float) -> None:
-        """One engine run of ``size`` tiles from ``requests`` distinct requests took ``seconds``."""
-
-    def on_queue_depth(self, tiles: int) -> None:
-        """The number of queued (not yet running) tiles changed."""
-
-    def on_reject(self, reason: str) -> None:
-        """A request was refused or abandoned: queue_full, too_large, deadline, shutting_down, cancelled."""
-
-    def on_engine_error(self, exc: BaseException) -> None:
-        """An engine run raised (its requests fail with :class:`EngineError`)."""
-
-
-@dataclass
-class BatchResult:
-    """Outputs ``float32[N, 1, T, T]`` in submission order, plus where the request's time went."""
-
-    outputs: np.ndarray
-    queue_wait_s: float  # submit -> first of its tiles started running
-    infer_s: float  # sum of engine time of the runs that held its tiles
-    engine_runs: int
-
-
-@dataclass(eq=False)
-class _Job:
-    request_id: str
-    tiles: np.ndarray
-    future: asyncio.Future[BatchResult]
-    submitted: float
-    outputs: np.ndarray = field(init=False)
-    remaining: int = field(init=False)
-    started: float | None = None
-    infer_s: float = 0.0
-    runs: int = 0
-
-    def __post_init__(self) -> None:
-        self.outputs = np.empty_like(self.tiles)
-        self.remaining = len(self.tiles)
 
 
 class TileBatcher:
@@ -129,12 +79,13 @@ class TileBatcher:
         self._own_executor = executor is None
         self._executor = executor
         self.observer = observer or BatcherObserver()
-        self._queue: deque[tuple[_Job, int]] = deque()  # (request, tile index), FIFO over all requests
-        self._jobs: set[_Job] = set()
+        self._queue = RoundRobinQueue()
+        self._jobs: set[Job] = set()
         self._wakeup: asyncio.Event | None = None
         self._idle: asyncio.Event | None = None
         self._worker: asyncio.Task[None] | None = None
         self._accepting = False
+        self.failure: BaseException | None = None  # why the worker died, if it did
 
     # --- lifecycle --------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -149,12 +100,17 @@ class TileBatcher:
         self._worker = asyncio.get_running_loop().create_task(self._work(), name="drrn-batcher")
         self._worker.add_done_callback(self._worker_done)
 
-    @staticmethod
-    def _worker_done(task: asyncio.Task[None]) -> None:
+    def _worker_done(self, task: asyncio.Task[None]) -> None:
         # The worker only ends by cancellation; anything else is a bug. `running` turns False so new
-        # submits are refused and readiness fails, and pending requests end at their deadlines.
-        if not task.cancelled() and task.exception() is not None:
-            log.error("batcher worker crashed", exc_info=task.exception())
+        # submits are refused, and every pending request fails now instead of waiting for its deadline.
+        if task.cancelled() or task.exception() is None:
+            return
+        exc = task.exception()
+        log.error("batcher worker crashed; failing %d pending requests", len(self._jobs), exc_info=exc)
+        self.failure, self._accepting = exc, False
+        for job in list(self._jobs):
+            self._fail(job, EngineError(f"batcher worker crashed: {exc!r}", job.request_id))
+        self.observer.on_worker_crash(exc)
 
     async def stop(self, grace_s: float) -> None:
         """Refuse new work, let accepted requests finish for up to ``grace_s``, then fail the rest with
@@ -189,35 +145,41 @@ class TileBatcher:
         return len(self._jobs)
 
     # --- requests ---------------------------------------------------------------------------------------
+    def check_capacity(self, n_tiles: int) -> None:
+        """Raise what :meth:`submit` would for ``n_tiles`` tiles right now (and count the rejection):
+        :class:`ShuttingDownError`, :class:`RequestTooLargeError` or :class:`QueueFullError`. Lets a
+        caller refuse before preparing the tiles; :meth:`submit` checks again."""
+        if not self.running:
+            self.observer.on_reject("shutting_down")
+            raise ShuttingDownError("service is not accepting requests (starting up or shutting down)")
+        if n_tiles > self.max_queue_tiles:
+            self.observer.on_reject("too_large")
+            raise RequestTooLargeError(n_tiles, self.max_queue_tiles)
+        if len(self._queue) + n_tiles > self.max_queue_tiles:
+            self.observer.on_reject("queue_full")
+            raise QueueFullError(n_tiles, len(self._queue), self.max_queue_tiles, self.retry_after_s)
+
     async def submit(self, tiles: np.ndarray, deadline: float, request_id: str) -> BatchResult:
         """Run ``tiles`` (``float32[N, 1, T, T]``, N >= 1) through the engine by ``deadline`` (loop.time()).
 
         Raises :class:`QueueFullError`, :class:`RequestTooLargeError`, :class:`ShuttingDownError`,
         :class:`DeadlineExceededError` or :class:`EngineError`. Cancelling the awaiting task drops the
-        request's queued tiles.
+        request's queued tiles (counted as a ``deadline`` rejection when it happens at or after
+        ``deadline``, e.g. by the caller's own ``asyncio.timeout_at(deadline)``, else ``cancelled``).
         """
         if tiles.ndim != 4 or tiles.shape[0] < 1 or tiles.shape[1] != 1 or tiles.dtype != np.float32:
             raise ValueError(f"tiles must be float32[N>=1, 1, T, T], got {tiles.dtype}{tiles.shape}")
         if self.tile is not None and tiles.shape[2:] != (self.tile, self.tile):
             raise ValueError(f"tiles are {tiles.shape[2:]}, this batcher runs {self.tile}x{self.tile}")
-        n = len(tiles)
-        if not self.running:
-            self.observer.on_reject("shutting_down")
-            raise ShuttingDownError("service is not accepting requests (starting up or shutting down)")
-        if n > self.max_queue_tiles:
-            self.observer.on_reject("too_large")
-            raise RequestTooLargeError(n, self.max_queue_tiles)
-        if len(self._queue) + n > self.max_queue_tiles:
-            self.observer.on_reject("queue_full")
-            raise QueueFullError(n, len(self._queue), self.max_queue_tiles, self.retry_after_s)
+        self.check_capacity(len(tiles))
         loop = asyncio.get_running_loop()
-        job = _Job(request_id, tiles, loop.create_future(), loop.time())
+        job = Job(request_id, tiles, loop.create_future(), loop.time())
         if deadline <= job.submitted:
             self.observer.on_reject("deadline")
             raise DeadlineExceededError(f"request {request_id} reached its deadline before queueing")
         self._jobs.add(job)
         self._idle.clear()
-        self._queue.extend((job, i) for i in range(n))
+        self._queue.add(job)
         self.observer.on_queue_depth(len(self._queue))
         self._wakeup.set()
         timer = loop.call_at(deadline, self._expire, job)
@@ -226,18 +188,18 @@ class TileBatcher:
             return await asyncio.shield(job.future)
         except asyncio.CancelledError:
             if not job.future.done():
-                self.observer.on_reject("cancelled")
+                self.observer.on_reject("deadline" if loop.time() >= deadline else "cancelled")
                 self._fail(job, None)
             raise
         finally:
             timer.cancel()
 
-    def _expire(self, job: _Job) -> None:
+    def _expire(self, job: Job) -> None:
         if not job.future.done():
             self.observer.on_reject("deadline")
             self._fail(job, DeadlineExceededError(f"request {job.request_id} exceeded its deadline"))
 
-    def _fail(self, job: _Job, exc: BaseException | None) -> None:
+    def _fail(self, job: Job, exc: BaseException | None) -> None:
         """Finish ``job`` with ``exc`` (None = cancel) and drop its queued tiles."""
         if not job.future.done():
             if exc is None:
@@ -246,32 +208,32 @@ class TileBatcher:
                 job.future.set_exception(exc)
         self._finish(job)
 
-    def _finish(self, job: _Job) -> None:
-        before = len(self._queue)
-        if any(j is job for j, _ in self._queue):
-            self._queue = deque(item for item in self._queue if item[0] is not job)
+    def _finish(self, job: Job) -> None:
+        dropped = self._queue.remove(job)
         self._jobs.discard(job)
         if not self._jobs:
             self._idle.set()
-        if len(self._queue) != before:
+        if dropped:
             self.observer.on_queue_depth(len(self._queue))
 
     # --- worker -----------------------------------------------------------------------------------------
-    async def _next_batch(self) -> list[tuple[_Job, int]]:
-        """Wait for a first tile, then up to ``max_delay`` for more, and take at most ``max_batch``."""
-        while not self._queue:
-            self._wakeup.clear()
-            await self._wakeup.wait()
+    async def _next_batch(self) -> list[tuple[Job, int]]:
+        """Wait for tiles; take ``max_batch`` of them, or fewer once ``max_delay`` has passed since the
+        oldest queued tile arrived (not since the worker looked: a tile that queued while the engine was
+        busy has already waited)."""
         loop = asyncio.get_running_loop()
-        flush_at = loop.time() + self.max_delay_s
-        while len(self._queue) < self.max_batch and (remaining := flush_at - loop.time()) > 0:
+        while len(self._queue) < self.max_batch:
+            oldest = self._queue.oldest_arrival()
+            remaining = None if oldest is None else oldest + self.max_delay_s - loop.time()
+            if remaining is not None and remaining <= 0:
+                break
             self._wakeup.clear()
-            try:
+            try:  # woken by a submit; re-evaluated since the oldest tile may have been dropped meanwhile
                 await asyncio.wait_for(self._wakeup.wait(), timeout=remaining)
             except TimeoutError:
                 break
         # Tiles of a request that expired/was cancelled meanwhile were already removed from the queue.
-        batch = [self._queue.popleft() for _ in range(min(self.max_batch, len(self._queue)))]
+        batch = self._queue.take(self.max_batch)
         self.observer.on_queue_depth(len(self._queue))
         return batch
 
@@ -291,6 +253,7 @@ class TileBatcher:
             for job in jobs:
                 if job.started is None:
                     job.started = now
+                    self.observer.on_first_dispatch(now - job.submitted)
             try:
                 x = np.stack([job.tiles[i] for job, i in batch])
                 y, seconds = await loop.run_in_executor(self._executor, self._timed_run, x)

@@ -39,6 +39,7 @@ __all__ = [
     "ImageLimits",
     "check_upload_size",
     "decode_image",
+    "probe_image",
 ]
 
 ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "TIFF")
@@ -252,6 +253,28 @@ def _decode_wide_png(data: bytes, rawmodes: tuple[str, ...], limits: ImageLimits
     return Decoded(samples, alpha, info.get("icc_profile"))
 
 
+def _check_body(data: bytes, limits: ImageLimits) -> None:
+    check_upload_size(len(data), limits)
+    if not data:
+        raise ImageError(400, "empty_body", f"the request body is empty; send a {_ACCEPTED_TEXT} image")
+
+
+def probe_image(data: bytes, scale: float, limits: ImageLimits) -> tuple[int, int]:
+    """``(width, height)`` of ``data`` as stored, from its header only (no pixel is decoded), after the
+    same format and limit checks as :func:`decode_image`.
+
+    EXIF orientation is not applied (that would need the metadata decoded): a 90-degree rotation swaps
+    width and height, which changes neither pixel counts nor tile counts.
+
+    Raises:
+        ImageError: as :func:`decode_image` does for anything detectable from the header.
+    """
+    _check_body(data, limits)
+    with _open(data, limits) as image:
+        _check_pixels(image.size, scale, limits)
+        return image.size
+
+
 def decode_image(data: bytes, scale: float, limits: ImageLimits) -> Decoded:
     """Validate and decode an upload.
 
@@ -267,9 +290,7 @@ def decode_image(data: bytes, scale: float, limits: ImageLimits) -> Decoded:
         ImageError: 400 ``empty_body``/``corrupt_image``, 413 ``upload_too_large``/``input_too_large``,
             415 ``unsupported_format``, 422 ``output_too_large``.
     """
-    check_upload_size(len(data), limits)
-    if not data:
-        raise ImageError(400, "empty_body", f"the request body is empty; send a {_ACCEPTED_TEXT} image")
+    _check_body(data, limits)
     with _open(data, limits) as image:
         _check_pixels(image.size, scale, limits)
         rawmodes = png.wide_rawmodes(data, image.tile) if image.format == "PNG" else None

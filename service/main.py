@@ -2,14 +2,23 @@
 
 One worker on purpose: one ONNX Runtime session and one batcher own the device, and batching only helps
 when all requests meet in the same queue. Scale out with more containers, not more workers.
+
+Shutdown: uvicorn, on SIGTERM/SIGINT, stops listening, waits up to ``timeout_graceful_shutdown`` for open
+connections, then *cancels* the request tasks still running and only then runs the lifespan shutdown. So
+the drain cannot wait for the lifespan: :class:`_Server` starts it from the signal handler
+(:func:`service.lifecycle.begin_shutdown`), and uvicorn's timeout is ``ceil(shutdown_grace_s)`` plus
+:data:`UVICORN_SHUTDOWN_SLACK_S`, so requests the drain fails at the end of the grace still send their
+JSON 503 before uvicorn cancels anything.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import logging.config
 import math
+import socket
 from datetime import UTC, datetime
 from types import FrameType
 from typing import Any
@@ -18,7 +27,11 @@ import uvicorn
 
 from service.app import create_app
 from service.engine import choose_model_path, select_providers
+from service.lifecycle import begin_shutdown
 from service.settings import Settings
+from service.state import ServiceState
+
+UVICORN_SHUTDOWN_SLACK_S = 2  # uvicorn's graceful timeout beyond the drain grace, for the last responses
 
 
 class JsonFormatter(logging.Formatter):
@@ -60,21 +73,38 @@ def logging_config(level: str) -> dict[str, Any]:
 
 
 class _Server(uvicorn.Server):
-    """uvicorn server that flips readiness to 503 the moment SIGTERM/SIGINT arrives (uvicorn only runs the
-    lifespan shutdown after in-flight requests finished, i.e. too late for a load balancer to notice)."""
+    """uvicorn server that starts the service's drain the moment SIGTERM/SIGINT arrives: ``/readyz`` and
+    new ``/upscale`` requests answer 503 at once, and admitted requests get ``shutdown_grace_s`` (uvicorn
+    itself would only run the lifespan shutdown after its own timeout, having cancelled what was left).
 
-    def __init__(self, config: uvicorn.Config, app_state: Any) -> None:
+    The 503 from ``/readyz`` is not what takes the pod out of rotation: by the time SIGTERM arrives, the
+    orchestrator has already begun removing the endpoint (Kubernetes runs the ``preStop`` sleep first so
+    that removal reaches every load balancer before the drain starts). It keeps probes honest; the 503 on
+    new ``/upscale`` requests is what sends a load balancer that still routes here (nginx retries 503s)
+    to another replica.
+    """
+
+    def __init__(self, config: uvicorn.Config, app_state: ServiceState) -> None:
         super().__init__(config)
         self._app_state = app_state
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def serve(self, sockets: list[socket.socket] | None = None) -> None:
+        self._loop = asyncio.get_running_loop()
+        await super().serve(sockets)
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        # Runs in a signal handler: a plain attribute write only (no locks, no logging).
+        # A Python signal handler: it runs on the main (event-loop) thread between bytecodes, possibly in
+        # the middle of loop code, so only a plain attribute write and call_soon_threadsafe (made for
+        # this: a deque append plus a wake-up byte) happen here; the drain itself runs on the loop.
         self._app_state.shutting_down = True
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(begin_shutdown, self._app_state)
         super().handle_exit(sig, frame)
 
 
 def serve(host: str = "127.0.0.1", port: int = 8000) -> None:
-    """Run the service until SIGTERM/SIGINT; in-flight requests get ``shutdown_grace_s`` to finish.
+    """Run the service until SIGTERM/SIGINT; admitted requests get ``shutdown_grace_s`` to finish.
 
     Raises :class:`service.engine.ModelNotFoundError` (a ``UserError``: one line from the CLI) before
     binding the port when the ONNX model is missing.
@@ -93,6 +123,6 @@ def serve(host: str = "127.0.0.1", port: int = 8000) -> None:
         lifespan="on",
         log_config=None,  # keep the dictConfig above
         access_log=False,  # drrn.access logs each request with timings instead
-        timeout_graceful_shutdown=math.ceil(settings.shutdown_grace_s),
+        timeout_graceful_shutdown=math.ceil(settings.shutdown_grace_s) + UVICORN_SHUTDOWN_SLACK_S,
     )
     _Server(config, app.state.drrn).run()

@@ -41,7 +41,7 @@ REJECTION_REASONS = (
     "cancelled",
     "client_disconnected",
 )
-ERROR_KINDS = ("engine", "internal", "warmup")
+ERROR_KINDS = ("engine", "internal", "warmup", "worker")
 # Sample names per family type, from the name without its type suffix (prometheus_client adds ``_created``).
 _SUFFIXES = {
     "histogram": ("_bucket", "_sum", "_count", "_created"),
@@ -80,13 +80,14 @@ class ServiceMetrics(BatcherObserver):
         )
         self.decode = Histogram(
             "drrn_decode_seconds",
-            "Decode + bicubic + tiling time per request.",
+            "Decode + bicubic + tiling time per request (on a CPU thread, not counting the wait for one).",
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
         self.queue_wait = Histogram(
             "drrn_queue_wait_seconds",
-            "Time from batcher submit until the request's first tile started running.",
+            "Time from batcher submit until the request's first tile started running (recorded when it "
+            "does, also for requests that later fail or time out).",
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
@@ -98,7 +99,7 @@ class ServiceMetrics(BatcherObserver):
         )
         self.encode = Histogram(
             "drrn_encode_seconds",
-            "Stitch + colour recombine + PNG encode time.",
+            "Stitch + colour recombine + PNG encode time (on a CPU thread, not counting the wait for one).",
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
@@ -153,5 +154,12 @@ class ServiceMetrics(BatcherObserver):
     def on_reject(self, reason: str) -> None:
         self.rejections.labels(reason=reason).inc()
 
+    def on_first_dispatch(self, queue_wait_s: float) -> None:
+        self.queue_wait.observe(queue_wait_s)
+
     def on_engine_error(self, exc: BaseException) -> None:
         self.errors.labels(kind="engine").inc()
+
+    def on_worker_crash(self, exc: BaseException) -> None:
+        self.errors.labels(kind="worker").inc()
+        self.ready.set(0)

@@ -8,8 +8,11 @@ single caller (``drrn upscale``).
 Colour handling follows the DRRN protocol: the model sees only MATLAB-YCbCr luminance (grey images use
 their one channel as Y). Cb, Cr and alpha are bicubic-upscaled with the same MATLAB-compatible
 ``imresize``. All maths is float32 in [0, 1]; 8-bit inputs give 8-bit PNGs and 16-bit inputs 16-bit
-PNGs, rounded half up and clipped. Decoding and limits live in :mod:`service.image_io`, PNG output in
-:mod:`service.png`.
+PNGs, quantised like the evaluation protocol (:func:`imaging.protocol.quantize`: rounded half up, clipped).
+Decoding and limits live in :mod:`service.image_io`, PNG output in :mod:`service.png`.
+
+:func:`probe` reads only the header, so a caller can refuse work it cannot take (e.g. too many tiles for
+its queue) before the expensive :func:`prepare`.
 """
 
 from __future__ import annotations
@@ -22,9 +25,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from imaging.color import rgb_to_ycbcr, ycbcr_to_rgb
+from imaging.protocol import quantize
 from imaging.resize import imresize, output_shape_for_scale
-from imaging.tiling import TilePlan, extract_tiles, plan_tiles, stitch_tiles
-from service.image_io import ImageError, ImageLimits, check_upload_size, decode_image
+from imaging.tiling import TilePlan, extract_tiles, plan_tiles, run_in_batches, stitch_tiles
+from service.image_io import ImageError, ImageLimits, check_upload_size, decode_image, probe_image
 from service.png import encode_png
 
 __all__ = [
@@ -32,9 +36,11 @@ __all__ = [
     "ImageLimits",
     "Prepared",
     "check_upload_size",
+    "count_tiles",
     "finish",
     "parse_scale",
     "prepare",
+    "probe",
     "upscale_bytes",
 ]
 
@@ -98,19 +104,31 @@ class Prepared:
     _icc_profile: bytes | None = field(repr=False)
 
 
-def _quantize(x: np.ndarray, dtype: type[np.unsignedinteger]) -> np.ndarray:
-    """Float samples in [0, 1] -> ``uint8``/``uint16``: scaled, clipped, rounded half up; NaN -> 0."""
-    top = float(np.iinfo(dtype).max)
-    scaled = np.nan_to_num(np.asarray(x, dtype=np.float32) * top, nan=0.0)
-    np.clip(scaled, 0.0, top, out=scaled)
-    scaled += 0.5
-    return np.floor(scaled, out=scaled).astype(dtype)
-
-
 def _strips(height: int, width: int) -> Iterator[slice]:
     step = max(1, _STRIP_PIXELS // max(1, width))
     for start in range(0, height, step):
         yield slice(start, min(start + step, height))
+
+
+def probe(data: bytes, scale: float, limits: ImageLimits) -> tuple[tuple[int, int], tuple[int, int]]:
+    """``((width, height), (out_width, out_height))`` of ``data`` at ``scale``, from the header only.
+
+    Runs the same format and limit checks :func:`prepare` starts with, without decoding pixels. Sizes
+    are as stored (EXIF orientation not applied; it swaps both pairs alike and no count depends on it).
+
+    Raises:
+        ImageError: bad scale, unreadable header, or a limit exceeded.
+    """
+    _check_scale(float(scale), limits)
+    width, height = probe_image(data, scale, limits)
+    out_h, out_w = output_shape_for_scale((height, width), scale)
+    return (width, height), (out_w, out_h)
+
+
+def count_tiles(output_size: tuple[int, int], tile: int, margin: int) -> int:
+    """Tiles :func:`prepare` cuts for an output of ``(width, height)``: the engine runs a request costs."""
+    width, height = output_size
+    return len(plan_tiles(height, width, tile, margin))
 
 
 def prepare(data: bytes, scale: float, limits: ImageLimits, tile: int, margin: int) -> Prepared:
@@ -145,9 +163,13 @@ def prepare(data: bytes, scale: float, limits: ImageLimits, tile: int, margin: i
     del luma
     alpha = None
     if decoded.alpha is not None:
-        # Quantised right away: only its integer form is needed later and it is 2-4x smaller.
+        # Quantised right away (in strips: quantize works in float64): only its integer form is needed
+        # later and it is 2-4x smaller.
         alpha_up = imresize(decoded.alpha.astype(np.float32) * inv_max, output_shape=out_shape)
-        alpha = _quantize(alpha_up, decoded.color.dtype.type)
+        alpha = np.empty(out_shape, dtype=decoded.color.dtype)
+        for rows in _strips(*out_shape):
+            alpha[rows] = quantize(alpha_up[rows], decoded.color.dtype.type)
+        del alpha_up
     plan = plan_tiles(out_shape[0], out_shape[1], tile, margin)
     return Prepared(
         tiles=extract_tiles(luma_up, plan),
@@ -180,11 +202,11 @@ def finish(prepared: Prepared, sr_tiles: np.ndarray) -> bytes:
     pixels = np.empty((height, width, n_color + (prepared._alpha is not None)), dtype=dtype)
     for rows in _strips(height, width):
         if prepared._chroma is None:
-            pixels[rows, :, 0] = _quantize(luma[rows], dtype)
+            pixels[rows, :, 0] = quantize(luma[rows], dtype)
         else:
             ycc = np.concatenate([luma[rows, :, None], prepared._chroma[rows]], axis=-1)
             # ycbcr_to_rgb clips to [0, 1] (MATLAB's behaviour), so chroma overshoot cannot wrap around.
-            pixels[rows, :, :3] = _quantize(ycbcr_to_rgb(ycc), dtype)
+            pixels[rows, :, :3] = quantize(ycbcr_to_rgb(ycc), dtype)
     if prepared._alpha is not None:
         pixels[..., n_color] = prepared._alpha
     return encode_png(pixels, prepared._icc_profile)
@@ -206,6 +228,4 @@ def upscale_bytes(
     if max_batch < 1:
         raise ValueError(f"max_batch must be >= 1, got {max_batch}")
     prepared = prepare(data, scale, limits, tile, margin)
-    tiles = prepared.tiles
-    outputs = [run(tiles[i : i + max_batch]) for i in range(0, len(tiles), max_batch)]
-    return finish(prepared, np.concatenate(outputs))
+    return finish(prepared, run_in_batches(prepared.tiles, run, max_batch))

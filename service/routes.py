@@ -1,29 +1,29 @@
 """HTTP routes: validate, hand CPU work to a thread pool, await the batcher. No inference logic here.
 
-``POST /upscale`` stages: read body (byte limit enforced while streaming) -> ``pipeline.prepare`` in the CPU
-pool (decode, bicubic, tiles) -> ``batcher.submit`` (deadline = arrival + request_timeout_s; cancelled if the
-client disconnects) -> ``pipeline.finish`` in the CPU pool (stitch, colour, PNG).
+``POST /upscale`` stages, all under one deadline (arrival + request_timeout_s; past it: 504):
+read body (byte limit enforced while streaming) -> ``pipeline.probe`` (header only: sizes and tile count,
+refused early with 413/503 when the batcher could not take that many tiles) -> ``pipeline.prepare`` in the
+CPU pool (decode, bicubic, tiles) -> ``batcher.submit`` (cancelled if the client disconnects) ->
+``pipeline.finish`` in the CPU pool (stitch, colour, PNG).
+
+A deadline that passes while a CPU-pool step runs answers 504 at once; the thread finishes that step in the
+background (a running thread cannot be interrupted) and its result is dropped.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
-from starlette.datastructures import UploadFile
-from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import ClientDisconnect
 
 from service import pipeline
-from service.batcher import BatcherError, TileBatcher
-from service.engine import Engine
+from service.batcher import BatcherError, DeadlineExceededError
 from service.errors import (
     REQUEST_ID_HEADER,
     ServiceError,
@@ -32,44 +32,26 @@ from service.errors import (
     from_image_error,
     request_id,
 )
-from service.metrics import ServiceMetrics
-from service.pipeline import ImageError, ImageLimits
-from service.settings import Settings
+from service.pipeline import ImageError
+from service.state import ServiceState
+from service.upload import MULTIPART_OVERHEAD, read_image
+
+__all__ = ["MULTIPART_OVERHEAD", "ServiceState", "router"]
 
 T = TypeVar("T")
-MULTIPART_OVERHEAD = 64 * 1024  # boundaries and part headers allowed on top of max_upload_bytes
 router = APIRouter()
-
-
-@dataclass
-class ServiceState:
-    """What the routes share; built by :func:`service.app.create_app`, filled in by its lifespan."""
-
-    settings: Settings
-    metrics: ServiceMetrics
-    limits: ImageLimits
-    cpu_pool: ThreadPoolExecutor | None = None  # decode/encode threads, created by the lifespan
-    engine: Engine | None = None
-    batcher: TileBatcher | None = None
-    margin: int = 0
-    ready: bool = False
-    shutting_down: bool = False  # set from uvicorn's signal handler: plain bool writes only
-    startup_error: str | None = None
-    inflight: int = 0
-    model_info: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def is_ready(self) -> bool:
-        return self.ready and not self.shutting_down and self.batcher is not None and self.batcher.running
 
 
 def _state(request: Request) -> ServiceState:
     return request.app.state.drrn
 
 
-@router.get("/healthz", summary="Liveness: 200 while the process runs")
-async def healthz() -> dict[str, str]:
-    return {"status": "ok"}
+@router.get("/healthz", summary="Liveness: 200 unless warmup failed or the batcher died (then 503)")
+async def healthz(request: Request) -> Response:
+    failure = _state(request).failure
+    if failure is not None:  # this process can never serve: let the orchestrator restart it
+        return error_response(request, 503, "unhealthy", failure)
+    return JSONResponse({"status": "ok"})
 
 
 @router.get("/readyz", summary="Readiness: 200 once the model is loaded, warm and the batcher runs")
@@ -79,8 +61,8 @@ async def readyz(request: Request) -> Response:
         return JSONResponse({"status": "ready"})
     if st.shutting_down:
         detail = "shutting down"
-    elif st.startup_error:
-        detail = f"startup failed: {st.startup_error}"
+    elif st.failure:
+        detail = f"failed: {st.failure}"
     else:
         detail = "loading and warming up the model"
     return error_response(request, 503, "not_ready", detail)
@@ -108,61 +90,6 @@ async def model(request: Request) -> dict[str, Any]:
         "limits": s.limits_dict(),
         "ready": st.is_ready,
     }
-
-
-async def _limited(request: Request, cap: int, envelope: int, limits: ImageLimits) -> AsyncIterator[bytes]:
-    """The request body, failing with 413 as soon as more than ``cap`` bytes have arrived."""
-    total = 0
-    async for chunk in request.stream():
-        total += len(chunk)
-        if total > cap:
-            pipeline.check_upload_size(total - envelope, limits)
-        yield chunk
-
-
-async def read_image(request: Request, limits: ImageLimits) -> bytes:
-    """The uploaded image: multipart field ``image``, or the raw body (``image/*``, octet-stream or no type).
-
-    Never holds more than ``max_upload_bytes`` (+ a multipart envelope) of body in memory.
-    """
-    media = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    multipart = media == "multipart/form-data"
-    if media and not (multipart or media.startswith("image/") or media == "application/octet-stream"):
-        raise ServiceError(
-            415,
-            "unsupported_media_type",
-            f"content type {media!r}: send the image as multipart field 'image' or as a raw body with "
-            "an image/* or application/octet-stream content type",
-            reason="bad_input",
-        )
-    envelope = MULTIPART_OVERHEAD if multipart else 0
-    cap = limits.max_upload_bytes + envelope
-    length = request.headers.get("content-length")
-    if length is not None and length.isdigit() and int(length) > cap:  # refuse before reading anything
-        pipeline.check_upload_size(int(length) - envelope, limits)
-    stream = _limited(request, cap, envelope, limits)
-    if not multipart:
-        body = bytearray()
-        async for chunk in stream:
-            body += chunk
-        return bytes(body)
-    try:
-        form = await MultiPartParser(request.headers, stream, max_files=1, max_fields=8).parse()
-    except MultiPartException as exc:
-        raise ServiceError(
-            400, "bad_multipart", f"malformed multipart body: {exc}", reason="bad_input"
-        ) from exc
-    try:
-        upload = form.get("image")
-        if not isinstance(upload, UploadFile):
-            raise ServiceError(
-                422, "missing_image", "multipart body has no file field named 'image'", reason="bad_input"
-            )
-        data = await upload.read()
-        pipeline.check_upload_size(len(data), limits)
-        return data
-    finally:
-        await form.close()
 
 
 async def _disconnected(request: Request) -> None:
@@ -218,22 +145,25 @@ async def upscale(
 ) -> Response:
     """Body: multipart field ``image``, or the raw image with an ``image/*`` or octet-stream type."""
     st = _state(request)
+    arrival = asyncio.get_running_loop().time()
     rid = request_id(request)
     request.state.access = access = {"scale": scale}
+    retry = {"Retry-After": str(st.settings.retry_after_s)}
     if not st.is_ready:
-        retry = {"Retry-After": str(st.settings.retry_after_s)}
-        code = "shutting_down" if st.shutting_down else "not_ready"
+        failure = st.failure
+        if st.shutting_down:
+            code, detail = "shutting_down", "service is shutting down; retry (another replica)"
+        else:
+            code, detail = "not_ready", f"service failed: {failure}" if failure else "service is starting up"
         st.metrics.on_reject(code)
-        raise ServiceError(503, code, "service is starting up or shutting down", headers=retry)
+        raise ServiceError(503, code, detail, headers=retry)
     if st.inflight >= st.settings.max_inflight_requests:
         st.metrics.on_reject("overloaded")
         limit = {"name": "max_inflight_requests", "value": st.settings.max_inflight_requests}
-        retry = {"Retry-After": str(st.settings.retry_after_s)}
         raise ServiceError(503, "overloaded", "too many requests in flight; retry later", limit, retry)
-    st.inflight += 1
-    st.metrics.inflight.set(st.inflight)
+    st.enter()
     try:
-        return await _upscale(request, st, scale, rid, access)
+        return await _upscale(request, st, scale, rid, access, arrival)
     except ImageError as exc:
         err = from_image_error(exc)
         st.metrics.on_reject(err.reason or "bad_input")
@@ -248,45 +178,75 @@ async def upscale(
             st.metrics.on_reject(exc.reason)
         raise
     finally:
-        st.inflight -= 1
-        st.metrics.inflight.set(st.inflight)
+        st.leave()
+
+
+def _timed(fn: Callable[..., T], *args: Any) -> tuple[T, float]:
+    """``fn(*args)`` and the seconds it ran (measured on the thread that runs it, so a wait for a pool
+    thread is not included)."""
+    t0 = time.perf_counter()
+    out = fn(*args)
+    return out, time.perf_counter() - t0
 
 
 async def _upscale(
-    request: Request, st: ServiceState, raw_scale: str | None, rid: str, access: dict
+    request: Request, st: ServiceState, raw_scale: str | None, rid: str, access: dict, arrival: float
 ) -> Response:
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + st.settings.request_timeout_s
-    scale = pipeline.parse_scale(raw_scale, st.limits)
-    data = await read_image(request, st.limits)
-    access["bytes_in"] = len(data)
+    s, t_start = st.settings, time.perf_counter()
+    timings: dict[str, float] = {}
+    stage = "read"
+    try:
+        async with asyncio.timeout_at(arrival + s.request_timeout_s):
+            scale = pipeline.parse_scale(raw_scale, st.limits)
+            data = await read_image(request, st.limits)
+            timings["read"] = time.perf_counter() - t_start
+            access["bytes_in"] = len(data)
 
-    t0 = time.perf_counter()
-    prepared = await loop.run_in_executor(
-        st.cpu_pool, pipeline.prepare, data, scale, st.limits, st.settings.tile, st.margin
-    )
-    decode_s = time.perf_counter() - t0
-    del data  # the encoded upload is no longer needed while tiles wait for the engine
-    (w, h), (ow, oh) = prepared.input_size, prepared.output_size
-    n_tiles = len(prepared.tiles)
-    access.update(input=f"{w}x{h}", output=f"{ow}x{oh}", tiles=n_tiles)
-    st.metrics.decode.observe(decode_s)
-    st.metrics.input_megapixels.observe(w * h / 1e6)
-    st.metrics.request_tiles.observe(n_tiles)
+            stage = "decode"
+            t0 = time.perf_counter()
+            (w, h), (ow, oh) = pipeline.probe(data, scale, st.limits)
+            n_tiles = pipeline.count_tiles((ow, oh), s.tile, st.margin)
+            access.update(input=f"{w}x{h}", output=f"{ow}x{oh}", tiles=n_tiles)
+            st.batcher.check_capacity(n_tiles)  # refuse before the expensive part; submit checks again
+            probe_s = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            prepared, prepare_s = await loop.run_in_executor(
+                st.cpu_pool, _timed, pipeline.prepare, data, scale, st.limits, s.tile, st.margin
+            )
+            cpu_wait_s = time.perf_counter() - t0 - prepare_s
+            timings["decode"] = probe_s + prepare_s
+            del data  # the encoded upload is no longer needed while tiles wait for the engine
+            (w, h), (ow, oh) = prepared.input_size, prepared.output_size  # upright (EXIF applied)
+            access.update(input=f"{w}x{h}", output=f"{ow}x{oh}")
+            st.metrics.decode.observe(timings["decode"])
+            st.metrics.input_megapixels.observe(w * h / 1e6)
+            st.metrics.request_tiles.observe(n_tiles)
 
-    result = await _unless_disconnected(request, st.batcher.submit(prepared.tiles, deadline, rid))
-    st.metrics.queue_wait.observe(result.queue_wait_s)
+            stage = "queue"  # the batcher counts its own rejections, deadline included
+            submit = st.batcher.submit(prepared.tiles, arrival + s.request_timeout_s, rid)
+            result = await _unless_disconnected(request, submit)
+            timings["queue"], timings["infer"] = result.queue_wait_s, result.infer_s
 
-    t0 = time.perf_counter()
-    png = await loop.run_in_executor(st.cpu_pool, pipeline.finish, prepared, result.outputs)
-    encode_s = time.perf_counter() - t0
-    st.metrics.encode.observe(encode_s)
-
-    timings = {"decode": decode_s, "queue": result.queue_wait_s, "infer": result.infer_s, "encode": encode_s}
+            stage = "encode"
+            t0 = time.perf_counter()
+            png, encode_s = await loop.run_in_executor(
+                st.cpu_pool, _timed, pipeline.finish, prepared, result.outputs
+            )
+            cpu_wait_s += time.perf_counter() - t0 - encode_s
+            timings["encode"] = encode_s
+            st.metrics.encode.observe(encode_s)
+    except TimeoutError:
+        if stage != "queue":
+            st.metrics.on_reject("deadline")
+        access["timed_out_in"] = stage
+        raise DeadlineExceededError(f"request {rid} exceeded its deadline during {stage}") from None
+    timings["total"] = loop.time() - arrival
     access.update(
         bytes_out=len(png),
         engine_runs=result.engine_runs,
-        **{f"{k}_ms": round(v * 1000, 3) for k, v in timings.items()},
+        cpu_wait_ms=round(cpu_wait_s * 1000, 3),
+        **{f"{k}_ms": round(v * 1000, 3) for k, v in timings.items() if k != "total"},
     )
     server_timing = ", ".join(f"{k};dur={_ms(v)}" for k, v in timings.items())
     return Response(

@@ -86,7 +86,11 @@ class Settings(BaseSettings):
     )
     retry_after_s: int = Field(default=1, ge=0, description="Retry-After seconds sent with 503 responses.")
     shutdown_grace_s: float = Field(
-        default=20.0, ge=0, description="On SIGTERM, how long in-flight requests may take to finish."
+        default=30.0,
+        ge=0,
+        description="On SIGTERM, how long admitted requests may take to finish (new ones get 503 at once); "
+        "those still running then get 503. Set it >= request_timeout_s (a startup warning says when it is "
+        "not). The process can take ceil(this) + 2 s to exit: keep the orchestrator's kill timeout above.",
     )
 
     # --- input limits -----------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""TileBatcher with a fake engine: routing, cross-request batching, limits, deadlines, cancellation, errors.
+"""TileBatcher with a fake engine: routing, cross-request round-robin batching, limits, deadlines,
+cancellation, errors, worker death.
 
 Ordering is made deterministic with a gated engine: its first run blocks (in the batcher's executor thread)
 until the test releases it, so everything submitted meanwhile is queued when the next batches form.
@@ -60,7 +61,9 @@ class Recorder(BatcherObserver):
         self.batches: list[tuple[int, int]] = []
         self.depths: list[int] = []
         self.rejects: list[str] = []
+        self.waits: list[float] = []
         self.engine_errors = 0
+        self.crashes: list[BaseException] = []
 
     def on_batch(self, size: int, requests: int, seconds: float) -> None:
         self.batches.append((size, requests))
@@ -71,8 +74,14 @@ class Recorder(BatcherObserver):
     def on_reject(self, reason: str) -> None:
         self.rejects.append(reason)
 
+    def on_first_dispatch(self, queue_wait_s: float) -> None:
+        self.waits.append(queue_wait_s)
+
     def on_engine_error(self, exc: BaseException) -> None:
         self.engine_errors += 1
+
+    def on_worker_crash(self, exc: BaseException) -> None:
+        self.crashes.append(exc)
 
 
 async def until(cond: Callable[[], bool]) -> None:
@@ -85,10 +94,13 @@ async def until(cond: Callable[[], bool]) -> None:
 
 
 def run_with(
-    engine: FakeEngine, body: Callable[[TileBatcher, Recorder], Awaitable[None]], **kw: float
+    engine: FakeEngine,
+    body: Callable[[TileBatcher, Recorder], Awaitable[None]],
+    rec: Recorder | None = None,
+    **kw: float,
 ) -> Recorder:
     """Run ``body`` against a started batcher; always releases the engine's gate and stops the batcher."""
-    rec = Recorder()
+    rec = rec or Recorder()
 
     async def main() -> None:
         b = TileBatcher(
@@ -139,10 +151,59 @@ def test_results_go_to_their_requests_and_batches_mix_requests() -> None:
         assert b.queue_depth == 0 and b.inflight == 0
 
     rec = run_with(engine, body, max_batch=4)
-    # FIFO over all requests, at most max_batch per run, tiles of several requests share a run.
-    assert [ids(c) for c in engine.calls] == [[0], [100, 101, 102, 200], [201, 300, 301, 302]]
-    assert rec.batches == [(1, 1), (4, 2), (4, 2)]
+    # Round-robin over requests (one tile each in turn, each request's tiles in order), at most max_batch
+    # per run, tiles of several requests share a run.
+    assert [ids(c) for c in engine.calls] == [[0], [100, 200, 300, 101], [201, 301, 102, 302]]
+    assert rec.batches == [(1, 1), (4, 3), (4, 3)]
     assert rec.depths[-1] == 0
+    assert len(rec.waits) == 4  # every request's first dispatch was observed once
+
+
+def test_round_robin_lets_a_small_request_overtake_a_large_one() -> None:
+    engine = FakeEngine(gated=True)
+
+    async def body(b: TileBatcher, rec: Recorder) -> None:
+        first = await block_engine(b, engine)
+        big = asyncio.create_task(b.submit(tiles(1, 9), far(), "big"))
+        await until(lambda: b.queue_depth == 9)
+        small = asyncio.create_task(b.submit(tiles(2, 1), far(), "small"))
+        await until(lambda: b.queue_depth == 10)
+        engine.gate.set()
+        assert (await small).engine_runs == 1
+        np.testing.assert_array_equal((await big).outputs, tiles(1, 9) + 1)
+        await first
+
+    run_with(engine, body, max_batch=4)
+    # Strict FIFO would have run the small request's tile after all nine of the big one's.
+    assert [ids(c) for c in engine.calls] == [[0], [100, 200, 101, 102], [103, 104, 105, 106], [107, 108]]
+
+
+def test_partial_batch_delay_counts_from_the_oldest_tiles_arrival() -> None:
+    """A tile that queued while the engine was busy has waited already: once the engine frees up, its partial
+    batch must go at once, not wait another max_delay. The loop's clock is skewed (the loop's timers use
+    it too) so "an hour later" needs no real waiting; max_delay is 10 minutes, the guard below 30 s."""
+    engine = FakeEngine(gated=True)
+
+    async def body(b: TileBatcher, rec: Recorder) -> None:
+        loop = asyncio.get_running_loop()
+        real_time, skew = loop.time, [0.0]
+        loop.time = lambda: real_time() + skew[0]  # type: ignore[method-assign]
+        try:
+            never = loop.time() + 10**6
+            first = asyncio.create_task(b.submit(tiles(0, 2), never, "full"))  # a full batch: runs at once
+            await asyncio.to_thread(engine.entered.wait, 30)
+            late = asyncio.create_task(b.submit(tiles(1, 1), never, "partial"))
+            await until(lambda: b.queue_depth == 1)
+            skew[0] += 3600.0  # the partial batch's tile has now waited an hour > max_delay
+            engine.gate.set()
+            await first
+            res = await asyncio.wait_for(late, 30)
+            np.testing.assert_array_equal(res.outputs, tiles(1, 1) + 1)
+        finally:
+            del loop.time
+
+    run_with(engine, body, max_batch=2, max_delay_ms=600_000)
+    assert [ids(c) for c in engine.calls] == [[0, 1], [100]]
 
 
 def test_partial_batch_is_flushed_after_max_delay() -> None:
@@ -174,24 +235,54 @@ def test_engine_failure_fails_only_that_batch_and_the_worker_continues() -> None
 
     async def body(b: TileBatcher, rec: Recorder) -> None:
         first = await block_engine(b, engine)
-        poisoned = tiles(1, 3)
-        poisoned[0] = -1  # runs 1: [-1, 101] fails; 102 is dropped, never run
+        shares = asyncio.create_task(b.submit(tiles(1, 1), far(), "shares"))
+        poisoned = tiles(2, 3)
+        poisoned[0] = -1  # run 1: [100, -1] fails both requests in it; 201 and 202 are dropped, never run
         bad = asyncio.create_task(b.submit(poisoned, far(), "bad"))
-        good = asyncio.create_task(b.submit(tiles(2, 2), far(), "good"))
-        await until(lambda: b.queue_depth == 5)
+        good = asyncio.create_task(b.submit(tiles(3, 2), far(), "good"))
+        await until(lambda: b.queue_depth == 6)
         engine.gate.set()
         with pytest.raises(EngineError, match="poisoned tile") as err:
             await bad
         assert err.value.request_id == "bad"
-        np.testing.assert_array_equal((await good).outputs, tiles(2, 2) + 1)
+        with pytest.raises(EngineError, match="poisoned tile"):
+            await shares  # its tile was in the failed run
+        np.testing.assert_array_equal((await good).outputs, tiles(3, 2) + 1)
         await first
-        after = await b.submit(tiles(3, 1), far(), "after")  # still serving
-        np.testing.assert_array_equal(after.outputs, tiles(3, 1) + 1)
+        after = await b.submit(tiles(4, 1), far(), "after")  # still serving
+        np.testing.assert_array_equal(after.outputs, tiles(4, 1) + 1)
 
     rec = run_with(engine, body, max_batch=2)
-    assert 102 not in engine.seen()
-    assert [ids(c) for c in engine.calls] == [[0], [-1, 101], [200, 201], [300]]
+    assert 201 not in engine.seen() and 202 not in engine.seen()
+    assert [ids(c) for c in engine.calls] == [[0], [100, -1], [300, 301], [400]]
     assert rec.engine_errors == 1
+
+
+def test_dead_worker_fails_every_pending_request_at_once() -> None:
+    """A bug in the worker loop (here: an observer that raises) must not leave requests to their deadlines."""
+
+    class BuggyObserver(Recorder):
+        def on_batch(self, size: int, requests: int, seconds: float) -> None:
+            raise RuntimeError("observer bug")
+
+    engine = FakeEngine(gated=True)
+
+    async def body(b: TileBatcher, rec: Recorder) -> None:
+        first = await block_engine(b, engine)
+        queued = asyncio.create_task(b.submit(tiles(1, 2), far(), "queued"))
+        await until(lambda: b.queue_depth == 2)
+        engine.gate.set()
+        for task in (first, queued):
+            with pytest.raises(EngineError, match="worker crashed"):
+                await task
+        assert b.failure is not None and not b.running
+        assert b.inflight == 0 and b.queue_depth == 0
+        with pytest.raises(ShuttingDownError):
+            await b.submit(tiles(2, 1), far(), "after")
+
+    rec = run_with(engine, body, BuggyObserver())
+    assert [str(e) for e in rec.crashes] == ["observer bug"]
+    assert engine.seen() == [0]
 
 
 def test_deadline_drops_pending_tiles() -> None:
@@ -213,6 +304,41 @@ def test_deadline_drops_pending_tiles() -> None:
     assert rec.rejects == ["deadline", "deadline"]
 
 
+def test_queue_wait_is_observed_at_first_dispatch_even_if_the_request_then_times_out() -> None:
+    engine = FakeEngine(gated=True)
+
+    async def body(b: TileBatcher, rec: Recorder) -> None:
+        soon = asyncio.get_running_loop().time() + 0.05
+        slow = asyncio.create_task(b.submit(tiles(1, 2), soon, "slow"))  # its first tile blocks the engine
+        never_ran = asyncio.create_task(b.submit(tiles(2, 1), soon, "never ran"))
+        for task in (slow, never_ran):
+            with pytest.raises(DeadlineExceededError):
+                await task
+        assert len(rec.waits) == 1 and rec.waits[0] >= 0  # "slow" was dispatched; "never ran" was not
+
+    rec = run_with(engine, body, max_batch=1)
+    assert engine.seen() == [100]
+    assert rec.rejects == ["deadline", "deadline"]
+
+
+def test_cancelling_at_the_deadline_counts_as_a_deadline() -> None:
+    """The service wraps submit in asyncio.timeout_at(deadline): that cancellation is a deadline, once."""
+    engine = FakeEngine(gated=True)
+
+    async def body(b: TileBatcher, rec: Recorder) -> None:
+        first = await block_engine(b, engine)
+        deadline = asyncio.get_running_loop().time() + 0.05
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout_at(deadline):
+                await b.submit(tiles(1, 2), deadline, "late")
+        assert b.queue_depth == 0
+        engine.gate.set()
+        await first
+
+    rec = run_with(engine, body)
+    assert rec.rejects == ["deadline"]
+
+
 def test_backpressure_is_counted_in_tiles() -> None:
     engine = FakeEngine(gated=True)
 
@@ -220,6 +346,9 @@ def test_backpressure_is_counted_in_tiles() -> None:
         first = await block_engine(b, engine)  # its tile left the queue: depth 0
         queued = asyncio.create_task(b.submit(tiles(1, 3), far(), "fits"))
         await until(lambda: b.queue_depth == 3)
+        b.check_capacity(1)  # what the service asks before preparing a request's tiles
+        with pytest.raises(QueueFullError):
+            b.check_capacity(2)
         with pytest.raises(QueueFullError) as full:
             await b.submit(tiles(2, 2), far(), "full")
         assert full.value.retry_after_s == 3 and full.value.max_queue_tiles == 4
@@ -234,7 +363,7 @@ def test_backpressure_is_counted_in_tiles() -> None:
         await first
 
     rec = run_with(engine, body, max_queue_tiles=4, retry_after_s=3)
-    assert rec.rejects == ["queue_full", "too_large"]
+    assert rec.rejects == ["queue_full", "queue_full", "too_large"]
     assert 200 not in engine.seen() and 300 not in engine.seen()
 
 

@@ -17,15 +17,18 @@ from PIL import Image, ImageCms
 from drrn.errors import UserError
 from drrn.paths import datasets_dir
 from imaging.color import rgb_to_ycbcr
+from imaging.protocol import quantize
 from imaging.resize import imresize
 from service.image_io import decode_image
 from service.pipeline import (
     ImageError,
     ImageLimits,
     check_upload_size,
+    count_tiles,
     finish,
     parse_scale,
     prepare,
+    probe,
     upscale_bytes,
 )
 from service.png import encode_png16
@@ -184,7 +187,7 @@ def test_huge_dimensions_refused_from_header(side: int) -> None:
 def test_output_limit_checked_before_decode() -> None:
     err = error_of(prepare, _huge_png(4000, 4000), 2.1, LIMITS, 32, 6)
     assert (err.status, err.code) == (422, "output_too_large")
-    assert err.limit == {"name": "max_output_pixels", "value": 64_000_000}
+    assert err.limit == {"name": "max_output_pixels", "value": LIMITS.max_output_pixels}
     # ceil() counts: 10x10 at 2.5 is 25x25 = 625 pixels, so a limit of 624 refuses it and 625 does not.
     data = encode(Image.new("RGB", (10, 10)))
     assert error_of(prepare, data, 2.5, ImageLimits(max_output_pixels=624), 32, 6).code == "output_too_large"
@@ -253,6 +256,36 @@ def test_rgb_sizes_and_colour_path(scale: float) -> None:
     assert (out.format, out.mode, out.size) == ("PNG", "RGB", size)
     # YCbCr and bicubic are linear, so with an identity model the output is the bicubic of RGB.
     assert np.abs(np.asarray(out).astype(float) - bicubic(rgb, size, 255)).max() <= 1
+
+
+def test_probe_reads_sizes_and_limits_from_the_header_only() -> None:
+    data = encode(Image.fromarray(textured(30, 50)))
+    assert probe(data, 3, LIMITS) == ((50, 30), (150, 90))
+    assert probe(data, 2.5, LIMITS)[1] == (125, 75)  # ceil, as prepare
+    prepared = prepare(data, 3, LIMITS, 32, 6)
+    assert count_tiles(prepared.output_size, 32, 6) == len(prepared.tiles) == 40  # 8 x 5 cores of 20
+    tracemalloc.start()
+    try:
+        sizes = probe(_huge_png(3000, 2000), 2, ImageLimits(max_output_pixels=10**8))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert sizes == ((3000, 2000), (6000, 4000)) and peak < 2**20  # nothing image-sized decoded
+    assert error_of(probe, b"", 2, LIMITS).code == "empty_body"
+    assert error_of(probe, b"not an image at all", 2, LIMITS).code == "unsupported_format"
+    assert error_of(probe, _huge_png(4001, 4001), 2, LIMITS).code == "input_too_large"
+    assert error_of(probe, data, 2, ImageLimits(max_output_pixels=100)).code == "output_too_large"
+    assert error_of(probe, data, 9, LIMITS).code == "bad_scale"
+
+
+def test_quantize_uint16_has_the_uint8_semantics() -> None:
+    """The service quantises with imaging.protocol.quantize (the evaluation protocol's), 8- or 16-bit."""
+    x = np.array([-0.5, 0.0, 0.2 / 65535, 0.7 / 65535, 1234.6 / 65535, 1.0, 1.5, np.nan])
+    out = quantize(x, np.uint16)
+    assert out.dtype == np.uint16 and out.tolist() == [0, 0, 0, 1, 1235, 65535, 65535, 0]
+    assert quantize(x).dtype == np.uint8 and quantize(x).tolist() == [0, 0, 0, 0, 5, 255, 255, 0]
+    with pytest.raises(ValueError, match="uint8 and uint16"):
+        quantize(x, np.int16)
 
 
 def test_prepare_and_finish_split() -> None:

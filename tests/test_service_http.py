@@ -8,9 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import logging
+import signal
+import socket
 import struct
 import threading
+import time
 import zlib
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -172,7 +176,8 @@ def test_upscale_returns_png_with_headers(tiny_onnx: Path, caplog: pytest.LogCap
             assert decode(r.content).shape == (34, 46, 3)
             assert r.headers["x-request-id"] == "client-id-1"
             timing = r.headers["server-timing"]
-            assert [p.split(";")[0] for p in timing.split(", ")] == ["decode", "queue", "infer", "encode"]
+            stages = [p.split(";")[0] for p in timing.split(", ")]
+            assert stages == ["read", "decode", "queue", "infer", "encode", "total"]
             # Non-integer scale, multipart upload and grey input; an unsafe request id is replaced.
             files = {"image": ("x.png", png(23, 17, mode="L"), "image/png")}
             r = await client.post("/upscale?scale=2.5", files=files, headers={"x-request-id": "bad id\x7f"})
@@ -189,7 +194,8 @@ def test_upscale_returns_png_with_headers(tiny_onnx: Path, caplog: pytest.LogCap
     first = next(f for f in lines if f["id"] == "client-id-1")
     assert first["status"] == 200 and first["input"] == "23x17" and first["output"] == "46x34"
     assert first["scale"] == "2" and first["bytes_in"] > 0 and first["bytes_out"] > 0
-    assert {"decode_ms", "queue_ms", "infer_ms", "encode_ms", "total_ms"} <= first.keys()
+    stages = {"read_ms", "decode_ms", "queue_ms", "infer_ms", "encode_ms", "cpu_wait_ms", "total_ms"}
+    assert stages <= first.keys() and first["tiles"] == 6
 
 
 BAD_REQUESTS: list[tuple[str, dict[str, Any], int, str, str | None]] = [
@@ -347,16 +353,182 @@ def test_overload_deadline_and_oversized_requests(tiny_onnx: Path) -> None:
             await asyncio.to_thread(engine.run_entered.wait, 30)
             queued = asyncio.create_task(up(client, png(20, 10)))  # 40x20 output: 2 tiles
             await until(lambda: batcher.queue_depth == 2)
+            decoded_before = decode_count(await client.get("/metrics"))
             full = await up(client, png(20, 10))
             assert full.status_code == 503 and full.headers["retry-after"] == "2"
             assert full.json()["error"] == "queue_full" and full.json()["limit"]["name"] == "max_queue_tiles"
             huge = await up(client, png(20, 20))  # 4 tiles can never fit a queue of 3
             assert huge.status_code == 413 and huge.json()["limit"] == {"name": "max_queue_tiles", "value": 3}
+            # Both were refused from the image header, before any decode/bicubic/tiling work.
+            assert decode_count(await client.get("/metrics")) == decoded_before
             late = await queued  # its deadline passes while the engine is held
             assert late.status_code == 504 and late.json()["limit"]["name"] == "request_timeout_s"
             engine.run_gate.set()
             assert (await running).status_code == 504
         assert engine.runs == [1]  # the expired request's tiles never ran
+
+    asyncio.run(main())
+
+
+def decode_count(metrics: httpx.Response) -> float:
+    return next(
+        s.value for s in metric_samples(metrics.text)["drrn_decode_seconds"] if s.name.endswith("_count")
+    )
+
+
+def rejections(metrics: httpx.Response) -> dict[str, float]:
+    return {s.labels["reason"]: s.value for s in metric_samples(metrics.text)["drrn_rejections"]}
+
+
+def gauge(metrics: httpx.Response, name: str) -> float:
+    return metric_samples(metrics.text)[name][0].value
+
+
+def test_inflight_limit_gives_503_with_retry_after(tiny_onnx: Path) -> None:
+    app, engine = gated(tiny_onnx, max_inflight_requests=1, retry_after_s=3)
+
+    async def main() -> None:
+        async with serving(app) as client:
+            engine.hold_next = True
+            running = asyncio.create_task(up(client, png(10, 10)))
+            await asyncio.to_thread(engine.run_entered.wait, 30)
+            r = await up(client, png(10, 10))
+            body = r.json()
+            assert r.status_code == 503 and r.headers["retry-after"] == "3" and body["error"] == "overloaded"
+            assert body["limit"] == {"name": "max_inflight_requests", "value": 1}
+            assert body["request_id"] == r.headers["x-request-id"]
+            engine.run_gate.set()
+            assert (await running).status_code == 200
+            assert (await up(client, png(10, 10))).status_code == 200  # the slot is free again
+            assert rejections(await client.get("/metrics"))["overloaded"] == 1
+
+    asyncio.run(main())
+
+
+def test_deadline_covers_the_whole_request_including_the_upload(tiny_onnx: Path) -> None:
+    app = create_app(settings(tiny_onnx, request_timeout_s=0.3))
+    stalled = asyncio.Event()
+
+    async def stalling_body() -> AsyncIterator[bytes]:
+        yield png(10, 10)[:20]
+        await stalled.wait()  # the client never sends the rest
+        yield b""
+
+    async def main() -> None:
+        async with serving(app) as client:
+            r = await up(client, stalling_body())
+            body = r.json()
+            assert r.status_code == 504 and body["error"] == "deadline_exceeded"
+            assert body["limit"] == {"name": "request_timeout_s", "value": 0.3}
+            assert (await up(client, png(10, 10))).status_code == 200
+            metrics = await client.get("/metrics")
+            assert rejections(metrics)["deadline"] == 1 and gauge(metrics, "drrn_inflight_requests") == 0
+
+    asyncio.run(main())
+
+
+def test_shutdown_refuses_new_requests_and_drains_admitted_ones(tiny_onnx: Path) -> None:
+    """What SIGTERM triggers (service.main schedules begin_shutdown from its signal handler)."""
+    from service.lifecycle import begin_shutdown
+
+    app, engine = gated(tiny_onnx)
+
+    async def main() -> None:
+        async with serving(app) as client:
+            st = app.state.drrn
+            engine.hold_next = True
+            admitted = asyncio.create_task(up(client, png(10, 10)))
+            await asyncio.to_thread(engine.run_entered.wait, 30)
+            drain = begin_shutdown(st)
+            r = await up(client, png(10, 10))
+            assert r.status_code == 503 and r.headers["retry-after"] == "1"
+            assert (
+                r.json()["error"] == "shutting_down" and r.json()["request_id"] == r.headers["x-request-id"]
+            )
+            assert (await client.get("/readyz")).status_code == 503
+            assert (await client.get("/healthz")).status_code == 200  # draining is not a failure
+            metrics = await client.get("/metrics")
+            assert gauge(metrics, "drrn_ready") == 0 and rejections(metrics)["shutting_down"] == 1
+            assert not drain.done()  # still waiting for the admitted request
+            engine.run_gate.set()
+            assert (await admitted).status_code == 200
+            await drain
+            assert not st.batcher.running
+
+    asyncio.run(main())
+
+
+def test_requests_left_at_the_end_of_the_grace_get_503_json(tiny_onnx: Path) -> None:
+    from service.lifecycle import begin_shutdown
+
+    app, engine = gated(tiny_onnx, shutdown_grace_s=0)
+
+    async def main() -> None:
+        async with serving(app) as client:
+            engine.hold_next = True
+            admitted = asyncio.create_task(up(client, png(10, 10)))
+            await asyncio.to_thread(engine.run_entered.wait, 30)
+            await begin_shutdown(app.state.drrn)  # no grace: the batcher fails what it holds
+            r = await admitted
+            assert r.status_code == 503 and r.json()["error"] == "shutting_down"
+            assert r.headers["retry-after"] == "1"
+            engine.run_gate.set()
+
+    asyncio.run(main())
+
+
+class FailingWarmupEngine(GatedEngine):
+    def warmup(self) -> None:
+        raise RuntimeError("device lost during warmup")
+
+
+def test_failed_warmup_makes_the_service_unhealthy(tiny_onnx: Path) -> None:
+    engine = FailingWarmupEngine(OrtEngine(tiny_onnx, TILE, MAX_BATCH, intra_op_threads=1))
+    app = create_app(settings(tiny_onnx), engine=engine)
+
+    async def main() -> None:
+        async with serving(app, wait_ready=False) as client:
+            await until(lambda: app.state.drrn.failure is not None)
+            r = await client.get("/healthz")
+            assert r.status_code == 503 and r.json()["error"] == "unhealthy"
+            assert "device lost" in r.json()["detail"] and r.json()["request_id"]
+            r = await client.get("/readyz")
+            assert r.status_code == 503 and "device lost" in r.json()["detail"]
+            r = await up(client, png(10, 10))
+            assert r.status_code == 503 and r.json()["error"] == "not_ready"
+            metrics = await client.get("/metrics")
+            assert gauge(metrics, "drrn_ready") == 0
+            errors = {s.labels["kind"]: s.value for s in metric_samples(metrics.text)["drrn_errors"]}
+            assert errors["warmup"] == 1
+
+    asyncio.run(main())
+
+
+def test_dead_batcher_worker_fails_pending_requests_and_health(tiny_onnx: Path) -> None:
+    app, engine = gated(tiny_onnx)
+
+    def bug(*args: Any) -> None:
+        raise RuntimeError("bug in the worker loop")
+
+    async def main() -> None:
+        async with serving(app) as client:
+            st = app.state.drrn
+            st.metrics.on_batch = bug  # the batcher's observer: raises in the worker after a run
+            engine.hold_next = True
+            first = asyncio.create_task(up(client, png(10, 10)))
+            await asyncio.to_thread(engine.run_entered.wait, 30)
+            queued = asyncio.create_task(up(client, png(20, 10)))  # 2 tiles behind the held run
+            await until(lambda: st.batcher.queue_depth == 2)
+            engine.run_gate.set()
+            for r in await asyncio.gather(first, queued):  # failed now, not at their 30 s deadline
+                assert r.status_code == 500 and r.json()["error"] == "engine_error"
+            r = await client.get("/healthz")
+            assert r.status_code == 503 and "worker crashed" in r.json()["detail"]
+            assert (await client.get("/readyz")).status_code == 503
+            metrics = await client.get("/metrics")
+            assert gauge(metrics, "drrn_ready") == 0
+            errors = {s.labels["kind"]: s.value for s in metric_samples(metrics.text)["drrn_errors"]}
+            assert errors["worker"] == 1
 
     asyncio.run(main())
 
@@ -461,3 +633,77 @@ def test_ort_engine_contract(tiny_onnx: Path, tmp_path: Path) -> None:
         engine_from_settings(settings(tmp_path / "missing.onnx"))
     with pytest.raises(ValueError, match="tile/max_batch"):
         create_app(settings(tiny_onnx, max_batch=2), engine=engine)
+
+
+def _http_response(conn: socket.socket) -> tuple[int, dict[str, str], bytes]:
+    """Read one HTTP/1.1 response off ``conn`` until the server closes it (it does, while shutting down)."""
+    data = b""
+    while chunk := conn.recv(65536):
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    status_line, *header_lines = head.decode("latin-1").split("\r\n")
+    headers = {k.strip().lower(): v.strip() for k, v in (line.split(":", 1) for line in header_lines)}
+    return int(status_line.split()[1]), headers, body
+
+
+@pytest.mark.slow
+def test_sigterm_drains_admitted_requests_and_answers_json_to_the_last(tiny_onnx: Path) -> None:
+    """The real shutdown path: `drrn serve` in a subprocess, uvicorn's signal handling included.
+
+    Two requests are admitted and held mid-upload (half their body sent) when SIGTERM arrives. New requests
+    get 503 shutting_down JSON until uvicorn closes its listener, then connection refused. The first request
+    then sends the rest of its body and completes with 200 within the grace. The second never does: when
+    uvicorn's graceful timeout ends and it cancels the request, the client still gets a JSON 503, not
+    uvicorn's plain-text 500. Then the process exits.
+    """
+    from bench.spawn import SpawnedService
+
+    env = {
+        "DRRN_PROVIDERS": "cpu",
+        "DRRN_TILE": str(TILE),
+        "DRRN_MAX_BATCH": str(MAX_BATCH),
+        "DRRN_INTRA_OP_THREADS": "1",
+        "DRRN_CPU_WORKERS": "1",
+        "DRRN_REQUEST_TIMEOUT_S": "120",  # the deadline must not end the held requests first
+        "DRRN_SHUTDOWN_GRACE_S": "5",  # ample for a 20x16 image; uvicorn cancels at ceil(5) + 2 s
+    }
+    body = png(20, 16)
+    head = (
+        f"POST /upscale?scale=2 HTTP/1.1\r\nHost: drrn\r\nContent-Type: image/png\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    with SpawnedService(env, model=tiny_onnx, ready_timeout_s=120) as svc:
+        finishing = socket.create_connection(("127.0.0.1", svc.port), timeout=60)
+        abandoned = socket.create_connection(("127.0.0.1", svc.port), timeout=60)
+        with finishing, abandoned:
+            for conn in (finishing, abandoned):
+                conn.sendall(head + body[:40])
+            with httpx.Client(base_url=svc.url, timeout=30) as client:
+                for _ in range(3000):  # until the route admitted both (they are now reading their bodies)
+                    if gauge(client.get("/metrics"), "drrn_inflight_requests") == 2:
+                        break
+                    time.sleep(0.01)
+                else:
+                    raise AssertionError("the requests were never admitted")
+            svc.proc.send_signal(signal.SIGTERM)
+            refused, answers = False, []
+            for _ in range(3000):
+                try:
+                    r = httpx.post(
+                        f"{svc.url}/upscale?scale=2", content=body, headers={"content-type": "image/png"}
+                    )
+                except httpx.TransportError:
+                    refused = True
+                    break
+                answers.append((r.status_code, r.json()["error"], r.headers.get("retry-after")))
+                time.sleep(0.01)
+            assert refused, "the listener never closed"
+            assert all(a == (503, "shutting_down", "1") for a in answers), answers
+            finishing.sendall(body[40:])  # an admitted request completes after SIGTERM
+            status, headers, payload = _http_response(finishing)
+            assert status == 200 and headers["content-type"] == "image/png", payload[:300]
+            assert decode(payload).shape == (32, 40, 3)
+            status, headers, payload = _http_response(abandoned)
+            assert (status, headers["content-type"], headers["retry-after"]) == (503, "application/json", "1")
+            assert json.loads(payload)["error"] == "shutting_down"
+        assert svc.proc.wait(timeout=60) is not None

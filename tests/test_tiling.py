@@ -1,0 +1,116 @@
+"""imaging.tiling: plan/extract/stitch geometry, and tiled inference against a whole-image run of the real
+tiny ONNX model (exact for images of at least one tile per axis; a too-small margin must break that)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from imaging.tiling import extract_tiles, plan_tiles, run_in_batches, run_tiled, stitch_tiles
+
+TILE, ATOL = 32, 1e-5
+SHAPES = [(1, 1), (5, 3), (50, 20), (20, 50), (32, 32), (33, 32), (64, 96), (70, 45), (100, 37)]
+
+
+def image(shape: tuple[int, int], seed: int = 0) -> np.ndarray:
+    """Smooth structure plus noise in [0, 1]: content a model actually changes."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0 : shape[0], 0 : shape[1]]
+    smooth = 0.5 + 0.3 * np.sin(xx / 5) * np.cos(yy / 7)
+    return np.clip(smooth + rng.normal(0, 0.05, shape), 0, 1).astype(np.float32)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("margin", [0, 6, 15])
+def test_cores_partition_the_image_and_round_trip(shape: tuple[int, int], margin: int) -> None:
+    h, w = shape
+    plan = plan_tiles(h, w, TILE, margin)
+    owners = np.zeros(shape, int)
+    for tl in plan.tiles:
+        (y0, y1), (x0, x1) = tl.core_y, tl.core_x
+        owners[y0:y1, x0:x1] += 1
+        # The core lies inside its tile window, which lies inside the (padded) image.
+        assert tl.y0 <= y0 < y1 <= tl.y0 + TILE and tl.x0 <= x0 < x1 <= tl.x0 + TILE
+        assert tl.y0 + TILE <= plan.padded_shape[0] and tl.x0 + TILE <= plan.padded_shape[1]
+        # Every core pixel has `margin` pixels of context inside the tile, unless that side is the image edge.
+        assert y0 - tl.y0 >= margin or tl.y0 == 0
+        assert tl.y0 + TILE - y1 >= margin or tl.y0 + TILE >= h
+        assert x0 - tl.x0 >= margin or tl.x0 == 0
+        assert tl.x0 + TILE - x1 >= margin or tl.x0 + TILE >= w
+    assert (owners == 1).all()  # each output pixel comes from exactly one tile
+    img = image(shape)
+    tiles = extract_tiles(img, plan)
+    assert tiles.shape == (len(plan), 1, TILE, TILE) and tiles.dtype == np.float32
+    np.testing.assert_array_equal(stitch_tiles(tiles, plan), img)
+    np.testing.assert_array_equal(run_tiled(img, lambda t: t.copy(), TILE, margin, 3), img)
+
+
+def test_short_axes_are_mirror_padded() -> None:
+    img = image((5, 3))
+    (tile,) = extract_tiles(img, plan_tiles(5, 3, TILE, 6))
+    np.testing.assert_array_equal(tile[0, :5, :3], img)
+    np.testing.assert_array_equal(tile[0, :5, 3:6], img[:, ::-1])  # "symmetric": the edge pixel repeats
+
+
+def test_bad_plans_and_batches_are_refused() -> None:
+    with pytest.raises(ValueError, match="twice the margin"):
+        plan_tiles(10, 10, TILE, 16)
+    with pytest.raises(ValueError, match="empty"):
+        plan_tiles(0, 10, TILE, 6)
+    with pytest.raises(ValueError, match="max_batch"):
+        run_in_batches(np.zeros((2, 1, TILE, TILE), np.float32), lambda t: t, 0)
+    calls: list[int] = []
+
+    def run(t: np.ndarray) -> np.ndarray:
+        calls.append(len(t))
+        return t
+
+    out = run_in_batches(np.arange(7, dtype=np.float32).reshape(7, 1, 1, 1), run, 3)
+    assert calls == [3, 3, 1] and out.ravel().tolist() == list(range(7))
+
+
+@pytest.fixture(scope="module")
+def model(tiny_onnx: Path) -> tuple[Callable[[np.ndarray], np.ndarray], int]:
+    ort = pytest.importorskip("onnxruntime")
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    session = ort.InferenceSession(str(tiny_onnx), options, providers=["CPUExecutionProvider"])
+    depth = int(session.get_modelmeta().custom_metadata_map["drrn.depth"])
+
+    def run(batch: np.ndarray) -> np.ndarray:
+        return session.run(["sr"], {"lr_bicubic": np.ascontiguousarray(batch, np.float32)})[0]
+
+    return run, depth
+
+
+@pytest.mark.parametrize("shape", [(32, 32), (48, 70), (97, 64)])
+def test_tiled_equals_whole_image_for_images_of_at_least_one_tile(model, shape: tuple[int, int]) -> None:
+    run, depth = model
+    img = image(shape, seed=shape[0])
+    whole = run(img[None, None])[0, 0]
+    assert np.abs(whole - img).max() > 100 * ATOL  # the model really changes the image
+    np.testing.assert_allclose(run_tiled(img, run, TILE, depth, 8), whole, rtol=0, atol=ATOL)
+
+
+@pytest.mark.parametrize("margin_below_depth", [1, 4])
+def test_a_margin_below_the_depth_breaks_exactness(model, margin_below_depth: int) -> None:
+    """Negative control: the comparison above can fail."""
+    run, depth = model
+    img = image((48, 70), seed=48)
+    whole = run(img[None, None])[0, 0]
+    tiled = run_tiled(img, run, TILE, depth - margin_below_depth, 8)
+    assert np.abs(tiled - whole).max() > ATOL
+
+
+def test_a_short_axis_differs_only_near_its_padded_border(model) -> None:
+    """Width 20 < tile: the tile sees mirrored pixels past column 20 where the whole image sees zero
+    padding, so the last `depth` columns differ; everything else is still exact (see the module doc)."""
+    run, depth = model
+    img = image((48, 20), seed=3)
+    whole = run(img[None, None])[0, 0]
+    tiled = run_tiled(img, run, TILE, depth, 8)
+    np.testing.assert_allclose(tiled[:, : 20 - depth], whole[:, : 20 - depth], rtol=0, atol=ATOL)
+    assert np.abs(tiled[:, 20 - depth :] - whole[:, 20 - depth :]).max() > ATOL
