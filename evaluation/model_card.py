@@ -122,13 +122,36 @@ Reproduce: `drrn eval --model default --data ../shared/datasets/Set5 ../shared/d
 """
 
 
+def stamp_weights(weights: Path, default_json: Path, command: str | None) -> None:
+    """Record the ``drrn eval`` summary (and the training command) in the weight file's metadata."""
+    from model_export.weights import load_weights, save_weights
+
+    model, meta = load_weights(weights)
+    doc = json.loads(default_json.read_text())
+    meta.evaluation = {
+        **meta.evaluation,
+        "protocol": doc["protocol"],
+        "results": {
+            name: {s: {"psnr": round(r["psnr"], 2), "ssim": round(r["ssim"], 4)} for s, r in per.items()}
+            for name, per in doc["results"].items()
+        },
+    }
+    if command:
+        meta.provenance["command"] = command
+    save_weights(model, meta, weights)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--default", required=True, type=Path, help="drrn eval JSON of the default model")
     p.add_argument("--vdsr", type=Path, help="drrn eval JSON of the converted VDSR weights")
     p.add_argument("--log", type=Path, help="the training run's log.jsonl (validation curve)")
+    p.add_argument("--stamp", action="store_true", help="also write the eval summary into the weights")
+    p.add_argument("--command", help="the training command, recorded in the weights' provenance")
     p.add_argument("-o", "--output", type=Path, required=True)
     args = p.parse_args(argv)
+    if args.stamp:
+        stamp_weights(DEFAULT_WEIGHTS, args.default, args.command)
     args.output.write_text(render(args.default, args.vdsr, args.log))
     print(f"wrote {args.output}")
     return 0
