@@ -146,13 +146,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--default", required=True, type=Path, help="drrn eval JSON of the default model")
     p.add_argument("--vdsr", type=Path, help="drrn eval JSON of the converted VDSR weights")
     p.add_argument("--log", type=Path, help="the training run's log.jsonl (validation curve)")
+    p.add_argument("--notes", type=Path, help="markdown appended as the card's training notes")
     p.add_argument("--stamp", action="store_true", help="also write the eval summary into the weights")
     p.add_argument("--command", help="the training command, recorded in the weights' provenance")
     p.add_argument("-o", "--output", type=Path, required=True)
     args = p.parse_args(argv)
     if args.stamp:
         stamp_weights(DEFAULT_WEIGHTS, args.default, args.command)
-    args.output.write_text(render(args.default, args.vdsr, args.log))
+    notes = "\n## Training notes\n\n" + args.notes.read_text() if args.notes else ""
+    args.output.write_text(render(args.default, args.vdsr, args.log) + notes)
     print(f"wrote {args.output}")
     return 0
 
