@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -52,3 +54,29 @@ def tiny_onnx(tiny_weights: Path) -> Path:
     out = tiny_weights.with_suffix(".onnx")
     export_onnx(tiny_weights, out)
     return out
+
+
+async def until(cond: Callable[[], bool]) -> None:
+    """Yield to the loop until ``cond()``; the cap only turns a bug into a failure instead of a hang."""
+    for _ in range(30_000):
+        if cond():
+            return
+        await asyncio.sleep(0.001)
+    raise AssertionError("condition never became true")
+
+
+@pytest.fixture(scope="session")
+def tiny_runner(tiny_onnx: Path) -> tuple[Callable, int]:
+    """``(run, depth)``: the tiny ONNX model on one CPU thread, ``run(float32[N,1,H,W]) -> same``."""
+    import numpy as np
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    session = ort.InferenceSession(str(tiny_onnx), options, providers=["CPUExecutionProvider"])
+    depth = int(session.get_modelmeta().custom_metadata_map["drrn.depth"])
+
+    def run(batch: np.ndarray) -> np.ndarray:
+        return session.run(["sr"], {"lr_bicubic": np.ascontiguousarray(batch, np.float32)})[0]
+
+    return run, depth

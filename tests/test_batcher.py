@@ -23,6 +23,7 @@ from service.batcher import (
     ShuttingDownError,
     TileBatcher,
 )
+from tests.conftest import until
 
 T = 4  # tile side: small, the fake engine does no real work
 
@@ -82,15 +83,6 @@ class Recorder(BatcherObserver):
 
     def on_worker_crash(self, exc: BaseException) -> None:
         self.crashes.append(exc)
-
-
-async def until(cond: Callable[[], bool]) -> None:
-    """Yield to the loop until ``cond()``; the cap only turns a bug into a failure instead of a hang."""
-    for _ in range(30_000):
-        if cond():
-            return
-        await asyncio.sleep(0.001)
-    raise AssertionError("condition never became true")
 
 
 def run_with(

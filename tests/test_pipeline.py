@@ -440,17 +440,8 @@ def _with_icc(icc: bytes) -> bytes:
 
 # --- the real model ---------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def ort_model(tiny_onnx):
-    ort = pytest.importorskip("onnxruntime")
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    session = ort.InferenceSession(str(tiny_onnx), options, providers=["CPUExecutionProvider"])
-    depth = int(session.get_modelmeta().custom_metadata_map["drrn.depth"])
-
-    def run(batch: np.ndarray) -> np.ndarray:
-        return session.run(["sr"], {"lr_bicubic": batch})[0]
-
-    return run, depth
+def ort_model(tiny_runner):
+    return tiny_runner
 
 
 def _content() -> np.ndarray:

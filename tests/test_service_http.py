@@ -16,7 +16,7 @@ import struct
 import threading
 import time
 import zlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -31,6 +31,7 @@ from service.app import create_app
 from service.engine import Engine, OrtEngine
 from service.metrics import METRIC_NAMES, series_names
 from service.settings import Settings
+from tests.conftest import until
 
 TILE, MAX_BATCH = 32, 4
 
@@ -101,15 +102,6 @@ async def serving(app: Any, wait_ready: bool = True) -> AsyncIterator[httpx.Asyn
             if wait_ready:
                 await until(lambda: app.state.drrn.is_ready)
             yield client
-
-
-async def until(cond: Callable[[], bool]) -> None:
-    """Yield to the loop until ``cond()``; the cap only turns a bug into a failure instead of a hang."""
-    for _ in range(30_000):
-        if cond():
-            return
-        await asyncio.sleep(0.001)
-    raise AssertionError("condition never became true")
 
 
 def png(width: int, height: int, seed: int = 0, mode: str = "RGB") -> bytes:

@@ -3,9 +3,6 @@ tiny ONNX model (exact for images of at least one tile per axis; a too-small mar
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from pathlib import Path
-
 import numpy as np
 import pytest
 
@@ -73,17 +70,8 @@ def test_bad_plans_and_batches_are_refused() -> None:
 
 
 @pytest.fixture(scope="module")
-def model(tiny_onnx: Path) -> tuple[Callable[[np.ndarray], np.ndarray], int]:
-    ort = pytest.importorskip("onnxruntime")
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    session = ort.InferenceSession(str(tiny_onnx), options, providers=["CPUExecutionProvider"])
-    depth = int(session.get_modelmeta().custom_metadata_map["drrn.depth"])
-
-    def run(batch: np.ndarray) -> np.ndarray:
-        return session.run(["sr"], {"lr_bicubic": np.ascontiguousarray(batch, np.float32)})[0]
-
-    return run, depth
+def model(tiny_runner):
+    return tiny_runner
 
 
 @pytest.mark.parametrize("shape", [(32, 32), (48, 70), (97, 64)])
