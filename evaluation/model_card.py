@@ -4,7 +4,7 @@ Every measured number in the card comes from a JSON file written by ``drrn eval 
 columns are constants quoted from the paper (``../shared/DRRN.md``). Regenerate with::
 
     python -m evaluation.model_card --default docs/eval/eval-default.json \
-        --vdsr docs/eval/eval-vdsr-onnx.json --log docs/eval/training-log.jsonl -o weights/MODEL_CARD.md
+        --vdsr docs/eval/eval-vdsr-onnx.json --log STAGE1.jsonl STAGE2.jsonl -o weights/MODEL_CARD.md
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import json
 from pathlib import Path
 
 from drrn.paths import DEFAULT_WEIGHTS
+from training.lineage import stages_of, totals
 
 # (PSNR, SSIM) from the DRRN paper, Table: DRRN B1U9, and SRCNN's published PSNR (the acceptance floor).
 PAPER_B1U9 = {
@@ -52,22 +53,53 @@ def quality_table(default: dict, vdsr: dict | None) -> str:
     return "\n".join(lines)
 
 
-def validation_curve(log: Path) -> str:
-    """Set5 PSNR against training steps, from a run's ``log.jsonl`` (its ``"eval"`` events)."""
-    rows = ["| step | wall-clock (min) | Set5 x2 | Set5 x3 | Set5 x4 |", "|---|---|---|---|---|"]
-    for line in log.read_text().splitlines():
-        e = json.loads(line)
-        if e.get("event") != "eval":
-            continue
-        p = {s: v["psnr"] for s, v in e["set5"].items()}
-        rows.append(
-            f"| {e['step']:,} | {e['elapsed_s'] / 60:.0f} | {p['2']:.2f} | {p['3']:.2f} | {p['4']:.2f} |"
+def validation_curve(logs: list[Path]) -> str:
+    """Set5 PSNR against training steps from each stage's ``log.jsonl`` (``"eval"`` events), oldest first.
+
+    Steps and minutes are cumulative: stage k starts where stage k-1's log ends.
+    """
+    rows = ["| stage | step | wall-clock (min) | Set5 x2 | Set5 x3 | Set5 x4 |", "|---|---|---|---|---|---|"]
+    step0 = elapsed0 = 0.0
+    for k, log in enumerate(logs, 1):
+        events = [json.loads(line) for line in log.read_text().splitlines()]
+        for e in events:
+            if e.get("event") != "eval":
+                continue
+            p = {s: v["psnr"] for s, v in e["set5"].items()}
+            rows.append(
+                f"| {k} | {int(step0 + e['step']):,} | {(elapsed0 + e['elapsed_s']) / 60:.0f} "
+                f"| {p['2']:.2f} | {p['3']:.2f} | {p['4']:.2f} |"
+            )
+        step0 += max((e["step"] for e in events if "step" in e), default=0)
+        elapsed0 += max((e["elapsed_s"] for e in events if "elapsed_s" in e), default=0.0)
+    return "\n".join(rows)
+
+
+def stages_table(stages: list[dict]) -> str:
+    """One row per training stage (see :mod:`training.lineage`), then the totals."""
+    rows = [
+        "| stage | recipe | command | steps x batch | patch / stride | wall-clock | hardware |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for k, st in enumerate(stages, 1):
+        hw = st.get("hardware", {})
+        where = f"{hw.get('cpu', '?')}, {hw.get('cpu_count', '?')} cores" + (
+            f", GPU {hw['gpu']}" if "gpu" in hw else " (CPU only)"
         )
+        rows.append(
+            f"| {k} | `{st['recipe']}` | `{st.get('command') or '?'}` | {st['steps']:,} x {st['batch']} "
+            f"| {st['patch']} / {st['stride']} | {st['wall_clock_s'] / 60:.0f} min | {where} |"
+        )
+    tot = totals(stages)
+    rows.append(
+        f"| **total** | | | {tot['steps']:,} steps ({tot['patches_seen']:,} patches) | "
+        f"| **{tot['wall_clock_s'] / 60:.0f} min** | |"
+    )
     return "\n".join(rows)
 
 
 def render(
-    default_json: Path, vdsr_json: Path | None, log: Path | None = None, weights: Path = DEFAULT_WEIGHTS
+    default_json: Path, vdsr_json: Path | None, logs: list[Path] = (), weights: Path = DEFAULT_WEIGHTS
 ) -> str:
     from model_export.model import DRRN, count_params
     from model_export.weights import read_meta, sha256_file
@@ -76,9 +108,7 @@ def render(
     default = json.loads(default_json.read_text())
     vdsr = json.loads(vdsr_json.read_text()) if vdsr_json and vdsr_json.is_file() else None
     cfg = meta.config
-    t = meta.training
-    hw = t.get("hardware", {})
-    recipe = t.get("recipe", {})
+    stages = stages_of(meta)
     val = meta.evaluation.get("set5_validation", {})
     return f"""# Model card: `weights/default.safetensors`
 
@@ -93,17 +123,18 @@ shared weights, multi-path |
 | scales | one model for x{", x".join(str(s) for s in meta.scales)} \
 (and any real scale up to 4 in the service) |
 | data | 291 images: T91 + BSD200 (`../shared/datasets`), Y channel, MATLAB bicubic degradation at \
-x2/x3/x4 mixed, 31x31 patches stride 21, random flips/rotations (8 dihedral transforms) |
-| recipe | `{recipe.get("name", "?")}` (`training/recipes/{recipe.get("name", "?")}.toml`): \
-{recipe.get("description", "")} |
-| command | `{meta.provenance.get("command", "drrn train --recipe " + str(recipe.get("name")))}` |
-| iterations | {t.get("steps", "?"):,} steps of batch {recipe.get("optim", {}).get("batch", "?")} \
-({t.get("patches_seen", 0):,} patches) |
-| wall-clock | {t.get("wall_clock_s", 0) / 60:.0f} min |
-| hardware | {hw.get("cpu", "?")}, {hw.get("cpu_count", "?")} cores, torch {hw.get("torch", "?")}\
-{", GPU " + hw["gpu"] if "gpu" in hw else " (CPU only)"} |
+x2/x3/x4 mixed, square patches (size/stride per stage below), random flips/rotations (8 dihedral transforms) |
+| training | {len(stages)} stage(s), {totals(stages)["steps"]:,} steps, \
+{totals(stages)["wall_clock_s"] / 60:.0f} min in all (table below) |
 | Set5 validation at the end of training | {json.dumps(val.get("set5", {}))} |
 | weights sha256 | `{sha256_file(weights)}` |
+
+## Training stages
+
+Each stage warm-starts from the previous stage's final weights (`--init`); recipes are in
+`training/recipes/`. Recorded in the weight file's metadata (`training.stages`).
+
+{stages_table(stages)}
 
 ## Quality (PSNR dB / SSIM on Y, the paper's MATLAB protocol, `drrn eval`)
 
@@ -115,7 +146,7 @@ columns are the papers' published numbers.
 
 ## Validation during training (Set5 PSNR, full-image fp32, same protocol)
 
-{validation_curve(log) if log and log.is_file() else "(no training log given)"}
+{validation_curve(list(logs)) if logs else "(no training log given)"}
 
 Reproduce: `drrn eval --model default --data ../shared/datasets/Set5 ../shared/datasets/Set14 \
 ../shared/datasets/BSD100 --scales 2 3 4 --json docs/eval/eval-default.json`.
@@ -145,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--default", required=True, type=Path, help="drrn eval JSON of the default model")
     p.add_argument("--vdsr", type=Path, help="drrn eval JSON of the converted VDSR weights")
-    p.add_argument("--log", type=Path, help="the training run's log.jsonl (validation curve)")
+    p.add_argument("--log", type=Path, nargs="+", default=[], help="each stage's log.jsonl, oldest first")
     p.add_argument("--notes", type=Path, help="markdown appended as the card's training notes")
     p.add_argument("--stamp", action="store_true", help="also write the eval summary into the weights")
     p.add_argument("--command", help="the training command, recorded in the weights' provenance")

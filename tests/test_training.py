@@ -87,3 +87,21 @@ def test_recipe_typos_are_errors(tmp_path: Path) -> None:
     bad.write_text('[optim]\nname = "adam"\nlearning_rate = 0.1\n')
     with pytest.raises(ValueError, match="unknown keys"):
         load_recipe(str(bad))
+
+
+def test_init_records_the_parents_stages(images: Path, tmp_path: Path, monkeypatch) -> None:
+    """A warm-started run's weights list every stage behind them, oldest first (the card reads this)."""
+    from model_export.weights import sha256_file
+    from training.lineage import stages_of, totals
+
+    monkeypatch.setenv("DRRN_CACHE_DIR", str(tmp_path / "cache"))
+    assert _train(tmp_path / "a", images, 6) == 0
+    parent = tmp_path / "a" / "last.safetensors"
+    args = ["train", "--recipe", "smoke", "--out", str(tmp_path / "b"), "--data", str(images)]
+    assert main([*args, "--max-steps", "4", "--init", str(parent)]) == 0
+
+    stages = stages_of(load_weights(tmp_path / "b" / "last.safetensors")[1])
+    assert [(s["recipe"], s["steps"], s["run"]) for s in stages] == [("smoke", 6, "a"), ("smoke", 4, "b")]
+    assert stages[0]["init_sha256"] is None and stages[1]["init_sha256"] == sha256_file(parent)
+    assert stages[1]["patch"] == load_recipe("smoke").data.patch
+    assert totals(stages)["steps"] == 10

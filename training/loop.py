@@ -15,7 +15,9 @@ import argparse
 import json
 import os
 import platform
+import shlex
 import signal
+import sys
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -27,8 +29,9 @@ from tqdm import tqdm
 from drrn.errors import UserError
 from drrn.paths import PROJECT_ROOT
 from model_export.model import DRRN, count_params
-from model_export.weights import WeightsMeta, load_weights, save_weights
+from model_export.weights import WeightsMeta, load_weights, save_weights, sha256_file
 from training.data import PatchSampler, build_patch_cache
+from training.lineage import stage_summary, stages_of
 from training.recipe import Recipe, learning_rate, load_recipe
 
 
@@ -87,8 +90,10 @@ def validate(model: DRRN, recipe: Recipe, device: str) -> dict:
 class Trainer:
     """Owns the model, optimiser and sampler of one run; ``run()`` trains until done, stopped or timed out."""
 
-    def __init__(self, recipe: Recipe, out: Path, device: str, init: str | None = None) -> None:
-        self.recipe, self.out, self.device = recipe, out, device
+    def __init__(
+        self, recipe: Recipe, out: Path, device: str, init: str | None = None, command: str | None = None
+    ) -> None:
+        self.recipe, self.out, self.device, self.command = recipe, out, device, command
         rt = recipe.runtime
         if rt.threads:
             torch.set_num_threads(rt.threads)
@@ -96,11 +101,14 @@ class Trainer:
         self.model = DRRN(recipe.model)
         with torch.no_grad():
             self.model.output.weight.mul_(recipe.optim.output_init_scale)
+        self.parent_stages: list[dict] = []
+        self.init_sha256: str | None = None
         if init:
-            src, _ = load_weights(init)
+            src, parent = load_weights(init)
             if src.cfg != recipe.model:
                 raise UserError(f"--init weights are {src.cfg.name}, recipe wants {recipe.model.name}")
             self.model.load_state_dict(src.state_dict())
+            self.parent_stages, self.init_sha256 = stages_of(parent), sha256_file(init)
         self.model.to(device)
         if rt.channels_last:
             self.model.to(memory_format=torch.channels_last)
@@ -155,7 +163,7 @@ class Trainer:
 
     def meta(self, evaluation: dict) -> WeightsMeta:
         r = self.recipe
-        return WeightsMeta(
+        meta = WeightsMeta(
             config=r.model,
             scales=r.data.scales,
             provenance={
@@ -164,6 +172,7 @@ class Trainer:
                 "run": self.out.name,
                 "patch_cache": self.patch_key,
                 "init": self.init,
+                "command": self.command,
             },
             training={
                 "recipe": r.to_dict(),
@@ -175,6 +184,9 @@ class Trainer:
             },
             evaluation={"set5_validation": evaluation},
         )
+        this_stage = stage_summary(meta, self.command, self.init_sha256)
+        meta.training["stages"] = [*self.parent_stages, this_stage]
+        return meta
 
     # -- one step ------------------------------------------------------------------------------------
     def train_step(self) -> tuple[float, float]:
@@ -286,6 +298,12 @@ class Trainer:
             save_weights(model, self.meta(self.last_eval), self.out / "best.safetensors")
 
 
+def _command_line() -> str:
+    """How this run was started, as a user would retype it (``drrn train ...``)."""
+    # argv is the CLI's own only when started as `drrn train ...` (not when main() is called in-process)
+    return shlex.join(["drrn", *sys.argv[1:]]) if sys.argv[1:2] == ["train"] else "drrn train"
+
+
 def run_training_cli(args: argparse.Namespace) -> int:
     try:
         recipe = load_recipe(args.recipe)
@@ -302,7 +320,7 @@ def run_training_cli(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     (out / "recipe.json").write_text(json.dumps(recipe.to_dict(), indent=1))
     try:
-        trainer = Trainer(recipe, out, args.device, init=args.init)
+        trainer = Trainer(recipe, out, args.device, init=args.init, command=_command_line())
     except FileNotFoundError as exc:
         raise UserError(str(exc)) from exc
     if args.resume and ckpt.exists():
