@@ -8,7 +8,8 @@ they are synthetic textured images of the same sizes. All are RGB PNGs.
 Closed loop: ``concurrency`` workers each send a request, wait for the answer, send the next. A 503 makes
 that worker wait its ``Retry-After`` (capped at 1 s) before the next request, so a saturated service is not
 hammered by a busy loop. Time-based levels discard a warmup period and count the requests that *complete*
-inside the measured window; count-based levels (``--requests``, ``--quick``) count everything.
+inside the measured window, and read the engine's tile rate over the same window from ``/metrics``;
+count-based levels (``--requests``, ``--quick``) count everything.
 """
 
 from __future__ import annotations
@@ -133,6 +134,9 @@ def metrics_delta(before: dict[str, float], after: dict[str, float], wall_s: flo
     }
     return {
         "engine_runs": int(runs),
+        # tiles the service's engine finished inside the window, whoever they belong to: on a slow box a
+        # 20 s window completes only a few large requests, but the engine's tile rate is well sampled
+        "engine_tiles_per_s": d("drrn_batch_size_tiles_sum") / wall_s if wall_s > 0 else None,
         "mean_batch_tiles": d("drrn_batch_size_tiles_sum") / runs if runs else None,
         "mean_batch_requests": d("drrn_batch_requests_sum") / runs if runs else None,
         "engine_busy_frac": d("drrn_inference_batch_seconds_sum") / wall_s if wall_s > 0 else None,
@@ -188,6 +192,34 @@ async def _scrape(client: Any, url: str) -> dict[str, float]:
     return parse_metrics(resp.text)
 
 
+async def latency_probe(client: Any, url: str, req: Req, n: int) -> dict[str, Any]:
+    """``n`` sequential requests of one kind on an otherwise idle service (concurrency 1)."""
+    lat = []
+    for _ in range(n):
+        rec = await send(client, url, req)
+        if rec.status == 200 and rec.error is None:
+            lat.append((rec.t_done - rec.t_start) * 1000)
+    return {
+        "request": req.name,
+        "tiles": req.tiles,
+        "n": len(lat),
+        "p50_ms": percentile(lat, 50),
+        "p90_ms": percentile(lat, 90),
+        "min_ms": min(lat) if lat else None,
+    }
+
+
+async def wait_idle(client: Any, url: str, timeout_s: float = 60.0) -> float:
+    """Wait until the service has no queued tiles and no request in flight; returns the seconds waited."""
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < timeout_s:
+        m = await _scrape(client, url)
+        if m.get("drrn_queue_depth_tiles", 0.0) == 0 and m.get("drrn_inflight_requests", 0.0) == 0:
+            break
+        await asyncio.sleep(0.2)
+    return time.perf_counter() - t0
+
+
 async def run_level(
     client: Any,
     url: str,
@@ -197,7 +229,12 @@ async def run_level(
     n_requests: int | None = None,
     warmup_s: float = 0.0,
 ) -> dict[str, Any]:
-    """One closed-loop level: ``n_requests`` in total, or ``warmup_s`` + ``duration_s`` of time."""
+    """One closed-loop level: ``n_requests`` in total, or ``warmup_s`` + ``duration_s`` of time.
+
+    A time-based level cancels its workers at the end of the window (the service drops the tiles of a
+    request whose client went away) and waits for the service to go idle, so levels do not overlap and
+    a slow request never stretches the run.
+    """
     if (duration_s is None) == (n_requests is None):
         raise ValueError("give exactly one of duration_s and n_requests")
     records: list[Record] = []
@@ -216,13 +253,10 @@ async def run_level(
             records.append(rec)
             if rec.status == 503:
                 await asyncio.sleep(min(rec.retry_after, 1.0))
+            elif rec.status == 0:
+                await asyncio.sleep(0.2)  # transport failure: do not spin on a dead service
 
-    async def timed_scrapes() -> tuple[dict[str, float], dict[str, float]]:
-        await asyncio.sleep(max(0.0, start - time.perf_counter()))
-        before = await _scrape(client, url)
-        await asyncio.sleep(max(0.0, stop - time.perf_counter()))
-        return before, await _scrape(client, url)
-
+    extra: dict[str, Any] = {}
     if n_requests is not None:
         before = await _scrape(client, url)
         await asyncio.gather(*(worker(i) for i in range(concurrency)))
@@ -230,16 +264,35 @@ async def run_level(
         window = list(records)
         wall = max(r.t_done for r in records) - t0 if records else 0.0
     else:
-        (before, after), *_ = await asyncio.gather(timed_scrapes(), *(worker(i) for i in range(concurrency)))
+        tasks = [asyncio.create_task(worker(i)) for i in range(concurrency)]
+        await asyncio.sleep(max(0.0, start - time.perf_counter()))
+        before = await _scrape(client, url)
+        await asyncio.sleep(max(0.0, stop - time.perf_counter()))
+        after = await _scrape(client, url)
+        in_flight = sum(not t.done() for t in tasks)
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         window = [r for r in records if start <= r.t_done <= stop]
         wall = stop - start
-    return summarize_level(window, concurrency, wall, metrics_delta(before, after, wall))
+        extra = {"in_flight_at_stop": in_flight, "idle_wait_s": round(await wait_idle(client, url), 2)}
+    px_per_tile = sum(r.out_w * r.out_h for r in mix) / max(1, sum(r.tiles for r in mix))
+    server = metrics_delta(before, after, wall)
+    return {**summarize_level(window, concurrency, wall, server, px_per_tile), **extra}
 
 
 def summarize_level(
-    records: list[Record], concurrency: int, wall_s: float, server: dict[str, Any]
+    records: list[Record],
+    concurrency: int,
+    wall_s: float,
+    server: dict[str, Any],
+    mix_px_per_tile: float | None = None,
 ) -> dict[str, Any]:
-    """Throughput, latency percentiles and failure counts of the requests completed in a window."""
+    """Throughput, latency percentiles and failure counts of the requests completed in a window.
+
+    ``engine_output_mpx_per_s`` is the service engine's tile rate (from ``/metrics``) times the mix's mean
+    output pixels per tile: what the service delivers in steady state, when no tile is wasted.
+    """
     ok = [r for r in records if r.status == 200 and r.error is None]
     lat = [(r.t_done - r.t_start) * 1000 for r in ok]
     errors: dict[str, int] = {}
@@ -273,4 +326,10 @@ def summarize_level(
         },
         "p50_ms_by_request": {k: percentile(v, 50) for k, v in sorted(by_name.items())},
         **server,
+        "mix_px_per_tile": mix_px_per_tile,
+        "engine_output_mpx_per_s": (
+            server["engine_tiles_per_s"] * mix_px_per_tile / 1e6
+            if mix_px_per_tile and server.get("engine_tiles_per_s") is not None
+            else None
+        ),
     }

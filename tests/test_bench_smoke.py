@@ -105,7 +105,22 @@ def test_service_quick_spawn(tiny_onnx: Path, tmp_path: Path) -> None:
         assert 1 <= lv["mean_batch_tiles"] <= 4 and lv["engine_runs"] >= 1
     assert _positive(report["engine"]["tiles_per_s"]) and report["engine"]["max_batch"] == 4
     assert _positive(report["overhead"]["service_over_engine"])
+    assert report["probe"]["request"] == "crop64_x2" and report["probe"]["n"] == 3
+    lc = report["latency_c1"]
+    assert _positive(lc["engine_ms"]) and lc["overhead_ms"] == lc["service_p50_ms"] - lc["engine_ms"]
     assert plot.read_bytes().startswith(b"\x89PNG")
+
+
+def test_service_timed_level_stops_on_time(tiny_onnx: Path, tmp_path: Path) -> None:
+    """A time-based level cancels its workers at the window's end and waits for the service to idle."""
+    out = tmp_path / "service.json"
+    argv = ["bench", "service", "--spawn", "--model", str(tiny_onnx), "--json", str(out)]
+    timing = ["--concurrency", "2", "--duration", "1.5", "--engine-seconds", "0.3"]
+    assert main([*argv, *SMALL_SERVICE, *timing, "--plot", str(tmp_path / "p.png")]) == 0
+    (level,) = json.loads(out.read_text())["levels"]
+    assert level["wall_s"] == 1.5 and level["errors"] == 0 and level["ok"] >= 1
+    assert 0 <= level["in_flight_at_stop"] <= 2 and level["idle_wait_s"] < 60
+    assert _positive(level["engine_tiles_per_s"]) and _positive(level["engine_output_mpx_per_s"])
 
 
 def test_scaling_quick(tiny_onnx: Path, tmp_path: Path) -> None:
