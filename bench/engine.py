@@ -18,7 +18,7 @@ cores) ms at the service's default tile and batch (>1: ORT is faster).
 
 B1U25 is an untrained-but-real weight file (MSRA init, output conv scaled like a trained residual) built by
 :func:`make_bench_weights`: speed does not depend on the weight values. Its default grid is reduced to tiles
-64/128 (it costs 44x the default model per pixel); ``--full`` sweeps it over the whole grid too.
+64/128 (it costs 11x the default model per pixel); ``--full`` sweeps it over the whole grid too.
 """
 
 from __future__ import annotations
