@@ -153,6 +153,23 @@ Reproduce: `drrn eval --model default --data ../shared/datasets/Set5 ../shared/d
 """
 
 
+README_START = "<!-- model-table:start (generated: python -m evaluation.model_card --readme) -->"
+README_END = "<!-- model-table:end -->"
+
+
+def update_readme(readme: Path, default_json: Path, vdsr_json: Path | None) -> None:
+    """Rewrite the quality table between the README's model-table markers (both must be present)."""
+    text = readme.read_text(encoding="utf-8")
+    if README_START not in text or README_END not in text:
+        raise SystemExit(f"{readme}: markers {README_START!r} ... {README_END!r} not found")
+    head, rest = text.split(README_START, 1)
+    tail = rest.split(README_END, 1)[1]
+    default = json.loads(default_json.read_text())
+    vdsr = json.loads(vdsr_json.read_text()) if vdsr_json and vdsr_json.is_file() else None
+    table = quality_table(default, vdsr)
+    readme.write_text(f"{head}{README_START}\n{table}\n{README_END}{tail}", encoding="utf-8")
+
+
 def stamp_weights(weights: Path, default_json: Path, command: str | None) -> None:
     """Record the ``drrn eval`` summary (and the training command) in the weight file's metadata."""
     from model_export.weights import load_weights, save_weights
@@ -180,12 +197,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--notes", type=Path, help="markdown appended as the card's training notes")
     p.add_argument("--stamp", action="store_true", help="also write the eval summary into the weights")
     p.add_argument("--command", help="the training command, recorded in the weights' provenance")
+    p.add_argument("--readme", type=Path, help="also rewrite the quality table in this README")
     p.add_argument("-o", "--output", type=Path, required=True)
     args = p.parse_args(argv)
     if args.stamp:
         stamp_weights(DEFAULT_WEIGHTS, args.default, args.command)
     notes = "\n## Training notes\n\n" + args.notes.read_text() if args.notes else ""
     args.output.write_text(render(args.default, args.vdsr, args.log) + notes)
+    if args.readme:
+        update_readme(args.readme, args.default, args.vdsr)
     print(f"wrote {args.output}")
     return 0
 

@@ -51,3 +51,21 @@ def test_card_lists_stages_totals_and_the_measured_table(tmp_path: Path) -> None
     assert "| 2 | `cpu-stage2` | `drrn train --recipe cpu-stage2` | 40 x 8 | 48 / 21 | 5 min |" in card
     assert "| **total** | | | 140 steps (1,120 patches) | | **25 min** | |" in card
     assert "| Set5 | x2 | 28.00 / 0.8000 | n/a | 36.66 | 37.66 / 0.9588 | **30.12 / 0.9000** |" in card
+
+
+def test_readme_table_is_the_committed_eval(tmp_path: Path) -> None:
+    """README's quality table is generated from docs/eval JSON: regenerating it changes nothing."""
+    from drrn.paths import PROJECT_ROOT
+    from evaluation.model_card import README_END, README_START, update_readme
+
+    copy = tmp_path / "README.md"
+    copy.write_text((PROJECT_ROOT / "README.md").read_text())
+    evals = PROJECT_ROOT / "docs" / "eval"
+    update_readme(copy, evals / "eval-default.json", evals / "eval-vdsr-onnx.json")
+    assert copy.read_text() == (PROJECT_ROOT / "README.md").read_text()
+
+    copy.write_text(f"intro\n{README_START}\nstale\n{README_END}\noutro\n")
+    update_readme(copy, evals / "eval-default.json", None)
+    text = copy.read_text()
+    assert text.startswith("intro\n") and text.endswith("outro\n") and "stale" not in text
+    assert "| Set5 | x2 |" in text
