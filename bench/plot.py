@@ -31,9 +31,15 @@ def plot_latency_throughput(report: dict[str, Any], out: str | Path) -> Path:
     for key, style in (("p50", "o-"), ("p99", "s--")):
         y = [lv["latency_ms"][key] for lv in levels]
         ax.plot(x, y, style, label=f"{key} latency")
+    small = [(xi, lv["p50_ms_by_request"].get("crop64_x2")) for lv, xi in zip(levels, x, strict=True)]
+    small = [(xi, y) for xi, y in small if y is not None]
+    if small:  # the smallest request alone: how queueing behind big ones stretches a cheap request
+        ax.plot(*zip(*small, strict=True), "^:", label="p50 of 64x64 x2 requests")
     for lv, xi in zip(levels, x, strict=True):
-        ax.annotate(f"c={lv['concurrency']}", (xi, lv["latency_ms"]["p50"]), textcoords="offset points",
-                    xytext=(4, -12), fontsize=8)  # fmt: skip
+        ax.annotate(f"c={lv['concurrency']} (n={lv['ok']})", (xi, lv["latency_ms"]["p50"]),
+                    textcoords="offset points", xytext=(4, -12), fontsize=8)  # fmt: skip
+    ov = report.get("overhead") or {}
+    ax.set_xlim(0, 1.1 * max([*x, ov.get("engine_output_mpx_per_s") or 0.0]))
     ax.set_yscale("log")
     ax.set_xlabel("throughput (output Mpx/s)")
     ax.set_ylabel("latency (ms)")

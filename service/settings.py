@@ -62,7 +62,10 @@ class Settings(BaseSettings):
     )
     max_batch: int = Field(default=8, ge=1, description="Most tiles per engine run.")
     max_delay_ms: float = Field(
-        default=2.0, ge=0, description="How long a partial batch waits for more tiles after its first."
+        default=0.0,
+        ge=0,
+        description="How long a partial batch waits for more tiles after its first. Under load batches fill "
+        "from the queue anyway; the wait only delays a lone request (0 measured best on CPU, BENCHMARKS.md).",
     )
     max_queue_tiles: int = Field(
         default=4096,
