@@ -42,8 +42,11 @@ format: $(STAMP)
 
 # Benchmarks (minutes; run on a quiet machine). Results land in docs/bench/, summarised in BENCHMARKS.md.
 bench: $(STAMP) artifacts/default.onnx
-	$(BIN)/drrn bench engine --json docs/bench/engine.json
+	$(BIN)/drrn bench engine --no-b1u25 --budget-s 1 --json docs/bench/engine.json
+	$(BIN)/drrn bench engine --model b1u25 --tiles 64,128 --batches 1,4 \
+		--backends torch-fp32,torch-bf16,ort-fp32 --budget-s 0 --json docs/bench/engine_b1u25.json
 	$(BIN)/drrn bench service --spawn --json docs/bench/service.json
+	$(BIN)/drrn bench service --spawn --sweep --json docs/bench/sweep.json
 	$(BIN)/drrn bench scaling --json docs/bench/scaling.json
 
 include deploy/check.mk
