@@ -254,8 +254,9 @@ def run_service_bench(args: argparse.Namespace) -> dict[str, Any]:
         with SpawnedService({**SPAWN_DEFAULTS, **overrides}, fallback) as svc:
             info, mix, results, probe = load_phase(svc.url, levels, duration, n_requests, warmup, probe_n)
             settings = service_settings(svc.overrides)
-            probe_tiles = next(m["tiles"] for m in mix if m["name"] == PROBE_REQUEST)
-            engine = measure_engine(info, settings, args.engine_seconds or 10.0, quick, fallback, probe_tiles)
+            engine = measure_engine(
+                info, settings, args.engine_seconds or 10.0, quick, fallback, probe["tiles"]
+            )
             spawned = {"url": svc.url, "env": svc.overrides, "startup_s": svc.startup_s}
     else:
         check_loopback(args.url, args.allow_remote)
@@ -263,8 +264,7 @@ def run_service_bench(args: argparse.Namespace) -> dict[str, Any]:
             fallback = Path(args.model)
         info, mix, results, probe = load_phase(args.url, levels, duration, n_requests, warmup, probe_n)
         settings = service_settings(overrides)
-        probe_tiles = next(m["tiles"] for m in mix if m["name"] == PROBE_REQUEST)
-        engine = measure_engine(info, settings, args.engine_seconds or 10.0, quick, fallback, probe_tiles)
+        engine = measure_engine(info, settings, args.engine_seconds or 10.0, quick, fallback, probe["tiles"])
         engine["threads_source"] = "this process's DRRN_* env (GET /v1/model does not report threads)"
         spawned = None
     report = header(
