@@ -27,6 +27,7 @@ import uvicorn
 
 from service.app import create_app
 from service.engine import choose_model_path, select_providers
+from service.http_protocol import CoalescingHTTPProtocol
 from service.lifecycle import begin_shutdown
 from service.settings import Settings
 from service.state import ServiceState
@@ -120,6 +121,7 @@ def serve(host: str = "127.0.0.1", port: int = 8000) -> None:
         host=host,
         port=port,
         workers=1,
+        http=CoalescingHTTPProtocol,  # head + body in one write: nginx can fail over a crash (see module)
         lifespan="on",
         log_config=None,  # keep the dictConfig above
         access_log=False,  # drrn.access logs each request with timings instead
