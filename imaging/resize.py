@@ -159,6 +159,7 @@ def imresize(
     output_shape: tuple[int, int] | None = None,
     *,
     antialiasing: bool = True,
+    window: tuple[slice, slice] | None = None,
 ) -> np.ndarray:
     """Resize an image exactly like MATLAB ``imresize(img, scale_or_size, 'bicubic')``.
 
@@ -171,6 +172,10 @@ def imresize(
         output_shape: ``(out_h, out_w)`` instead of ``scale``; the per-dimension scales are then
             ``out/in``. Exactly one of ``scale`` and ``output_shape`` must be given.
         antialiasing: MATLAB's ``'Antialiasing'`` option, on by default for bicubic.
+        window: ``(rows, cols)`` slices (step 1) of the *output* to compute; the result equals
+            ``imresize(...)[rows, cols]`` bit for bit (every output pixel is the same sequence of float
+            operations either way), but only the input pixels that window depends on are read. This is
+            how callers upscale a large image band by band without ever holding all of it.
 
     Returns:
         The resized array with the same number of dimensions. dtype: float64 stays float64, float32
@@ -215,12 +220,30 @@ def imresize(
     # common scalar-scale case) go rows first. The order changes float results only at ulp level,
     # but for integer images it decides where the intermediate rounding happens.
     order = (0, 1) if scales[0] <= scales[1] else (1, 0)
-    out = work
-    for axis in order:
+    window = window or (slice(None), slice(None))
+    if len(window) != 2:
+        raise ValueError(f"window must be (rows, cols) slices, got {window!r}")
+    # Per axis: the output range to compute, its weights, and the input range [lo, hi) they read.
+    passes: list[tuple[np.ndarray, np.ndarray] | None] = []
+    src_ranges = []
+    for axis in (0, 1):
+        start, stop, step = window[axis].indices(out_shape[axis])
+        if step != 1 or stop <= start:
+            raise ValueError(f"window {window[axis]} must be a non-empty step-1 range of {out_shape[axis]}")
         if out_shape[axis] == in_shape[axis] and scales[axis] == 1.0:
-            continue  # identity: every weight row is a single 1 at the same position
+            passes.append(None)  # identity: every weight row is a single 1 at the same position
+            src_ranges.append((start, stop))
+            continue
         weights, indices = resize_weights(in_shape[axis], out_shape[axis], scales[axis], antialiasing)
-        out = _resize_dim(out, axis, weights, indices, int_dtype)
-    if out is arr:
-        out = arr.copy()
+        indices = indices[start:stop]
+        lo, hi = int(indices.min()), int(indices.max()) + 1
+        passes.append((weights[start:stop], indices - lo))
+        src_ranges.append((lo, hi))
+    (r0, r1), (c0, c1) = src_ranges
+    out = work[r0:r1, c0:c1]
+    for axis in order:
+        if passes[axis] is not None:
+            out = _resize_dim(out, axis, *passes[axis], int_dtype)
+    if np.may_share_memory(out, arr):
+        out = out.copy()
     return out

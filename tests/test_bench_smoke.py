@@ -115,10 +115,10 @@ def test_service_timed_level_stops_on_time(tiny_onnx: Path, tmp_path: Path) -> N
     """A time-based level cancels its workers at the window's end and waits for the service to idle."""
     out = tmp_path / "service.json"
     argv = ["bench", "service", "--spawn", "--model", str(tiny_onnx), "--json", str(out)]
-    timing = ["--concurrency", "2", "--duration", "1.5", "--engine-seconds", "0.3"]
+    timing = ["--concurrency", "2", "--duration", "3", "--engine-seconds", "0.3"]
     assert main([*argv, *SMALL_SERVICE, *timing, "--plot", str(tmp_path / "p.png")]) == 0
     (level,) = json.loads(out.read_text())["levels"]
-    assert level["wall_s"] == 1.5 and level["errors"] == 0 and level["ok"] >= 1
+    assert level["wall_s"] == 3 and level["errors"] == 0 and level["ok"] >= 1
     assert 0 <= level["in_flight_at_stop"] <= 2 and level["idle_wait_s"] < 60
     assert _positive(level["engine_tiles_per_s"]) and _positive(level["engine_output_mpx_per_s"])
 

@@ -215,3 +215,36 @@ def test_identity_and_bad_arguments():
         imresize(np.zeros((2, 2, 2, 2)), 2)
     with pytest.raises(TypeError):
         imresize(img.astype(bool), 2)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.uint8])
+@pytest.mark.parametrize("resize", [{"scale": 2}, {"scale": 3}, {"scale": 1 / 3}, {"output_shape": (61, 23)}])
+def test_window_is_bit_identical_to_slicing_the_whole_result(dtype, resize):
+    rng = np.random.default_rng(7)
+    img = rng.random((37, 29, 2)) * 255
+    img = img.astype(dtype)
+    whole = imresize(img, **resize)
+    h, w = whole.shape[:2]
+    windows = [
+        (slice(None), slice(None)),
+        (slice(0, 1), slice(w - 1, w)),  # corners: mirrored taps
+        (slice(h // 3, h // 3 + 7), slice(None)),  # a band, as the service cuts it
+        (slice(-5, None), slice(2, w // 2)),
+    ]
+    for rows, cols in windows:
+        part = imresize(img, **resize, window=(rows, cols))
+        assert part.dtype == whole.dtype
+        np.testing.assert_array_equal(part, whole[rows, cols])
+        assert not np.may_share_memory(part, img)
+
+
+def test_window_reads_only_the_input_it_needs():
+    img = np.zeros((40, 40), np.float32)
+    img[:, 30:] = np.nan  # columns a left window of a x2 upscale never reads
+    part = imresize(img, 2, window=(slice(None), slice(0, 40)))
+    assert np.isfinite(part).all()
+    ident = imresize(img, 1, window=(slice(2, 4), slice(0, 3)))
+    np.testing.assert_array_equal(ident, img[2:4, 0:3])
+    for bad in [(slice(0, 10, 2), slice(None)), (slice(5, 5), slice(None)), (slice(None),)]:
+        with pytest.raises(ValueError):
+            imresize(img, 2, window=bad)
