@@ -162,6 +162,10 @@ class TileBatcher:
     async def submit(self, tiles: np.ndarray, deadline: float, request_id: str) -> BatchResult:
         """Run ``tiles`` (``float32[N, 1, T, T]``, N >= 1) through the engine by ``deadline`` (loop.time()).
 
+        The outputs are written over ``tiles`` in place (``result.outputs is tiles``): each tile's output
+        replaces it after the engine run that read it, so a large request costs one tile buffer, not two.
+        If the request fails, ``tiles`` may hold a mix of inputs and outputs.
+
         Raises :class:`QueueFullError`, :class:`RequestTooLargeError`, :class:`ShuttingDownError`,
         :class:`DeadlineExceededError` or :class:`EngineError`. Cancelling the awaiting task drops the
         request's queued tiles (counted as a ``deadline`` rejection when it happens at or after

@@ -27,7 +27,14 @@ import numpy as np
 from imaging.color import rgb_to_ycbcr, ycbcr_to_rgb
 from imaging.protocol import quantize
 from imaging.resize import imresize, output_shape_for_scale
-from imaging.tiling import TilePlan, extract_tiles, plan_tiles, run_in_batches, stitch_tiles
+from imaging.tiling import (
+    TilePlan,
+    core_bands,
+    extract_tiles_by_band,
+    plan_tiles,
+    run_in_batches,
+    stitch_rows,
+)
 from service.image_io import ImageError, ImageLimits, check_upload_size, decode_image, probe_image
 from service.png import encode_png
 
@@ -91,15 +98,17 @@ class Prepared:
         input_size: ``(width, height)`` of the upright input (after EXIF orientation).
         output_size: ``(width, height)`` = ``(ceil(w * s), ceil(h * s))``.
 
-    The underscored fields are private to :func:`finish`.
+    The underscored fields are private to :func:`finish`. Only ``tiles`` is at the output's size: chroma
+    and alpha stay at the input's size and are upscaled band by band as the result is assembled, so a
+    request's memory is its tiles plus the final 8/16-bit pixels and PNG (no whole-image float planes).
     """
 
     tiles: np.ndarray
     input_size: tuple[int, int]
     output_size: tuple[int, int]
     _plan: TilePlan = field(repr=False)
-    _chroma: np.ndarray | None = field(repr=False)  # float32[H, W, 2] upscaled (Cb, Cr); None for grey
-    _alpha: np.ndarray | None = field(repr=False)  # uint8/uint16[H, W] upscaled alpha, or None
+    _chroma: np.ndarray | None = field(repr=False)  # float32[h, w, 2] input (Cb, Cr) in [0, 1]; None for grey
+    _alpha: np.ndarray | None = field(repr=False)  # float32[h, w] input alpha in [0, 1], or None
     _dtype: type = field(repr=False)  # np.uint8 or np.uint16: output sample type
     _icc_profile: bytes | None = field(repr=False)
 
@@ -156,23 +165,16 @@ def prepare(data: bytes, scale: float, limits: ImageLimits, tile: int, margin: i
         ycc = np.empty((height, width, 3), dtype=np.float32)
         for rows in _strips(height, width):
             ycc[rows] = rgb_to_ycbcr(decoded.color[rows].astype(np.float32) * inv_max)
-        luma = ycc[..., 0]
-        chroma = imresize(ycc[..., 1:], output_shape=out_shape)
-        del ycc
-    luma_up = imresize(luma, output_shape=out_shape)
-    del luma
-    alpha = None
-    if decoded.alpha is not None:
-        # Quantised right away (in strips: quantize works in float64): only its integer form is needed
-        # later and it is 2-4x smaller.
-        alpha_up = imresize(decoded.alpha.astype(np.float32) * inv_max, output_shape=out_shape)
-        alpha = np.empty(out_shape, dtype=decoded.color.dtype)
-        for rows in _strips(*out_shape):
-            alpha[rows] = quantize(alpha_up[rows], decoded.color.dtype.type)
-        del alpha_up
+        luma, chroma = ycc[..., 0], ycc[..., 1:]
+    alpha = None if decoded.alpha is None else decoded.alpha.astype(np.float32) * inv_max
     plan = plan_tiles(out_shape[0], out_shape[1], tile, margin)
+
+    def upscaled_luma(rows: slice) -> np.ndarray:
+        # Bit-identical to rows of the whole upscaled plane (imresize's window), one band of tiles at a time.
+        return imresize(luma, output_shape=out_shape, window=(rows, slice(None)))
+
     return Prepared(
-        tiles=extract_tiles(luma_up, plan),
+        tiles=extract_tiles_by_band(upscaled_luma, plan),
         input_size=(width, height),
         output_size=(out_shape[1], out_shape[0]),
         _plan=plan,
@@ -195,20 +197,26 @@ def finish(prepared: Prepared, sr_tiles: np.ndarray) -> bytes:
         PNG bytes, ``output_size``, mode L/LA/RGB/RGBA (16-bit samples for 16-bit inputs), with the input's
         ICC profile when it matches the output's colour space.
     """
-    luma = stitch_tiles(np.asarray(sr_tiles, dtype=np.float32), prepared._plan)
-    height, width = luma.shape
-    dtype = prepared._dtype
+    plan, dtype = prepared._plan, prepared._dtype
+    sr_tiles = np.asarray(sr_tiles, dtype=np.float32)
+    shape = (plan.height, plan.width)
     n_color = 1 if prepared._chroma is None else 3
-    pixels = np.empty((height, width, n_color + (prepared._alpha is not None)), dtype=dtype)
-    for rows in _strips(height, width):
+    pixels = np.empty((*shape, n_color + (prepared._alpha is not None)), dtype=dtype)
+    # Band by band (the core rows of one row of tiles): only the final pixels exist at full size.
+    for rows in core_bands(plan):
+        luma = stitch_rows(sr_tiles, plan, rows)
+        window = (rows, slice(None))
         if prepared._chroma is None:
-            pixels[rows, :, 0] = quantize(luma[rows], dtype)
+            pixels[rows, :, 0] = quantize(luma, dtype)
         else:
-            ycc = np.concatenate([luma[rows, :, None], prepared._chroma[rows]], axis=-1)
+            chroma = imresize(prepared._chroma, output_shape=shape, window=window)
+            ycc = np.concatenate([luma[..., None], chroma], axis=-1)
             # ycbcr_to_rgb clips to [0, 1] (MATLAB's behaviour), so chroma overshoot cannot wrap around.
             pixels[rows, :, :3] = quantize(ycbcr_to_rgb(ycc), dtype)
-    if prepared._alpha is not None:
-        pixels[..., n_color] = prepared._alpha
+        if prepared._alpha is not None:
+            pixels[rows, :, n_color] = quantize(
+                imresize(prepared._alpha, output_shape=shape, window=window), dtype
+            )
     return encode_png(pixels, prepared._icc_profile)
 
 

@@ -33,7 +33,9 @@ class Job:
     runs: int = 0
 
     def __post_init__(self) -> None:
-        self.outputs = np.empty_like(self.tiles)
+        # In place: a tile's output replaces it once the run that read it is done (the batch was stacked
+        # from copies), so a request holds one tile buffer instead of two.
+        self.outputs = self.tiles
         self.remaining = len(self.tiles)
 
     @property

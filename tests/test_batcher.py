@@ -126,6 +126,23 @@ async def block_engine(b: TileBatcher, engine: FakeEngine) -> asyncio.Task:
     return task
 
 
+def test_outputs_overwrite_the_submitted_tiles_in_place() -> None:
+    """One buffer per request: outputs land in the submitted array, each after the run that read it."""
+    engine = FakeEngine()
+
+    async def body(b: TileBatcher, rec: Recorder) -> None:
+        x, y = tiles(1, 7), tiles(2, 3)
+        rx, ry = await asyncio.gather(b.submit(x, far(), "x"), b.submit(y, far(), "y"))
+        assert rx.outputs is x and ry.outputs is y
+        np.testing.assert_array_equal(
+            x, tiles(1, 7) + 1
+        )  # each input ran exactly once, before its slot was reused
+        np.testing.assert_array_equal(y, tiles(2, 3) + 1)
+
+    run_with(engine, body, max_batch=3)
+    assert sorted(engine.seen()) == [*range(100, 107), *range(200, 203)]
+
+
 def test_results_go_to_their_requests_and_batches_mix_requests() -> None:
     engine = FakeEngine(gated=True)
 

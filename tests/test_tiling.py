@@ -3,10 +3,21 @@ tiny ONNX model (exact for images of at least one tile per axis; a too-small mar
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 
-from imaging.tiling import extract_tiles, plan_tiles, run_in_batches, run_tiled, stitch_tiles
+from imaging.tiling import (
+    core_bands,
+    extract_tiles,
+    extract_tiles_by_band,
+    plan_tiles,
+    run_in_batches,
+    run_tiled,
+    stitch_rows,
+    stitch_tiles,
+)
 
 TILE, ATOL = 32, 1e-5
 SHAPES = [(1, 1), (5, 3), (50, 20), (20, 50), (32, 32), (33, 32), (64, 96), (70, 45), (100, 37)]
@@ -45,6 +56,47 @@ def test_cores_partition_the_image_and_round_trip(shape: tuple[int, int], margin
     np.testing.assert_array_equal(run_tiled(img, lambda t: t.copy(), TILE, margin, 3), img)
 
 
+def mirror_padded(img: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Reference: the whole image mirror-padded ("symmetric", in rounds) to ``shape``."""
+    while img.shape[0] < shape[0] or img.shape[1] < shape[1]:
+        dy, dx = (
+            min(max(shape[0] - img.shape[0], 0), img.shape[0]),
+            min(max(shape[1] - img.shape[1], 0), img.shape[1]),
+        )
+        img = np.pad(img, ((0, dy), (0, dx)), mode="symmetric")
+    return img
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_band_by_band_equals_whole_image(shape: tuple[int, int]) -> None:
+    """Tiles cut from bands equal tiles cut from the whole padded image; stitching by rows equals stitching
+    it all; no band is taller than a tile and each is asked for once, top to bottom."""
+    img, plan = image(shape, seed=3), plan_tiles(*shape, TILE, 6)
+    asked: list[slice] = []
+
+    def rows_of(rows: slice) -> np.ndarray:
+        asked.append(rows)
+        return img[rows]
+
+    tiles = extract_tiles_by_band(rows_of, plan)
+    padded = mirror_padded(img, plan.padded_shape)
+    for tl, tile in zip(plan.tiles, tiles, strict=True):
+        np.testing.assert_array_equal(tile[0], padded[tl.y0 : tl.y0 + TILE, tl.x0 : tl.x0 + TILE])
+    assert [r.start for r in asked] == sorted({tl.y0 for tl in plan.tiles})
+    assert all(0 < r.stop - r.start <= TILE for r in asked)
+
+    bands = core_bands(plan)
+    assert bands[0].start == 0 and bands[-1].stop == shape[0]
+    assert all(a.stop == b.start for a, b in itertools.pairwise(bands))
+    np.testing.assert_array_equal(np.concatenate([stitch_rows(tiles, plan, b) for b in bands]), img)
+    some = slice(shape[0] // 3, max(shape[0] // 3 + 1, shape[0] - 1))
+    np.testing.assert_array_equal(stitch_rows(tiles, plan, some), img[some])
+    with pytest.raises(ValueError):
+        stitch_rows(tiles, plan, slice(0, shape[0], 2) if shape[0] > 1 else slice(1, 1))
+    with pytest.raises(ValueError):
+        extract_tiles_by_band(lambda rows: img[rows][:, :-1] if shape[1] > 1 else img[rows][:0], plan)
+
+
 def test_short_axes_are_mirror_padded() -> None:
     img = image((5, 3))
     (tile,) = extract_tiles(img, plan_tiles(5, 3, TILE, 6))
@@ -65,8 +117,11 @@ def test_bad_plans_and_batches_are_refused() -> None:
         calls.append(len(t))
         return t
 
-    out = run_in_batches(np.arange(7, dtype=np.float32).reshape(7, 1, 1, 1), run, 3)
-    assert calls == [3, 3, 1] and out.ravel().tolist() == list(range(7))
+    x = np.arange(7, dtype=np.float32).reshape(7, 1, 1, 1)
+    out = run_in_batches(x, lambda t: run(t) * 2, 3)
+    assert calls == [3, 3, 1] and out is x and out.ravel().tolist() == [2 * i for i in range(7)]
+    with pytest.raises(ValueError):
+        run_in_batches(x, lambda t: t[:1], 3)
 
 
 @pytest.fixture(scope="module")
