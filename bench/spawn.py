@@ -46,6 +46,10 @@ def serve_model_path(spec: str) -> Path:
     raise UserError(f"--spawn serves ONNX models: expected default, *.onnx or *.safetensors, got {spec!r}")
 
 
+class _PortTaken(UserError):
+    """The child could not bind its port: something else took it after :func:`free_port` chose it."""
+
+
 class SpawnedService:
     """``with SpawnedService(env) as svc: svc.url`` -> a ready service; stopped (SIGTERM) on exit."""
 
@@ -58,10 +62,8 @@ class SpawnedService:
             self.overrides.setdefault("DRRN_FP16_MODEL_PATH", "")  # serve exactly this file
         self.overrides.setdefault("DRRN_LOG_LEVEL", "WARNING")  # no per-request access log lines
         self.ready_timeout_s = ready_timeout_s
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self._use_port(free_port())
         self.proc: subprocess.Popen[bytes] | None = None
-        self.log_path = LOG_DIR / f"serve-{self.port}.log"
         self.startup_s: float | None = None
 
     def __enter__(self) -> SpawnedService:
@@ -72,6 +74,22 @@ class SpawnedService:
         self.stop()
 
     def start(self) -> None:
+        """Start and wait for ``/readyz``. A port taken between :func:`free_port` and the child's bind
+        (another process on a shared machine) is retried on a fresh port, twice."""
+        for _ in range(2):
+            try:
+                self._start_once()
+                return
+            except _PortTaken:
+                self._use_port(free_port())
+        self._start_once()
+
+    def _use_port(self, port: int) -> None:
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        self.log_path = LOG_DIR / f"serve-{port}.log"
+
+    def _start_once(self) -> None:
         import httpx
 
         LOG_DIR.mkdir(parents=True, exist_ok=True)
@@ -84,7 +102,10 @@ class SpawnedService:
         with httpx.Client(timeout=5.0) as client:
             while time.perf_counter() < deadline:
                 if self.proc.poll() is not None:
-                    raise UserError(f"spawned service exited with {self.proc.returncode}:\n{self.log_tail()}")
+                    tail = self.log_tail()
+                    if "address already in use" in tail.lower():
+                        raise _PortTaken(tail)
+                    raise UserError(f"spawned service exited with {self.proc.returncode}:\n{tail}")
                 try:
                     if client.get(f"{self.url}/readyz").status_code == 200:
                         self.startup_s = time.perf_counter() - t0

@@ -161,3 +161,22 @@ def test_sweep_quick(tiny_onnx: Path, tmp_path: Path) -> None:
     report = json.loads(out.read_text())
     assert [r["label"] for r in report["runs"]] == ["base", "max_batch=2"]
     assert all(_positive(r["output_mpx_per_s"]) for r in report["runs"]) and report["best"]
+
+
+def test_spawn_retries_a_port_taken_after_it_was_chosen(tiny_onnx: Path) -> None:
+    """On a shared machine another process can bind the port free_port() picked before the child does."""
+    import socket
+
+    import httpx
+
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        taken = squatter.getsockname()[1]
+        svc = bench_spawn.SpawnedService({"DRRN_TILE": "64", "DRRN_MAX_BATCH": "1"}, model=tiny_onnx)
+        svc._use_port(taken)
+        with svc:
+            assert svc.port != taken
+            assert httpx.get(f"{svc.url}/readyz").status_code == 200
+        first_log = (bench_spawn.LOG_DIR / f"serve-{taken}.log").read_text().lower()
+        assert "address already in use" in first_log
