@@ -11,6 +11,12 @@ their one channel as Y). Cb, Cr and alpha are bicubic-upscaled with the same MAT
 PNGs, quantised like the evaluation protocol (:func:`imaging.protocol.quantize`: rounded half up, clipped).
 Decoding and limits live in :mod:`service.image_io`, PNG output in :mod:`service.png`.
 
+Memory. Nothing float is ever held at the output's full size except the tiles themselves: the bicubic
+upscale of Y is computed one band of tile rows at a time (``imresize(window=...)``, bit-identical to the
+whole-image resize), the engine's outputs overwrite the input tiles in place, and :func:`finish` upscales
+chroma/alpha and converts to 8/16-bit per band of output rows. Per output pixel a request holds its tiles
+(4 bytes x the tile/core overlap, ~8 B at tile 128 / margin 20), the final samples and the PNG.
+
 :func:`probe` reads only the header, so a caller can refuse work it cannot take (e.g. too many tiles for
 its queue) before the expensive :func:`prepare`.
 """
