@@ -70,6 +70,7 @@ def run_bench_cli(args: argparse.Namespace) -> int:
             quick=args.quick,
             megapixels=float_list(getattr(args, "sizes", None)),
             env=env_pairs(getattr(args, "set", None)),
+            pipeline_megapixels=float_list(getattr(args, "pipeline_sizes", None)),
         )
         return 0
     if args.target == "service":

@@ -175,6 +175,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--sweep-mode", choices=["oat", "grid"], default="oat", help="one-at-a-time or product")
     g.add_argument("--sweep-concurrency", type=int, default=8)
     g.add_argument("--sizes", help="scaling: output megapixels, comma list, default 0.25,0.5,1,2")
+    g.add_argument(
+        "--pipeline-sizes", help="scaling: output megapixels for the pipeline alone, default 1,4,15.9"
+    )
     s.set_defaults(func=_bench)
     return p
 

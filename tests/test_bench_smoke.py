@@ -142,6 +142,10 @@ def test_scaling_quick(tiny_onnx: Path, tmp_path: Path) -> None:
     for size in report["sizes"]:
         assert _positive(size["time_s_median"]) and _positive(size["peak_rss_mib"]) and size["tiles"] >= 1
     assert set(report["time_fit"]) == {"a", "b", "r2"}
+    assert [round(r["target_mpx"], 2) for r in report["pipeline_memory"]] == [0.02, 0.08]
+    for row in report["pipeline_memory"]:  # the identity engine: the pipeline's own memory
+        assert _positive(row["peak_rss_mib"]) and row["tiles"] >= 1
+    assert set(report["pipeline_rss_fit"]) == {"a", "b", "r2"}
 
 
 def test_sweep_quick(tiny_onnx: Path, tmp_path: Path) -> None:
