@@ -220,8 +220,9 @@ def imresize(
     # common scalar-scale case) go rows first. The order changes float results only at ulp level,
     # but for integer images it decides where the intermediate rounding happens.
     order = (0, 1) if scales[0] <= scales[1] else (1, 0)
-    window = window or (slice(None), slice(None))
-    if len(window) != 2:
+    if window is None:
+        window = (slice(None), slice(None))
+    if len(window) != 2 or not all(isinstance(w, slice) for w in window):
         raise ValueError(f"window must be (rows, cols) slices, got {window!r}")
     # Per axis: the output range to compute, its weights, and the input range [lo, hi) they read.
     passes: list[tuple[np.ndarray, np.ndarray] | None] = []

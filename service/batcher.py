@@ -164,7 +164,8 @@ class TileBatcher:
 
         The outputs are written over ``tiles`` in place (``result.outputs is tiles``): each tile's output
         replaces it after the engine run that read it, so a large request costs one tile buffer, not two.
-        If the request fails, ``tiles`` may hold a mix of inputs and outputs.
+        If the request fails, ``tiles`` may hold a mix of inputs and outputs. ``tiles`` must be writeable
+        and C-contiguous, and not shared with another concurrent submit.
 
         Raises :class:`QueueFullError`, :class:`RequestTooLargeError`, :class:`ShuttingDownError`,
         :class:`DeadlineExceededError` or :class:`EngineError`. Cancelling the awaiting task drops the
@@ -173,6 +174,10 @@ class TileBatcher:
         """
         if tiles.ndim != 4 or tiles.shape[0] < 1 or tiles.shape[1] != 1 or tiles.dtype != np.float32:
             raise ValueError(f"tiles must be float32[N>=1, 1, T, T], got {tiles.dtype}{tiles.shape}")
+        if not (tiles.flags.writeable and tiles.flags.c_contiguous):
+            # Outputs are written over the tiles: a read-only or self-overlapping array (broadcast_to,
+            # as_strided, frombuffer) would fail or corrupt later in the worker, for every request.
+            raise ValueError("tiles must be a writeable, C-contiguous array (outputs are written in place)")
         if self.tile is not None and tiles.shape[2:] != (self.tile, self.tile):
             raise ValueError(f"tiles are {tiles.shape[2:]}, this batcher runs {self.tile}x{self.tile}")
         self.check_capacity(len(tiles))

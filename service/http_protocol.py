@@ -85,3 +85,12 @@ class CoalescingHTTPProtocol(AutoHTTPProtocol):  # type: ignore[misc, valid-type
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(CoalescingTransport(transport))
+
+    def eof_received(self) -> bool | None:
+        # The client half-closed. uvicorn answers by letting the transport close itself, which bypasses
+        # the wrapper; uvloop can deliver the EOF before the pending flush callback runs, so send what
+        # is pending first (the transport's own close then drains it).
+        transport = self.transport
+        if isinstance(transport, CoalescingTransport):
+            transport.flush()
+        return super().eof_received()

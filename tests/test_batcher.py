@@ -143,6 +143,21 @@ def test_outputs_overwrite_the_submitted_tiles_in_place() -> None:
     assert sorted(engine.seen()) == [*range(100, 107), *range(200, 203)]
 
 
+def test_arrays_that_cannot_take_outputs_in_place_are_refused_up_front() -> None:
+    engine = FakeEngine()
+
+    async def body(b: TileBatcher, rec: Recorder) -> None:
+        frozen = tiles(1, 2)
+        frozen.flags.writeable = False
+        overlapping = np.broadcast_to(tiles(2, 1), (3, 1, T, T))  # three tiles, one buffer
+        for bad in (frozen, overlapping):
+            with pytest.raises(ValueError, match="writeable"):
+                await b.submit(bad, far(), "bad")
+        assert b.running and (await b.submit(tiles(3, 1), far(), "ok")).outputs[0, 0, 0, 0] == 301
+
+    run_with(engine, body)
+
+
 def test_results_go_to_their_requests_and_batches_mix_requests() -> None:
     engine = FakeEngine(gated=True)
 

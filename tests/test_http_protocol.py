@@ -9,9 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 import uvicorn
 from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
@@ -106,8 +110,17 @@ async def _app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-def _served_writes(base: type[asyncio.Protocol]) -> tuple[list[tuple[str, bytes]], list[bytes]]:
-    """Three requests on one keep-alive connection to a real uvicorn on loopback.
+async def _three_gets(client: httpx.AsyncClient) -> list[bytes]:
+    return [(await client.get(p)).content for p in ("/small", "/big", "/small")]
+
+
+def _served_writes(
+    base: type[asyncio.Protocol],
+    app: Any = _app,
+    requests: Callable[[httpx.AsyncClient], Awaitable[list[bytes]]] = _three_gets,
+    lifespan: str = "off",
+) -> tuple[list[tuple[str, bytes]], list[bytes]]:
+    """``requests`` on one keep-alive connection to a real uvicorn serving ``app`` on loopback.
 
     Returns (the socket-side writes, the response bodies).
     """
@@ -122,19 +135,18 @@ def _served_writes(base: type[asyncio.Protocol]) -> tuple[list[tuple[str, bytes]
     async def scenario() -> list[bytes]:
         port = _free_port()
         config = uvicorn.Config(
-            _app, host="127.0.0.1", port=port, http=Recorded, log_config=None, lifespan="off"
+            app, host="127.0.0.1", port=port, http=Recorded, log_config=None, lifespan=lifespan
         )
         server = uvicorn.Server(config)
         task = asyncio.create_task(server.serve())
         while not server.started:
             await asyncio.sleep(0.01)
         try:
-            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
-                bodies = [(await client.get(p)).content for p in ("/small", "/big", "/small")]
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
+                return await requests(client)
         finally:
             server.should_exit = True
-            await asyncio.wait_for(task, 10)
-        return bodies
+            await asyncio.wait_for(task, 30)
 
     bodies = asyncio.run(scenario())
     return [e for e in events if e[0] == "write"], bodies
@@ -155,3 +167,92 @@ def test_control_stock_protocol_splits_head_and_body() -> None:
     assert bodies == [b"small", bytes(range(256)) * 64, b"small"]
     assert len(writes) == 6
     assert all(data.startswith(b"HTTP/1.1 200 OK") for _, data in writes[::2])
+
+
+async def _blocking_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    if scope["type"] != "http":
+        return
+    body = b"x" * 5000
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"5000")]})
+    await send({"type": "http.response.body", "body": body})
+    # Hold the loop before the pending flush can run, so the client's half-close is processed first.
+    time.sleep(0.3)
+
+
+@pytest.mark.parametrize("loop_name", ["asyncio", "uvloop"])
+def test_a_client_half_close_does_not_lose_a_pending_response(loop_name: str) -> None:
+    """uvloop handles socket events before queued callbacks: the EOF must not close ahead of the flush."""
+    port = _free_port()
+
+    async def scenario() -> bytes:
+        config = uvicorn.Config(
+            _blocking_app,
+            host="127.0.0.1",
+            port=port,
+            http=CoalescingHTTPProtocol,
+            log_config=None,
+            lifespan="off",
+        )
+        server = uvicorn.Server(config)
+        task = asyncio.create_task(server.serve())
+        while not server.started:
+            await asyncio.sleep(0.01)
+
+        def client() -> bytes:
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+                conn.sendall(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+                conn.shutdown(socket.SHUT_WR)
+                chunks = []
+                while chunk := conn.recv(65536):
+                    chunks.append(chunk)
+                return b"".join(chunks)
+
+        try:
+            return await asyncio.to_thread(client)
+        finally:
+            server.should_exit = True
+            await asyncio.wait_for(task, 10)
+
+    if loop_name == "uvloop":
+        uvloop = pytest.importorskip("uvloop")
+        response = uvloop.run(scenario())
+    else:
+        response = asyncio.run(scenario())
+    assert response.startswith(b"HTTP/1.1 200 OK\r\n") and response.endswith(b"\r\n\r\n" + b"x" * 5000)
+
+
+def test_the_service_app_answers_upscale_in_one_write(tiny_onnx: Path) -> None:
+    """Guards the app side: a middleware that yields between head and body (e.g. Starlette's
+    BaseHTTPMiddleware, which streams) would split them again across loop iterations."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from service.app import create_app
+    from service.settings import Settings
+
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (12, 10, 3), dtype=np.uint8)).save(buf, "PNG")
+    settings = Settings(
+        model_path=tiny_onnx, fp16_model_path=None, providers="cpu", intra_op_threads=1, tile=32, max_batch=2
+    )
+
+    async def requests(client: httpx.AsyncClient) -> list[bytes]:
+        bodies = []
+        for _ in range(600):  # until the engine is warmed up
+            r = await client.get("/readyz")
+            bodies.append(r.content)
+            if r.status_code == 200:
+                break
+            await asyncio.sleep(0.05)
+        r = await client.post(
+            "/upscale?scale=2", content=buf.getvalue(), headers={"content-type": "image/png"}
+        )
+        assert r.status_code == 200 and r.content.startswith(b"\x89PNG")
+        return [*bodies, r.content]
+
+    writes, bodies = _served_writes(CoalescingHTTPProtocol, create_app(settings), requests, lifespan="on")
+    assert len(writes) == len(bodies), [w[:60] for _, w in writes]
+    for (_, data), body in zip(writes, bodies, strict=True):
+        assert data.startswith(b"HTTP/1.1 ") and data.endswith(body)

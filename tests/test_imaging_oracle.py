@@ -245,6 +245,12 @@ def test_window_reads_only_the_input_it_needs():
     assert np.isfinite(part).all()
     ident = imresize(img, 1, window=(slice(2, 4), slice(0, 3)))
     np.testing.assert_array_equal(ident, img[2:4, 0:3])
-    for bad in [(slice(0, 10, 2), slice(None)), (slice(5, 5), slice(None)), (slice(None),)]:
+    for bad in [
+        (slice(0, 10, 2), slice(None)),
+        (slice(5, 5), slice(None)),
+        (slice(None),),
+        (),
+        (0, slice(None)),
+    ]:
         with pytest.raises(ValueError):
             imresize(img, 2, window=bad)
