@@ -115,7 +115,7 @@ def machine_info(modules: Iterable[str] = ("numpy", "torch", "onnxruntime")) -> 
     }
 
 
-def header(kind: str, quick: bool, **extra: Any) -> dict[str, Any]:
+def header(kind: str, quick: bool, version: int = 1, **extra: Any) -> dict[str, Any]:
     """The common top of every results file: ``schema``, ``created`` (UTC), ``quick``, ``machine``.
 
     Warns on stderr (and sets ``machine.busy``) when the 1-minute load average exceeds half the cores:
@@ -128,7 +128,7 @@ def header(kind: str, quick: bool, **extra: Any) -> dict[str, Any]:
         print(f"warning: load average {load[0]} on {cores} cores: the machine is busy, results will be "
               "pessimistic and noisy (multi-threaded ones most)", file=sys.stderr)  # fmt: skip
     return {
-        "schema": f"drrn-bench-{kind}/1",
+        "schema": f"drrn-bench-{kind}/{version}",
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "quick": quick,
         "machine": machine,

@@ -187,6 +187,7 @@ def run_scaling(
     report = header(
         "scaling",
         quick,
+        version=2,  # 2: peak RSS is the child's own (VmHWM, reset after warmup); pipeline_memory added
         model=path,
         scale=SCALE,
         repeats=repeats,

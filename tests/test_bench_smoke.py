@@ -138,7 +138,7 @@ def test_scaling_quick(tiny_onnx: Path, tmp_path: Path) -> None:
     ]
     assert main([*argv, *SMALL_SERVICE]) == 0
     report = json.loads(out.read_text())
-    assert report["schema"] == "drrn-bench-scaling/1" and len(report["sizes"]) == 2
+    assert report["schema"] == "drrn-bench-scaling/2" and len(report["sizes"]) == 2
     for size in report["sizes"]:
         assert _positive(size["time_s_median"]) and _positive(size["peak_rss_mib"]) and size["tiles"] >= 1
     assert set(report["time_fit"]) == {"a", "b", "r2"}
