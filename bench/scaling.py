@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import struct
 import subprocess
 import sys
 import tempfile
@@ -55,6 +54,7 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
     """
     from imaging.tiling import plan_tiles
     from service.pipeline import upscale_bytes
+    from service.png import png_header
     from service.settings import Settings
 
     s = Settings()
@@ -76,7 +76,8 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
         png = upscale_bytes(data, spec["scale"], run, s.image_limits(), s.tile, margin, s.max_batch)
         times.append(time.perf_counter() - t0)
         del png
-    out_h, out_w = output_shape_for_scale(_png_hw(data), spec["scale"])
+    width, height, _, _ = png_header(data)
+    out_h, out_w = output_shape_for_scale((height, width), spec["scale"])
     return {
         "times_s": times,
         "rss_after_warmup_kib": rss_ready,
@@ -111,11 +112,6 @@ def reset_peak_rss() -> None:
             f.write("5")
     except OSError:
         pass
-
-
-def _png_hw(data: bytes) -> tuple[int, int]:
-    width, height = struct.unpack(">II", data[16:24])
-    return height, width
 
 
 def _run_child(spec: dict[str, Any], width: int, height: int, env: dict[str, str]) -> tuple[dict, float]:

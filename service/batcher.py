@@ -285,10 +285,10 @@ class TileBatcher:
             for row, (job, i) in enumerate(batch):
                 if job.future.done():  # expired or cancelled while its tiles ran: discard
                     continue
-                job.outputs[i] = y[row]
+                job.tiles[i] = y[row]
                 job.remaining -= 1
                 if job.remaining == 0:
                     job.future.set_result(
-                        BatchResult(job.outputs, job.started - job.submitted, job.infer_s, job.runs)
+                        BatchResult(job.tiles, job.started - job.submitted, job.infer_s, job.runs)
                     )
                     self._finish(job)

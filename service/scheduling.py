@@ -19,13 +19,16 @@ import numpy as np
 
 @dataclass(eq=False)
 class Job:
-    """One submitted request: its tiles, how far they got, and the future its caller awaits."""
+    """One submitted request: its tiles, how far they got, and the future its caller awaits.
+
+    ``tiles`` also receives the outputs: a tile's output replaces it once the run that read it is done (the
+    batch was stacked from copies), so a request holds one tile buffer instead of two.
+    """
 
     request_id: str
     tiles: np.ndarray
     future: asyncio.Future[Any]
     submitted: float  # loop.time() when queued: the arrival time of all of its tiles
-    outputs: np.ndarray = field(init=False)
     remaining: int = field(init=False)  # tiles without an output yet
     next_tile: int = 0  # first tile not yet taken into a batch
     started: float | None = None  # when its first tile was taken into a batch
@@ -33,9 +36,6 @@ class Job:
     runs: int = 0
 
     def __post_init__(self) -> None:
-        # In place: a tile's output replaces it once the run that read it is done (the batch was stacked
-        # from copies), so a request holds one tile buffer instead of two.
-        self.outputs = self.tiles
         self.remaining = len(self.tiles)
 
     @property

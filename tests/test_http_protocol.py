@@ -19,6 +19,7 @@ import pytest
 import uvicorn
 from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
+from bench.spawn import free_port
 from service.http_protocol import CoalescingHTTPProtocol, CoalescingTransport
 
 
@@ -94,12 +95,6 @@ def test_close_sends_pending_first_and_abort_drops_it() -> None:
     assert aborted == [("write", b"head"), ("eof", b""), ("abort", b"")]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 async def _app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     if scope["type"] != "http":
         return
@@ -133,7 +128,7 @@ def _served_writes(
             super().connection_made(RecordingTransport(events, inner=transport))  # type: ignore[arg-type]
 
     async def scenario() -> list[bytes]:
-        port = _free_port()
+        port = free_port()
         config = uvicorn.Config(
             app, host="127.0.0.1", port=port, http=Recorded, log_config=None, lifespan=lifespan
         )
@@ -182,7 +177,7 @@ async def _blocking_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
 @pytest.mark.parametrize("loop_name", ["asyncio", "uvloop"])
 def test_a_client_half_close_does_not_lose_a_pending_response(loop_name: str) -> None:
     """uvloop handles socket events before queued callbacks: the EOF must not close ahead of the flush."""
-    port = _free_port()
+    port = free_port()
 
     async def scenario() -> bytes:
         config = uvicorn.Config(
