@@ -18,34 +18,49 @@ from drrn.errors import UserError
 def _model_info(args: argparse.Namespace) -> int:
     from model_export.model import DRRN, DRRNConfig, count_params
 
-    cfg = DRRNConfig(
-        blocks=args.blocks,
-        units=args.units,
-        channels=args.channels,
-        batch_norm=args.batch_norm,
-        bias=args.bias,
-        share_weights=not args.no_share,
-        multi_path=not args.chained,
-    )
+    if args.weights:
+        from model_export.weights import WeightsError, read_meta
+
+        try:
+            cfg = read_meta(args.weights).config
+        except WeightsError as exc:
+            raise UserError(str(exc)) from exc
+    else:
+        cfg = DRRNConfig(
+            blocks=args.blocks,
+            units=args.units,
+            channels=args.channels,
+            batch_norm=args.batch_norm,
+            bias=args.bias,
+            share_weights=not args.no_share,
+            multi_path=not args.chained,
+            rectified_skips=args.rectified_skips,
+        )
     info = {
         "name": cfg.name,
         "depth": cfg.depth,
         "params": count_params(DRRN(cfg)),
         "receptive_field": cfg.receptive_field,
         "flops_per_pixel": cfg.flops_per_pixel(),
+        "rectified_skips": cfg.rectified_skips,
     }
     if args.json:
         print(json.dumps(info))
     else:
         for k, v in info.items():
-            print(f"{k:>16}: {v:,}" if isinstance(v, int) else f"{k:>16}: {v}")
+            print(f"{k:>16}: {v:,}" if type(v) is int else f"{k:>16}: {v}")
     return 0
 
 
 def _convert(args: argparse.Namespace) -> int:
-    from model_export.vdsr_import import convert_vdsr
+    if args.source_format == "mxnet":
+        from model_export.mxnet_import import convert_mxnet
 
-    meta = convert_vdsr(args.src, args.output)
+        meta = convert_mxnet(args.src, args.output, symbol=args.symbol)
+    else:
+        from model_export.vdsr_import import convert_vdsr
+
+        meta = convert_vdsr(args.src, args.output)
     print(f"wrote {args.output}: {meta.config.name}")
     return 0
 
@@ -93,6 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("model-info", help="depth, parameter count and receptive field of a config")
+    s.add_argument("weights", nargs="?", help="read the config from this weight file instead of flags")
     s.add_argument("--blocks", "-B", type=int, default=1)
     s.add_argument("--units", "-U", type=int, default=9)
     s.add_argument("--channels", "-C", type=int, default=128)
@@ -100,12 +116,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--bias", action="store_true")
     s.add_argument("--no-share", action="store_true", help="DRRN_NS: no weight sharing between units")
     s.add_argument("--chained", action="store_true", help="DRRN_C: skip from the previous unit, not h0")
+    s.add_argument(
+        "--rectified-skips", action="store_true", help="skips carry ReLU(x), ReLU(h0) (in-place ReLU nets)"
+    )
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=_model_info)
 
     s = sub.add_parser("convert", help="import foreign weights into the project's safetensors format")
-    s.add_argument("--from", dest="source_format", required=True, choices=["pytorch-vdsr"])
+    s.add_argument("--from", dest="source_format", required=True, choices=["pytorch-vdsr", "mxnet"])
     s.add_argument("src")
+    s.add_argument(
+        "--symbol", help="mxnet: the graph JSON (default: NAME-symbol.json beside NAME-0000.params)"
+    )
     s.add_argument("-o", "--output", required=True)
     s.set_defaults(func=_convert)
 

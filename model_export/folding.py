@@ -72,6 +72,7 @@ class _FoldedBlock(nn.Module):
         super().__init__()
         self.first = block.first
         self.multi_path = block.multi_path
+        self.rectified_skips = block.rectified_skips
         self.entry_affine = _affine(block.entry_norm, 0)
         self.entry = _fold_conv(block.entry, None)
         self.affine_a = nn.ModuleList()
@@ -91,10 +92,13 @@ class _FoldedBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.entry_affine(x)
         h0 = self.entry(x if self.first else torch.relu(x))
+        if self.rectified_skips:
+            h0 = torch.relu(h0)
         h = h0
         for affine_a, conv_a, conv_b in zip(self.affine_a, self.conv_a, self.conv_b, strict=True):
             r = conv_b(torch.relu(conv_a(torch.relu(affine_a(h)))))
-            h = r + (h0 if self.multi_path else h)
+            skip = h0 if self.multi_path else (torch.relu(h) if self.rectified_skips else h)
+            h = r + skip
         return h
 
 
@@ -118,7 +122,12 @@ class FoldedDRRN(nn.Module):
             h = block(h)
         return self.output(torch.relu(self.output_affine(h)))
 
+    def rectify_input(self, x: torch.Tensor) -> torch.Tensor:
+        """ReLU(x) for ``rectified_skips`` models (the first conv and the global residual read it)."""
+        return torch.relu(x) if self.cfg.rectified_skips else x
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.rectify_input(x)
         return x + self.residual(x)
 
 
@@ -134,4 +143,5 @@ class Float16IO32(nn.Module):
         self.net = net.half()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.net.rectify_input(x)
         return x + self.net.residual(x.half()).float()

@@ -6,6 +6,10 @@ One class covers the paper's whole family:
 - ``share_weights=False`` gives DRRN_NS (no recursion), ``multi_path=False`` gives DRRN_C (chained skip).
 - ``batch_norm=True`` gives the authors' released form: BN + affine before every ReLU, and a BN in front of
   the first conv. BN layers are never shared across recursions; only conv weights are.
+- ``rectified_skips=True`` gives the variant that networks applying ReLU *in place* actually compute (the
+  public B1U25 weights, ``model_export.mxnet_import``): every skip connection carries the ReLU'd tensor.
+  The first conv and the global residual read ReLU(x), and each unit adds back ReLU(h0) (chained: the
+  ReLU of the previous unit's output). Without BN only; it changes nothing where x >= 0 and h0 >= 0.
 
 Every conv is pre-activated (``[BN] -> ReLU -> conv``) except the first one, which reads the input directly
 (``[BN] -> conv``). That keeps U = 0 bit-compatible with VDSR's conv-ReLU ordering even when the bicubic
@@ -36,6 +40,7 @@ class DRRNConfig:
     bias: bool = False
     share_weights: bool = True
     multi_path: bool = True
+    rectified_skips: bool = False
 
     def __post_init__(self) -> None:
         if self.blocks < 1:
@@ -44,6 +49,8 @@ class DRRNConfig:
             raise ValueError(f"units must be >= 0, got {self.units}")
         if self.channels < 1:
             raise ValueError(f"channels must be >= 1, got {self.channels}")
+        if self.rectified_skips and self.batch_norm:
+            raise ValueError("rectified_skips models in-place ReLU networks, which have no BN")
 
     @property
     def depth(self) -> int:
@@ -58,6 +65,7 @@ class DRRNConfig:
     @property
     def name(self) -> str:
         suffix = ("" if self.share_weights else "_NS") + ("" if self.multi_path else "_C")
+        suffix += "_RS" if self.rectified_skips else ""
         return f"DRRN_B{self.blocks}U{self.units}{suffix}_C{self.channels}" + (
             "_BN" if self.batch_norm else ""
         )
@@ -101,6 +109,7 @@ class RecursiveBlock(nn.Module):
         self.first = first
         self.units = u
         self.multi_path = cfg.multi_path
+        self.rectified_skips = cfg.rectified_skips
         self.entry_norm = _norms(1, in_channels, cfg.batch_norm)
         self.entry = _conv(in_channels, c, cfg.bias)
         n_convs = min(u, 1) if cfg.share_weights else u
@@ -118,12 +127,15 @@ class RecursiveBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # The very first conv reads the image directly, as VDSR's does.
         h0 = self.entry(self._act(self.entry_norm, 0, x, relu=not self.first))
+        if self.rectified_skips:
+            h0 = torch.relu(h0)
         h = h0
         for u in range(self.units):
             k = u if len(self.conv_a) > 1 else 0
             r = self.conv_a[k](self._act(self.norm_a, u, h))
             r = self.conv_b[k](self._act(self.norm_b, u, r))
-            h = r + (h0 if self.multi_path else h)
+            skip = h0 if self.multi_path else (torch.relu(h) if self.rectified_skips else h)
+            h = r + skip
         return h
 
 
@@ -152,6 +164,8 @@ class DRRN(nn.Module):
                 m.reset_parameters()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.cfg.rectified_skips:
+            x = torch.relu(x)
         h = x
         for block in self.blocks:
             h = block(h)

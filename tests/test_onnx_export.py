@@ -44,6 +44,8 @@ CASES = {
     "B2U3-C16-BN-bias": dict(blocks=2, units=3, channels=16, batch_norm=True, bias=True),
     "B1U3-C16-NS-C-BN": dict(units=3, channels=16, batch_norm=True, share_weights=False, multi_path=False),
     "B5U0-C16-VDSR": dict(blocks=5, units=0, channels=16),
+    "B1U3-C16-RS": dict(units=3, channels=16, rectified_skips=True),
+    "B2U2-C16-RS-C": dict(blocks=2, units=2, channels=16, rectified_skips=True, multi_path=False),
 }
 
 
@@ -61,7 +63,7 @@ def test_parity(case: str, precision: str, tmp_path: Path) -> None:
     report = export_onnx(weights, tmp_path / "m.onnx", fp16=precision == "fp16", real_images=real)
     print(f"{case} {precision}: max abs diff {report.max_abs_diff:.2e} over {len(report.cases)} cases")
     assert report.max_abs_diff <= onnx_export.TOLERANCE[precision]
-    assert len(report.cases) == 2 + len(real)
+    assert len(report.cases) == 3 + len(real)
     graph = onnx.load(str(tmp_path / "m.onnx")).graph
     assert not [n for n in graph.node if n.op_type == "BatchNormalization"], "BN must be folded"
 
