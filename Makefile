@@ -6,7 +6,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 STAMP := $(VENV)/.installed
 
-.PHONY: install serve test lint format default-onnx bench clean
+.PHONY: install serve test lint format default-onnx models bench clean
 
 # torch is pinned to the CPU wheel (torch==2.13.0 via the [train] extra); an unpinned torch pulls CUDA.
 $(STAMP): pyproject.toml
@@ -22,6 +22,8 @@ artifacts/default.onnx: weights/default.safetensors | $(STAMP)
 	$(BIN)/drrn export weights/default.safetensors -o $@
 
 default-onnx: artifacts/default.onnx
+
+models: default-onnx
 
 serve: $(STAMP) artifacts/default.onnx
 	$(BIN)/drrn serve --host $(HOST) --port $(PORT)

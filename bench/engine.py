@@ -5,7 +5,7 @@ Backends (ids as in the JSON):
 - ``torch-fp32``: PyTorch eager, float32, all cores (``torch.inference_mode``).
 - ``torch-bf16``: PyTorch eager under ``torch.autocast("cpu", dtype=torch.bfloat16)``, all cores.
 - ``ort-fp32-1t`` / ``ort-fp32``: ONNX Runtime CPU on the fp32 export with 1 intra-op thread / all cores,
-  through :class:`service.engine.OrtEngine` (the service's own code path).
+  through :class:`engines.ort_engine.OrtEngine` (the service's own code path).
 - ``ort-fp16``: ONNX Runtime CPU on the fp16 export (float32 I/O), all cores. x86 CPUs without native fp16
   math run it through casts, so it is often *slower* than fp32 here; it is reported as measured.
 
@@ -108,7 +108,7 @@ def resolve_bench_model(spec: str) -> BenchModel:
     from model_export.model import DRRNConfig
 
     if spec == "default":
-        from drrn.models import ensure_default_onnx
+        from engines.resolver import ensure_default_onnx
 
         return _from_weights("default", DEFAULT_WEIGHTS, ensure_default_onnx())
     if spec == "b1u25":
@@ -121,7 +121,7 @@ def resolve_bench_model(spec: str) -> BenchModel:
         return _from_weights(path.stem, path)
     if path.suffix != ".onnx":
         raise UserError(f"unsupported model {spec!r}: expected default, b1u25, *.onnx or *.safetensors")
-    from service.engine import OrtEngine
+    from engines.ort_engine import OrtEngine
 
     meta = OrtEngine(path, tile=1, max_batch=1).metadata
     if "drrn.config" not in meta:
@@ -152,7 +152,7 @@ def _make_runner(backend: str, m: BenchModel, max_tile: int, max_batch: int, cor
 
         torch.set_num_threads(cores)
         return run_torch, cores
-    from service.engine import CPU, OrtEngine
+    from engines.ort_engine import CPU, OrtEngine
 
     path = m.onnx_fp16 if backend == "ort-fp16" else m.onnx
     if path is None:

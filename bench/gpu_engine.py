@@ -287,7 +287,7 @@ def serve_torch(weights: Path, host: str, port: int) -> None:
     import torch
     import uvicorn
 
-    from model_export.torch_engine import TorchEngine
+    from engines.torch_engine import TorchEngine
     from service.app import create_app
     from service.settings import Settings
 

@@ -2,8 +2,8 @@
 
 Each size (output megapixels at x2, 4:3 synthetic textured RGB PNG, made by the parent) runs in a fresh
 subprocess (``python -m bench.scaling --child SPEC``): it loads the model the way ``drrn upscale`` does
-(:func:`drrn.models.resolve_engine` with the service's ``DRRN_*`` settings), warms it up, then times
-:func:`service.pipeline.upscale_bytes` ``repeats`` times, and reports its own peak RSS (``VmHWM``), so
+(:func:`engines.resolver.resolve_engine` with the service's ``DRRN_*`` settings), warms it up, then times
+:func:`inference.pipeline.upscale_bytes` ``repeats`` times, and reports its own peak RSS (``VmHWM``), so
 sizes never share a high-water mark. Not ``ru_maxrss``: Linux carries a process's maximum across
 ``fork``/``exec``, so a child's ``ru_maxrss`` starts at its parent's RSS (hundreds of MiB for this CLI).
 
@@ -53,15 +53,15 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
     doesn't raise this process's high-water mark), ``scale``, ``repeats`` and, for identity, ``margin``.
     """
     from imaging.tiling import plan_tiles
-    from service.pipeline import upscale_bytes
-    from service.png import png_header
+    from inference.pipeline import upscale_bytes
+    from inference.png import png_header
     from service.settings import Settings
 
     s = Settings()
     if spec["model"] == IDENTITY:
         run, margin, channels = (lambda x: x), int(spec["margin"]), None
     else:
-        from drrn.models import resolve_engine
+        from engines.resolver import resolve_engine
 
         engine = resolve_engine(spec["model"], tile=s.tile, max_batch=s.max_batch)
         margin = s.resolve_margin(engine.depth)

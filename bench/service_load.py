@@ -7,7 +7,7 @@ mean requests per batch and the engine busy fraction. See :mod:`bench.loadgen` f
 
 **Overhead ratio.** After the load, the same engine the service runs (model file, tile, max_batch and
 threads from ``GET /v1/model`` and the service's ``DRRN_*`` settings) is built in this process with
-:class:`service.engine.OrtEngine` and timed on full batches. Both sides are counted in *delivered output
+:class:`engines.ort_engine.OrtEngine` and timed on full batches. Both sides are counted in *delivered output
 pixels* for the *same tiles*: the engine delivers ``tiles/s x (output px / tile)``, where output px per tile
 is that of the requests the service completed at saturation (core pixels, edge tiles and padding included).
 So ``service_over_engine = service Mpx/s at saturation / engine Mpx/s`` equals the ratio of tile rates, and
@@ -81,7 +81,7 @@ def measure_engine(
     Also times what one ``probe_tiles``-tile request costs the engine alone (``probe_engine_ms``: its
     batches run back to back), the baseline of the concurrency-1 latency check.
     """
-    from service.engine import CUDA, OrtEngine, select_providers
+    from engines.ort_engine import CUDA, OrtEngine, select_providers
 
     serving = info["serving"]
     path = Path(info.get("model_path") or "")

@@ -31,7 +31,7 @@ def free_port() -> int:
 def serve_model_path(spec: str) -> Path:
     """The ONNX file a spawned service should serve for ``--model`` (exported when needed)."""
     if spec == "default":
-        from drrn.models import ensure_default_onnx
+        from engines.resolver import ensure_default_onnx
 
         return ensure_default_onnx()
     path = Path(spec)

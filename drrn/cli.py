@@ -91,7 +91,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _upscale(args: argparse.Namespace) -> int:
-    from service.local import upscale_file
+    from inference.local import upscale_file
 
     upscale_file(args.input, args.output, args.scale, args.model)
     return 0

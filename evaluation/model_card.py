@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 
 from drrn.paths import DEFAULT_WEIGHTS
-from training.lineage import stages_of, totals
+from model_export.lineage import stages_of, totals
 
 # (PSNR, SSIM) from the DRRN paper, Table: DRRN B1U9, and SRCNN's published PSNR (the acceptance floor).
 PAPER_B1U9 = {
@@ -76,7 +76,7 @@ def validation_curve(logs: list[Path]) -> str:
 
 
 def stages_table(stages: list[dict]) -> str:
-    """One row per training stage (see :mod:`training.lineage`), then the totals."""
+    """One row per training stage (see :mod:`model_export.lineage`), then the totals."""
     rows = [
         "| stage | recipe | command | steps x batch | patch / stride | wall-clock | hardware |",
         "|---|---|---|---|---|---|---|",

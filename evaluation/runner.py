@@ -26,7 +26,7 @@ def make_sr_function(model: str, tile: int | None):
     """``None`` for bicubic, else ``sr(bicubic float64[H,W], scale) -> float32[H,W]`` via the pipeline."""
     if model == "bicubic":
         return None
-    from drrn.models import resolve_engine
+    from engines.resolver import resolve_engine
 
     engine = resolve_engine(model, tile=tile)
 

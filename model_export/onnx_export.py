@@ -27,12 +27,13 @@ import onnx
 import onnxruntime as ort
 import torch
 
+from drrn import contract as c
+from drrn.contract import INPUT_NAME, OUTPUT_NAME
 from model_export.folding import Float16IO32, FoldedDRRN
 from model_export.model import DRRN, count_params
 from model_export.weights import WeightsMeta, load_weights, sha256_file
 
 OPSET = 17
-INPUT_NAME, OUTPUT_NAME = "lr_bicubic", "sr"
 TOLERANCE = {"fp32": 1e-4, "fp16": 1 / 255}
 log = logging.getLogger(__name__)
 
@@ -76,16 +77,16 @@ def _stamp_metadata(path: Path, model: DRRN, meta: WeightsMeta, sha: str, precis
     cfg = meta.config
     card = {"provenance": meta.provenance, "training": meta.training, "evaluation": meta.evaluation}
     props = {
-        "drrn.config": cfg.to_json(),
-        "drrn.name": cfg.name,
-        "drrn.depth": str(cfg.depth),
-        "drrn.receptive_field": str(cfg.receptive_field),
-        "drrn.params": str(count_params(model)),
-        "drrn.flops_per_pixel": str(cfg.flops_per_pixel()),
-        "drrn.scales": json.dumps(meta.scales),
-        "drrn.weights_sha256": sha,
-        "drrn.precision": precision,
-        "drrn.model_card": json.dumps(card, sort_keys=True),
+        c.META_CONFIG: cfg.to_json(),
+        c.META_NAME: cfg.name,
+        c.META_DEPTH: str(cfg.depth),
+        c.META_RECEPTIVE_FIELD: str(cfg.receptive_field),
+        c.META_PARAMS: str(count_params(model)),
+        c.META_FLOPS_PER_PIXEL: str(cfg.flops_per_pixel()),
+        c.META_SCALES: json.dumps(meta.scales),
+        c.META_WEIGHTS_SHA256: sha,
+        c.META_PRECISION: precision,
+        c.META_MODEL_CARD: json.dumps(card, sort_keys=True),
     }
     onnx.helper.set_model_props(proto, props)
     proto.producer_name = "drrn-export"

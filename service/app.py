@@ -19,7 +19,7 @@ from typing import Any
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.engine import Engine
+from engines.base import Engine
 from service.errors import install_exception_handlers, sane_request_id
 from service.lifecycle import shutdown, startup, warm_and_start
 from service.metrics import ServiceMetrics

@@ -2,7 +2,7 @@
 
     {"error": code, "detail": human message, "limit": {"name": ..., "value": ...} | null, "request_id": ...}
 
-This module maps pipeline (:class:`~service.pipeline.ImageError`) and batcher errors to that shape and
+This module maps pipeline (:class:`~inference.pipeline.ImageError`) and batcher errors to that shape and
 installs FastAPI exception handlers so validation errors, unknown routes and unexpected exceptions use it.
 """
 
@@ -17,7 +17,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from service.batcher import (
+from inference.batcher import (
     BatcherError,
     DeadlineExceededError,
     EngineError,
@@ -25,7 +25,7 @@ from service.batcher import (
     RequestTooLargeError,
     ShuttingDownError,
 )
-from service.pipeline import ImageError
+from inference.pipeline import ImageError
 
 log = logging.getLogger("drrn.service")
 REQUEST_ID_HEADER = "X-Request-ID"

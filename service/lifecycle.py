@@ -26,8 +26,10 @@ import math
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from service.batcher import TileBatcher
-from service.engine import Engine, engine_from_settings
+from engines.base import Engine
+from engines.ort_engine import CUDA, OrtEngine, choose_model_path, select_providers
+from inference.batcher import TileBatcher
+from service.settings import Settings
 from service.state import ServiceState
 
 log = logging.getLogger("drrn.service")
@@ -58,6 +60,22 @@ def warn_on_config_conflicts(st: ServiceState) -> None:
             s.request_timeout_s,
             s.shutdown_grace_s,
         )
+
+
+def engine_from_settings(settings: Settings) -> OrtEngine:
+    """Build the :class:`OrtEngine` the settings describe (provider choice, fp16 model on CUDA, threads)."""
+    providers = select_providers(settings.providers, settings.cuda_device_id, settings.cudnn_conv_algo_search)
+    on_cuda = any(not isinstance(p, str) and p[0] == CUDA for p in providers)
+    path = choose_model_path(settings.model_path, settings.fp16_model_path, on_cuda)
+    return OrtEngine(
+        path,
+        tile=settings.tile,
+        max_batch=settings.max_batch,
+        providers=providers,
+        intra_op_threads=settings.intra_op_threads,
+        inter_op_threads=settings.inter_op_threads,
+        graph_optimization=settings.graph_optimization,
+    )
 
 
 async def startup(st: ServiceState, engine: Engine | None, engine_pool: ThreadPoolExecutor) -> None:
@@ -125,7 +143,7 @@ def begin_shutdown(st: ServiceState) -> asyncio.Task[None]:
 
 async def drain(st: ServiceState, grace_s: float) -> None:
     """Give admitted requests up to ``grace_s`` to finish, then stop the batcher (failing what it still
-    holds with :class:`~service.batcher.ShuttingDownError`, i.e. 503 JSON)."""
+    holds with :class:`~inference.batcher.ShuttingDownError`, i.e. 503 JSON)."""
     loop = asyncio.get_running_loop()
     end = loop.time() + grace_s
     if st.inflight and st.no_inflight is not None:

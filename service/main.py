@@ -25,8 +25,8 @@ from typing import Any
 
 import uvicorn
 
+from engines.ort_engine import choose_model_path, select_providers
 from service.app import create_app
-from service.engine import choose_model_path, select_providers
 from service.http_protocol import CoalescingHTTPProtocol
 from service.lifecycle import begin_shutdown
 from service.settings import Settings
@@ -107,7 +107,7 @@ class _Server(uvicorn.Server):
 def serve(host: str = "127.0.0.1", port: int = 8000) -> None:
     """Run the service until SIGTERM/SIGINT; admitted requests get ``shutdown_grace_s`` to finish.
 
-    Raises :class:`service.engine.ModelNotFoundError` (a ``UserError``: one line from the CLI) before
+    Raises :class:`engines.ort_engine.ModelNotFoundError` (a ``UserError``: one line from the CLI) before
     binding the port when the ONNX model is missing.
     """
     settings = Settings()

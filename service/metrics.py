@@ -10,7 +10,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest
 
-from service.batcher import BatcherObserver
+from inference.batcher import BatcherObserver
 
 METRICS: tuple[tuple[str, str], ...] = (
     ("drrn_request_duration_seconds", "histogram"),
@@ -134,7 +134,7 @@ class ServiceMetrics(BatcherObserver):
             self.errors.labels(kind=kind)
 
     def set_model(self, info: dict[str, Any]) -> None:
-        """Publish ``drrn_model_info`` from :meth:`service.engine.Engine.info`."""
+        """Publish ``drrn_model_info`` from :meth:`engines.base.Engine.info`."""
         keys = ("name", "provider", "precision", "tile", "max_batch")
         self.model.info({k: str(info.get(k, "")) for k in keys})
 

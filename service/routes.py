@@ -22,8 +22,9 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.requests import ClientDisconnect
 
-from service import pipeline
-from service.batcher import BatcherError, DeadlineExceededError
+from inference import pipeline
+from inference.batcher import BatcherError, DeadlineExceededError
+from inference.pipeline import ImageError
 from service.errors import (
     REQUEST_ID_HEADER,
     ServiceError,
@@ -32,7 +33,6 @@ from service.errors import (
     from_image_error,
     request_id,
 )
-from service.pipeline import ImageError
 from service.state import ServiceState
 from service.upload import MULTIPART_OVERHEAD, read_image
 

@@ -15,7 +15,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from drrn.paths import ARTIFACTS
 
 if TYPE_CHECKING:
-    from service.pipeline import ImageLimits
+    from inference.pipeline import ImageLimits
 
 MiB = 1024 * 1024
 
@@ -138,8 +138,8 @@ class Settings(BaseSettings):
         return self.check_margin(self.margin if self.margin is not None else depth)
 
     def image_limits(self) -> ImageLimits:
-        """The pipeline's :class:`~service.pipeline.ImageLimits` built from these settings."""
-        from service.pipeline import ImageLimits
+        """The pipeline's :class:`~inference.pipeline.ImageLimits` built from these settings."""
+        from inference.pipeline import ImageLimits
 
         return ImageLimits(
             max_upload_bytes=self.max_upload_bytes,

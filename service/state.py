@@ -8,10 +8,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from service.batcher import TileBatcher
-from service.engine import Engine
+from engines.base import Engine
+from inference.batcher import TileBatcher
+from inference.pipeline import ImageLimits
 from service.metrics import ServiceMetrics
-from service.pipeline import ImageLimits
 from service.settings import Settings
 
 

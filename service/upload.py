@@ -8,9 +8,9 @@ from fastapi import Request
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
-from service import pipeline
+from inference import pipeline
+from inference.pipeline import ImageLimits
 from service.errors import ServiceError
-from service.pipeline import ImageLimits
 
 MULTIPART_OVERHEAD = 64 * 1024  # boundaries and part headers allowed on top of max_upload_bytes
 

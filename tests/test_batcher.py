@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 import numpy as np
 import pytest
 
-from service.batcher import (
+from inference.batcher import (
     BatcherObserver,
     DeadlineExceededError,
     EngineError,

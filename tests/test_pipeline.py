@@ -1,4 +1,4 @@
-"""service.pipeline / image_io / png / local: real images made here with Pillow (or by hand for 16-bit
+"""inference.pipeline / image_io / png / local: real images made here with Pillow (or by hand for 16-bit
 colour PNGs, which Pillow cannot write), and the real tiny ONNX model through onnxruntime."""
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from drrn.paths import datasets_dir
 from imaging.color import rgb_to_ycbcr
 from imaging.protocol import quantize
 from imaging.resize import imresize
-from service.image_io import decode_image
-from service.pipeline import (
+from inference.image_io import decode_image
+from inference.pipeline import (
     ImageError,
     ImageLimits,
     check_upload_size,
@@ -31,7 +31,7 @@ from service.pipeline import (
     probe,
     upscale_bytes,
 )
-from service.png import encode_png16
+from inference.png import encode_png16
 
 LIMITS = ImageLimits()
 RNG = np.random.default_rng(1234)
@@ -469,7 +469,7 @@ def test_tiling_invariance_with_real_model(ort_model) -> None:
 
 
 def test_upscale_file(tiny_onnx, tmp_path) -> None:
-    from service.local import upscale_file
+    from inference.local import upscale_file
 
     src, dst = tmp_path / "in.png", tmp_path / "out.png"
     Image.fromarray(textured(20, 30)).save(src)

@@ -20,7 +20,7 @@ from imaging.color import rgb_to_ycbcr
 def default_onnx() -> Path:
     if not DEFAULT_WEIGHTS.is_file():
         pytest.skip(f"shipped weights {DEFAULT_WEIGHTS} not present")
-    from drrn.models import ensure_default_onnx
+    from engines.resolver import ensure_default_onnx
 
     return ensure_default_onnx()
 

@@ -27,8 +27,9 @@ import pytest
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
+from engines.base import Engine
+from engines.ort_engine import OrtEngine
 from service.app import create_app
-from service.engine import Engine, OrtEngine
 from service.metrics import METRIC_NAMES, series_names
 from service.settings import Settings
 from tests.conftest import until
@@ -582,12 +583,12 @@ def test_client_disconnect_cancels_queued_tiles(tiny_onnx: Path) -> None:
 
 
 def test_missing_model_fails_startup_with_build_hint(tmp_path: Path) -> None:
-    from service.engine import ModelNotFoundError
+    from engines.base import ModelNotFoundError
 
     app = create_app(settings(tmp_path / "absent.onnx"))
 
     async def main() -> None:
-        with pytest.raises(ModelNotFoundError, match="make default-onnx"):
+        with pytest.raises(ModelNotFoundError, match="make models"):
             async with app.router.lifespan_context(app):
                 pass
 
@@ -610,7 +611,8 @@ def test_settings_come_from_drrn_env_vars(monkeypatch: pytest.MonkeyPatch) -> No
 
 
 def test_ort_engine_contract(tiny_onnx: Path, tmp_path: Path) -> None:
-    from service.engine import ModelNotFoundError, engine_from_settings
+    from engines.base import ModelNotFoundError
+    from service.lifecycle import engine_from_settings
 
     engine = engine_from_settings(settings(tiny_onnx))
     engine.warmup()

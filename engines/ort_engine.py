@@ -1,89 +1,23 @@
-"""Inference engines: fixed-size tile batches in, super-resolved tiles out. No HTTP, no asyncio.
-
-:class:`Engine` is the seam between the service and a backend (ONNX Runtime here; a torch engine lives in
-``model_export.torch_engine``). Contract of :meth:`Engine.run`: ``float32[N, 1, T, T]`` bicubic-upscaled
-luminance in [0, 1] -> ``float32[N, 1, T, T]`` (not clipped), with ``1 <= N <= max_batch`` and ``T == tile``.
-"""
+"""The ONNX Runtime engine: one ``InferenceSession`` over a DRRN export, CUDA or CPU provider."""
 
 from __future__ import annotations
 
 import json
 import logging
-from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from drrn.errors import UserError
+from drrn import contract as c
+from drrn.contract import INPUT_NAME, OUTPUT_NAME
+from engines.base import BUILD_HINT, Engine, ModelContractError, ModelNotFoundError, ProviderUnavailableError
 
 if TYPE_CHECKING:
     import onnxruntime as ort
 
-    from service.settings import Settings
-
-INPUT_NAME, OUTPUT_NAME = "lr_bicubic", "sr"  # the graph contract of model_export.onnx_export
 CUDA, CPU = "CUDAExecutionProvider", "CPUExecutionProvider"
-BUILD_HINT = "build it with `make default-onnx` or `drrn export weights/default.safetensors -o {path}`"
 log = logging.getLogger(__name__)
-
-
-class ModelNotFoundError(UserError):
-    """The ONNX file does not exist (it is a build artifact, not checked in)."""
-
-
-class ModelContractError(UserError):
-    """The ONNX file exists but is not a DRRN export (wrong input/output names or metadata)."""
-
-
-class ProviderUnavailableError(UserError):
-    """``providers=cuda`` was asked for but onnxruntime offers no CUDA provider."""
-
-
-class Engine(ABC):
-    """A model that maps tile batches ``float32[N, 1, tile, tile]`` to the same shape, ``N <= max_batch``.
-
-    Subclasses implement :meth:`run`, :meth:`info` and :attr:`depth`. Instances are used from one thread
-    at a time (the batcher's single-thread executor), so implementations need not be re-entrant.
-    """
-
-    def __init__(self, tile: int, max_batch: int) -> None:
-        if tile < 1 or max_batch < 1:
-            raise ValueError(f"tile ({tile}) and max_batch ({max_batch}) must be positive")
-        self.tile = tile
-        self.max_batch = max_batch
-
-    @abstractmethod
-    def run(self, batch: np.ndarray) -> np.ndarray:
-        """``float32[N, 1, T, T]`` in [0, 1] -> ``float32[N, 1, T, T]``; may raise on backend failure."""
-
-    @abstractmethod
-    def info(self) -> dict[str, Any]:
-        """Model description: name, params, receptive_field, depth, scales, providers, precision, tile,
-        max_batch, model_card (dict)."""
-
-    @property
-    @abstractmethod
-    def depth(self) -> int:
-        """Number of 3x3 conv layers on the longest path: the tile margin for exact tiled output."""
-
-    def warmup(self) -> None:
-        """Run every batch size ``1..max_batch`` at ``tile x tile`` once.
-
-        Backends specialise per input shape (cuDNN algorithm choice, ORT memory arenas), so the first run of
-        each shape is slow; doing them all before readiness keeps the first real requests fast. Raises
-        :class:`ModelContractError` if the model returns the wrong shape or dtype.
-        """
-        rng = np.random.default_rng(0)
-        t = self.tile
-        for n in range(1, self.max_batch + 1):
-            x = rng.random((n, 1, t, t), dtype=np.float32)
-            y = self.run(x)
-            if not isinstance(y, np.ndarray) or y.shape != x.shape or y.dtype != np.float32:
-                raise ModelContractError(
-                    f"engine returned {getattr(y, 'dtype', type(y))}{getattr(y, 'shape', '')} for "
-                    f"float32{x.shape}; expected the same shape and dtype"
-                )
 
 
 _OPT_LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED"}
@@ -191,7 +125,7 @@ class OrtEngine(Engine):
 
     @property
     def depth(self) -> int:
-        depth = _int(self.metadata, "drrn.depth")
+        depth = _int(self.metadata, c.META_DEPTH)
         if depth is None:
             raise ModelContractError(
                 f"{self.model_path} lacks metadata drrn.depth; set DRRN_MARGIN explicitly or re-export it"
@@ -207,37 +141,21 @@ class OrtEngine(Engine):
     def info(self) -> dict[str, Any]:
         meta = self.metadata
         return {
-            "name": meta.get("drrn.name", self.model_path.stem),
+            "name": meta.get(c.META_NAME, self.model_path.stem),
             "architecture": "DRRN",
-            "config": _json(meta, "drrn.config", None),
-            "params": _int(meta, "drrn.params"),
-            "receptive_field": _int(meta, "drrn.receptive_field"),
-            "depth": _int(meta, "drrn.depth"),
-            "flops_per_pixel": _int(meta, "drrn.flops_per_pixel"),
-            "scales": _json(meta, "drrn.scales", None),
-            "precision": meta.get("drrn.precision", "fp32"),
-            "weights_sha256": meta.get("drrn.weights_sha256"),
+            "config": _json(meta, c.META_CONFIG, None),
+            "params": _int(meta, c.META_PARAMS),
+            "receptive_field": _int(meta, c.META_RECEPTIVE_FIELD),
+            "depth": _int(meta, c.META_DEPTH),
+            "flops_per_pixel": _int(meta, c.META_FLOPS_PER_PIXEL),
+            "scales": _json(meta, c.META_SCALES, None),
+            "precision": meta.get(c.META_PRECISION, "fp32"),
+            "weights_sha256": meta.get(c.META_WEIGHTS_SHA256),
             "model_path": str(self.model_path),
             "backend": "onnxruntime",
             "providers": list(self.providers),
             "provider": self.providers[0],
             "tile": self.tile,
             "max_batch": self.max_batch,
-            "model_card": _json(meta, "drrn.model_card", {}),
+            "model_card": _json(meta, c.META_MODEL_CARD, {}),
         }
-
-
-def engine_from_settings(settings: Settings) -> OrtEngine:
-    """Build the :class:`OrtEngine` the settings describe (provider choice, fp16 model on CUDA, threads)."""
-    providers = select_providers(settings.providers, settings.cuda_device_id, settings.cudnn_conv_algo_search)
-    on_cuda = any(not isinstance(p, str) and p[0] == CUDA for p in providers)
-    path = choose_model_path(settings.model_path, settings.fp16_model_path, on_cuda)
-    return OrtEngine(
-        path,
-        tile=settings.tile,
-        max_batch=settings.max_batch,
-        providers=providers,
-        intra_op_threads=settings.intra_op_threads,
-        inter_op_threads=settings.inter_op_threads,
-        graph_optimization=settings.graph_optimization,
-    )

@@ -2,7 +2,7 @@
 
 Every request's tiles (``float32[N, 1, T, T]``) join one queue of tiles shared by all requests. A single
 worker task takes up to ``max_batch`` tiles, round-robin over the requests with queued tiles
-(:mod:`service.scheduling`), stacks them, runs the engine once in a single-thread executor (one session
+(:mod:`inference.scheduling`), stacks them, runs the engine once in a single-thread executor (one session
 owns the device) and routes each output row back to the request it came from. So one engine run may mix
 tiles of several requests, and a large request is spread over several runs. A partial batch waits for
 more tiles until ``max_delay_ms`` after the arrival of the oldest queued tile, never longer.
@@ -29,7 +29,7 @@ from concurrent.futures import Executor, ThreadPoolExecutor
 
 import numpy as np
 
-from service.batch_types import (
+from inference.batch_types import (
     BatcherError,
     BatcherObserver,
     BatchResult,
@@ -39,7 +39,7 @@ from service.batch_types import (
     RequestTooLargeError,
     ShuttingDownError,
 )
-from service.scheduling import Job, RoundRobinQueue
+from inference.scheduling import Job, RoundRobinQueue
 
 __all__ = [
     "BatchResult",

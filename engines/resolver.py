@@ -3,7 +3,7 @@
 ``default`` is the shipped weights as the service runs them: the exported ONNX model in ``artifacts/``.
 It is a build artifact; when it is missing or older than the weights it is (re-)exported here, which needs
 the ``train`` extra (torch). ONNX models run on ONNX Runtime's CPU provider, safetensors on PyTorch; both
-implement :class:`service.engine.Engine`, so ``drrn upscale`` and ``drrn eval`` share the service's tiling
+implement :class:`engines.base.Engine`, so ``drrn upscale`` and ``drrn eval`` share the service's tiling
 pipeline whatever the model.
 """
 
@@ -35,8 +35,8 @@ def ensure_default_onnx(weights: Path = DEFAULT_WEIGHTS, onnx_path: Path = DEFAU
 
 
 def resolve_engine(spec: str, tile: int | None = None, max_batch: int | None = None):
-    """An :class:`service.engine.Engine` for ``spec``; tile and batch default to the service's settings."""
-    from service.engine import OrtEngine, select_providers
+    """An :class:`engines.base.Engine` for ``spec``; tile and batch default to the service's settings."""
+    from engines.ort_engine import OrtEngine, select_providers
     from service.settings import Settings
 
     defaults = Settings()
@@ -59,7 +59,7 @@ def resolve_engine(spec: str, tile: int | None = None, max_batch: int | None = N
             graph_optimization=defaults.graph_optimization,
         )
     if path.suffix == ".safetensors":
-        from model_export.torch_engine import TorchEngine
+        from engines.torch_engine import TorchEngine
         from model_export.weights import WeightsError
 
         try:

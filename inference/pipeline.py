@@ -9,7 +9,7 @@ Colour handling follows the DRRN protocol: the model sees only MATLAB-YCbCr lumi
 their one channel as Y). Cb, Cr and alpha are bicubic-upscaled with the same MATLAB-compatible
 ``imresize``. All maths is float32 in [0, 1]; 8-bit inputs give 8-bit PNGs and 16-bit inputs 16-bit
 PNGs, quantised like the evaluation protocol (:func:`imaging.protocol.quantize`: rounded half up, clipped).
-Decoding and limits live in :mod:`service.image_io`, PNG output in :mod:`service.png`.
+Decoding and limits live in :mod:`inference.image_io`, PNG output in :mod:`inference.png`.
 
 Memory. Nothing float is ever held at the output's full size except the tiles themselves: the bicubic
 upscale of Y is computed one band of tile rows at a time (``imresize(window=...)``, bit-identical to the
@@ -41,8 +41,8 @@ from imaging.tiling import (
     run_in_batches,
     stitch_rows,
 )
-from service.image_io import ImageError, ImageLimits, check_upload_size, decode_image, probe_image
-from service.png import encode_png
+from inference.image_io import ImageError, ImageLimits, check_upload_size, decode_image, probe_image
+from inference.png import encode_png
 
 __all__ = [
     "ImageError",
@@ -156,7 +156,7 @@ def prepare(data: bytes, scale: float, limits: ImageLimits, tile: int, margin: i
         tile: tile side T; margin: context pixels per tile side (the model depth makes tiling exact).
 
     Raises:
-        ImageError: for anything wrong with the input (see :func:`service.image_io.decode_image`).
+        ImageError: for anything wrong with the input (see :func:`inference.image_io.decode_image`).
     """
     _check_scale(float(scale), limits)
     decoded = decode_image(data, scale, limits)

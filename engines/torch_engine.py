@@ -1,4 +1,4 @@
-"""A PyTorch implementation of the service's :class:`service.engine.Engine` seam.
+"""A PyTorch implementation of the service's :class:`engines.base.Engine` seam.
 
 Used by ``drrn eval``/``drrn upscale`` for ``.safetensors`` models, so those run through the very same
 tiling pipeline as ONNX models and the service; only the tensor math differs.
@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from engines.base import Engine
 from model_export.model import count_params
 from model_export.weights import load_weights
-from service.engine import Engine
 
 
 class TorchEngine(Engine):

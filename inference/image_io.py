@@ -1,4 +1,4 @@
-"""Decode and validate uploaded images (numpy + Pillow; no torch). Output encoding is :mod:`service.png`.
+"""Decode and validate uploaded images (numpy + Pillow; no torch). Output encoding is :mod:`inference.png`.
 
 Every problem a client can cause becomes an :class:`ImageError` carrying an HTTP status, a stable code and
 a JSON-able body; nothing here raises anything else for bad input.
@@ -12,7 +12,7 @@ Accepted: JPEG, PNG, WebP, BMP, TIFF (the first frame of multi-frame files). Pix
 * ``1``/``L``/``F`` -> grey (output ``L``); ``LA``/``La``, or ``L`` with a tRNS key -> grey + alpha (``LA``);
 * ``I;16*``/``I`` (16-bit grey) -> 16-bit grey, + alpha if a tRNS key is present (16-bit output);
 * ``RGB`` -> RGB; ``RGBA``/``RGBa``/``PA``, or ``P``/``RGB`` with tRNS -> RGB + alpha (``RGBA``);
-* 16-bit RGB, RGBA and grey+alpha PNG -> their exact 16-bit samples (see :mod:`service.png`);
+* 16-bit RGB, RGBA and grey+alpha PNG -> their exact 16-bit samples (see :mod:`inference.png`);
 * anything else (CMYK, YCbCr, opaque ``P``, ...) -> Pillow's ``convert("RGB")``.
 
 Known limitation: 16-bit *colour* in non-PNG files (e.g. 48-bit TIFF) goes through Pillow's 8-bit decode.
@@ -30,7 +30,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from imaging.resize import output_shape_for_scale
-from service import png
+from inference import png
 
 __all__ = [
     "ACCEPTED_FORMATS",
@@ -232,7 +232,7 @@ def _planes(image: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:
 
 
 def _decode_wide_png(data: bytes, rawmodes: tuple[str, ...], limits: ImageLimits) -> Decoded:
-    """Exact 16-bit decode of a colour PNG via :mod:`service.png` (one Pillow decode per raw mode)."""
+    """Exact 16-bit decode of a colour PNG via :mod:`inference.png` (one Pillow decode per raw mode)."""
     parts, info = [], {}
     for rawmode in rawmodes:
         with _open(data, limits) as part:

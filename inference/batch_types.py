@@ -1,5 +1,5 @@
-"""What :class:`service.batcher.TileBatcher` hands its callers (all re-exported by :mod:`service.batcher`):
-the per-request errors :meth:`~service.batcher.TileBatcher.submit` raises (mapped to HTTP by
+"""What :class:`inference.batcher.TileBatcher` hands its callers (re-exported by :mod:`inference.batcher`):
+the per-request errors :meth:`~inference.batcher.TileBatcher.submit` raises (mapped to HTTP by
 :func:`service.errors.from_batcher_error`), the :class:`BatchResult` it returns, and the
 :class:`BatcherObserver` metrics hooks."""
 

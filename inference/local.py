@@ -1,6 +1,6 @@
 """``drrn upscale IN OUT --scale S [--model M]``: one file through the service's own pipeline, no HTTP.
 
-Same decode/limits/tiling/encode code as the service (:mod:`service.pipeline`) and the same defaults
+Same decode/limits/tiling/encode code as the service (:mod:`inference.pipeline`) and the same defaults
 (:class:`service.settings.Settings`, so ``DRRN_*`` variables apply), with the engine chosen by ``--model``.
 """
 
@@ -26,8 +26,8 @@ def upscale_file(input: str, output: str, scale: float, model: str = "default") 
     """
     # Lazy imports: the CLI imports this module for every `drrn upscale`, and the engine may pull in torch.
     from drrn.errors import UserError
-    from drrn.models import resolve_engine
-    from service.pipeline import ImageError, parse_scale, upscale_bytes
+    from engines.resolver import resolve_engine
+    from inference.pipeline import ImageError, parse_scale, upscale_bytes
     from service.settings import Settings
 
     settings = Settings()

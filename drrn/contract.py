@@ -1,0 +1,29 @@
+"""The model contract, defined once: ONNX graph I/O names, metadata keys and the repository card layout.
+
+The export (:mod:`model_export.onnx_export`) writes it, the engines (:mod:`engines`) and the model
+repository read it. Pure constants, no imports.
+
+Graph: input ``lr_bicubic`` ``float32[N, 1, H, W]`` (bicubic-upscaled Y in [0, 1]; N, H, W dynamic),
+output ``sr`` of the same shape, global residual inside the graph.
+"""
+
+INPUT_NAME = "lr_bicubic"
+OUTPUT_NAME = "sr"
+
+# ONNX metadata_props keys (all values are strings; JSON where noted).
+META_CONFIG = "drrn.config"  # DRRNConfig as JSON
+META_NAME = "drrn.name"
+META_DEPTH = "drrn.depth"
+META_RECEPTIVE_FIELD = "drrn.receptive_field"
+META_PARAMS = "drrn.params"
+META_FLOPS_PER_PIXEL = "drrn.flops_per_pixel"
+META_SCALES = "drrn.scales"  # JSON list
+META_WEIGHTS_SHA256 = "drrn.weights_sha256"
+META_PRECISION = "drrn.precision"  # fp32 | fp16
+META_MODEL_CARD = "drrn.model_card"  # JSON: provenance, training, evaluation
+
+# Model repository: one folder per model, named after the model.
+REPO_ONNX = "model.onnx"
+REPO_ONNX_FP16 = "model.fp16.onnx"
+REPO_CARD = "card.json"
+CARD_FORMAT = "drrn-model-card/1"

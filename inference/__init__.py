@@ -1,0 +1,1 @@
+"""Pipeline and batching: decode, tile, batch across requests, stitch, encode. No HTTP, no torch."""
