@@ -17,33 +17,34 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# The service needs an ONNX model; it is a build artifact exported from the shipped weights.
-artifacts/default.onnx: weights/default.safetensors | $(STAMP)
-	$(BIN)/drrn export weights/default.safetensors -o $@
+# The service serves the model repository artifacts/models/<name>/{model.onnx, model.fp16.onnx, card.json},
+# a build artifact exported from weights/<name>.safetensors (parity-checked). Up-to-date models are skipped
+# (card sha256 = weights sha256) without importing torch, so this is quick when nothing changed.
+models: $(STAMP) $(wildcard weights/*.safetensors)
+	$(BIN)/drrn models build
 
-default-onnx: artifacts/default.onnx
+default-onnx: models
 
-models: default-onnx
-
-serve: $(STAMP) artifacts/default.onnx
+serve: $(STAMP) models
 	$(BIN)/drrn serve --host $(HOST) --port $(PORT)
 
 # deploy-tools installs the Debian validators (nginx, promtool, docker-compose) when root; see deploy/check.mk.
-test: $(STAMP) deploy-tools
-	$(BIN)/ruff check .
-	$(BIN)/ruff format --check .
+# test runs lint's checks first (lint is its first prerequisite), then the suite.
+test: $(STAMP) lint deploy-tools
 	$(BIN)/pytest -q
 
+# lint-imports: the one-way package layers and no import cycles ([tool.importlinter] in pyproject.toml).
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports --no-cache
 
 format: $(STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
 # Benchmarks (minutes; run on a quiet machine). Results land in docs/bench/, summarised in BENCHMARKS.md.
-bench: $(STAMP) artifacts/default.onnx
+bench: $(STAMP) models
 	$(BIN)/drrn bench engine --no-b1u25 --budget-s 1 --json docs/bench/engine.json
 	$(BIN)/drrn bench engine --model b1u25 --tiles 64,128 --batches 1,4 \
 		--backends torch-fp32,torch-bf16,ort-fp32 --budget-s 0 --json docs/bench/engine_b1u25.json

@@ -1,46 +1,20 @@
-"""``drrn bench {engine,service,scaling}``: dispatch to the benchmark modules (imported lazily).
+"""``drrn bench {engine,service,scaling,cost}``: dispatch to the benchmark modules (imported lazily).
 
 - ``engine``: :func:`bench.engine.run_engine_bench` (backends x tiles x batches, peaks, headline ratio).
 - ``service``: :func:`bench.service_load.run_service_bench` (closed-loop HTTP load, overhead ratio), or with
   ``--sweep`` :func:`bench.sweep.run_sweep` (one spawned service per setting combination).
 - ``scaling``: :func:`bench.scaling.run_scaling` (time and peak RSS against output megapixels).
+- ``cost``: :func:`bench.cost.run_cost` (a 1-Mpx output per served model, at its serving defaults).
+
+Nothing in ``bench`` imports this module (option-value parsing lives in :mod:`bench.options`).
 """
 
 from __future__ import annotations
 
 import argparse
 
+from bench.options import env_pairs, float_list, int_list
 from drrn.errors import UserError
-
-
-def int_list(text: str | None) -> list[int] | None:
-    """``"64,128"`` -> ``[64, 128]``; None stays None."""
-    if text is None:
-        return None
-    try:
-        return [int(v) for v in text.split(",") if v.strip()]
-    except ValueError as exc:
-        raise UserError(f"expected a comma-separated list of integers, got {text!r}") from exc
-
-
-def float_list(text: str | None) -> list[float] | None:
-    if text is None:
-        return None
-    try:
-        return [float(v) for v in text.split(",") if v.strip()]
-    except ValueError as exc:
-        raise UserError(f"expected a comma-separated list of numbers, got {text!r}") from exc
-
-
-def env_pairs(items: list[str] | None) -> dict[str, str]:
-    """``["DRRN_TILE=96", ...]`` -> ``{"DRRN_TILE": "96"}`` (keys must be ``DRRN_*``)."""
-    out = {}
-    for item in items or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key.upper().startswith("DRRN_"):
-            raise UserError(f"--set expects DRRN_NAME=VALUE, got {item!r}")
-        out[key.upper()] = value
-    return out
 
 
 def run_bench_cli(args: argparse.Namespace) -> int:
@@ -60,6 +34,12 @@ def run_bench_cli(args: argparse.Namespace) -> int:
             budget_s=getattr(args, "budget_s", 2.0),
             max_repeats=getattr(args, "repeats", 10),
         )
+        return 0
+    if args.target == "cost":
+        from bench.cost import run_cost
+
+        models = None if args.model in (None, "default") else args.model.split(",")
+        run_cost(models, args.json_out, quick=args.quick)
         return 0
     if args.target == "scaling":
         from bench.scaling import run_scaling

@@ -37,7 +37,7 @@ import numpy as np
 from bench.peak import measure_peaks, peak_for
 from bench.report import header, load_average, render_engine, summarize_ms, time_calls, write_json
 from drrn.errors import UserError
-from drrn.paths import ARTIFACTS, DEFAULT_WEIGHTS
+from drrn.paths import ARTIFACTS
 
 BENCH_ARTIFACTS = ARTIFACTS / "bench"
 TILES, BATCHES = (64, 128, 192, 256), (1, 2, 4, 8)
@@ -79,58 +79,34 @@ def make_bench_weights(
     return path
 
 
-def _exported(weights: Path, fp16: bool) -> Path:
-    """``weights`` exported to ``artifacts/bench/<stem>-<sha8>[.fp16].onnx`` (cached by content hash)."""
-    from model_export.onnx_export import export_onnx
-    from model_export.weights import sha256_file
-
-    out = BENCH_ARTIFACTS / f"{weights.stem}-{sha256_file(weights)[:8]}{'.fp16' if fp16 else ''}.onnx"
-    if not out.is_file():
-        print(f"exporting {weights} -> {out}", file=sys.stderr)
-        export_onnx(weights, out, fp16=fp16)
-    return out
-
-
-def _from_weights(label: str, weights: Path, fp32_onnx: Path | None = None) -> BenchModel:
-    from model_export.weights import read_meta
-
-    m = BenchModel(label, read_meta(weights).config, weights=weights)
-    m.onnx = fp32_onnx or _exported(weights, fp16=False)
-    try:
-        m.onnx_fp16 = _exported(weights, fp16=True)
-    except Exception as exc:  # ExportParityError or an exporter failure: report it, bench the rest
-        m.skipped.append({"backend": "ort-fp16", "reason": f"fp16 export failed: {exc}"})
-    return m
-
-
 def resolve_bench_model(spec: str) -> BenchModel:
-    """``default`` | ``b1u25`` | ``FILE.safetensors`` | ``FILE.onnx`` (ONNX only: no PyTorch backends)."""
+    """``b1u25`` or any :mod:`engines.resolver` spec: a repository name (``default``, ``fast``, ...),
+    ``FILE.safetensors`` (exported to ONNX under ``BENCH_ARTIFACTS/models``) or ``FILE.onnx`` (ONNX only:
+    no PyTorch backends)."""
+    from engines.resolver import resolve_engine, resolve_files
     from model_export.model import DRRNConfig
 
-    if spec == "default":
-        from engines.resolver import ensure_default_onnx
-
-        return _from_weights("default", DEFAULT_WEIGHTS, ensure_default_onnx())
+    label = spec
     if spec == "b1u25":
-        path = make_bench_weights(BENCH_ARTIFACTS / "b1u25_c128_untrained.safetensors")
-        return _from_weights("b1u25", path)
-    path = Path(spec)
-    if not path.is_file():
-        raise UserError(f"model file not found: {spec}")
-    if path.suffix == ".safetensors":
-        return _from_weights(path.stem, path)
-    if path.suffix != ".onnx":
-        raise UserError(f"unsupported model {spec!r}: expected default, b1u25, *.onnx or *.safetensors")
-    from engines.ort_engine import OrtEngine
-
-    meta = OrtEngine(path, tile=1, max_batch=1).metadata
+        spec = str(make_bench_weights(BENCH_ARTIFACTS / "b1u25_c128_untrained.safetensors"))
+    elif spec.endswith((".onnx", ".safetensors")):
+        label = Path(spec).stem
+    # An ONNX file is benched as it is (fp32 or fp16); the rest as repository models (fp32 + fp16).
+    files = resolve_files(spec, export=not spec.endswith(".onnx"), exports_root=BENCH_ARTIFACTS / "models")
+    if files.card is not None:
+        m = BenchModel(label, DRRNConfig.from_dict(files.card.config), files.weights, files.onnx)
+        m.onnx_fp16 = files.onnx_fp16
+        if m.onnx_fp16 is None:
+            m.skipped.append({"backend": "ort-fp16", "reason": "no fp16 export (not built or failed parity)"})
+        return m
+    meta = resolve_engine(spec, tile=1, max_batch=1).metadata  # an ONNX file: its config from metadata
     if "drrn.config" not in meta:
-        raise UserError(f"{path} lacks drrn.config metadata; re-export it with `drrn export`")
-    m = BenchModel(path.stem, DRRNConfig.from_dict(json.loads(meta["drrn.config"])))
+        raise UserError(f"{spec} lacks drrn.config metadata; re-export it with `drrn export`")
+    m = BenchModel(label, DRRNConfig.from_dict(json.loads(meta["drrn.config"])))
     if meta.get("drrn.precision") == "fp16":
-        m.onnx_fp16 = path
+        m.onnx_fp16 = files.onnx
     else:
-        m.onnx = path
+        m.onnx = files.onnx
     return m
 
 
@@ -234,9 +210,8 @@ def headline(results: list[dict[str, Any]]) -> dict[str, Any] | None:
     if not both:
         return None
     s = Settings()
-    tile, batch = (
-        (s.tile, s.max_batch) if (s.tile, s.max_batch) in both else max(both, key=lambda c: c[0] ** 2 * c[1])
-    )
+    served = (s.tile or 128, s.max_batch)  # the fast model's card tile when DRRN_TILE is unset
+    tile, batch = served if served in both else max(both, key=lambda c: c[0] ** 2 * c[1])
     ort_ms, torch_ms = (
         cells["ort-fp32", tile, batch]["ms_median"],
         cells["torch-fp32", tile, batch]["ms_median"],

@@ -78,7 +78,7 @@ step "3. service load test on the GPU"
 if ! "$PY" -c "import fastapi, uvicorn, pydantic_settings, multipart, httpx, PIL, prometheus_client" 2>/dev/null; then
   echo "SKIPPED: service packages missing (see step 1); carry their wheels in .whl/ to run this step"
 else
-  W=weights/default.safetensors
+  W=weights/fast.safetensors
   [ -f "$W" ] || W=artifacts/bench/b1u25_c128_untrained.safetensors
   SVC="--concurrency 1,8,32 --duration 10 --engine-seconds 5"
   [ -n "$QUICK" ] && SVC="--concurrency 1,8 --requests 16"

@@ -217,19 +217,33 @@ def bench_ort(onnx_paths: dict[str, Path], fpp: int, cells, budget: Budget) -> t
 
 
 def _models(names: list[str]) -> list[tuple[str, Path | None, str]]:
+    """``(label, weight file or None, why not)`` per ``--models`` entry: ``b1u25`` or an
+    :mod:`engines.resolver` spec (``default``, ``fast``, ``quality``, ``FILE.safetensors``)."""
     from bench.engine import BENCH_ARTIFACTS, make_bench_weights
-    from drrn.paths import DEFAULT_WEIGHTS
+    from drrn.errors import UserError
+    from engines.resolver import weights_for
 
-    out = []
+    out: list[tuple[str, Path | None, str]] = []
     for name in names:
         if name == "b1u25":
             out.append((name, make_bench_weights(BENCH_ARTIFACTS / "b1u25_c128_untrained.safetensors"), ""))
-        elif name == "default":
-            ok = DEFAULT_WEIGHTS.is_file()
-            out.append((name, DEFAULT_WEIGHTS if ok else None, "" if ok else f"{DEFAULT_WEIGHTS} missing"))
-        else:
-            out.append((name, Path(name), ""))
+            continue
+        try:
+            weights = weights_for(name)
+        except UserError as exc:
+            out.append((name, None, str(exc)))
+            continue
+        ok = weights is not None and weights.is_file()
+        out.append((name, weights if ok else None, "" if ok else f"no weight file for {name!r}"))
     return out
+
+
+def _onnx_files(label: str, weights: Path) -> dict[str, Path]:
+    """fp32 (and fp16 when it passed parity) ONNX exports of a model, through the one resolver."""
+    from engines.resolver import resolve_files
+
+    files = resolve_files(str(weights) if label == "b1u25" else label, export=True)
+    return {"fp32": files.onnx} | ({"fp16": files.onnx_fp16} if files.onnx_fp16 else {})
 
 
 def run(out_dir: Path, quick: bool, budget_s: float, model_names: list[str]) -> dict[str, Any]:
@@ -267,9 +281,7 @@ def run(out_dir: Path, quick: bool, budget_s: float, model_names: list[str]) -> 
         entry["skipped"] += skipped
         if ort_ok:
             try:
-                from bench.engine import _exported
-
-                paths = {"fp32": _exported(weights, False), "fp16": _exported(weights, True)}
+                paths = _onnx_files(label, weights)
                 cells = [(tiles[-1], batches[-1])] if quick else [(256, 8), (512, 8), (128, 32)]
                 rows, skipped = bench_ort(paths, cfg.flops_per_pixel(), cells, Budget(per_model_s * 0.4))
                 entry["results"] += rows
@@ -306,7 +318,8 @@ def serve_torch(weights: Path, host: str, port: int) -> None:
             return {**super().info(), "provider": "torch-cuda", "precision": "fp16"}
 
     s = Settings()
-    app = create_app(s, engine=TorchCudaEngine(weights, s.tile, s.max_batch))
+    engine = TorchCudaEngine(weights, s.tile or 128, s.max_batch)
+    app = create_app(s, engines={s.default_model: engine})
     uvicorn.run(app, host=host, port=port, log_level="warning")
 
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from prometheus_client.parser import text_string_to_metric_families
 
 from bench.report import percentile
 
@@ -108,15 +109,15 @@ def png_size(data: bytes) -> tuple[int, int] | None:
 
 
 def parse_metrics(text: str) -> dict[str, float]:
-    """Prometheus text format -> ``{"name{labels}": value}`` (comments skipped)."""
-    out = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            key, _, value = line.rpartition(" ")
-            try:
-                out[key] = float(value)
-            except ValueError:
-                continue
+    """Prometheus text format -> ``{"name{labels}": value}`` summed over the ``model`` label (the bench
+    measures the whole service; a sample without other labels is keyed by its bare name)."""
+    out: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            labels = {k: v for k, v in s.labels.items() if k != "model"}
+            inner = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+            key = f"{s.name}{{{inner}}}" if inner else s.name
+            out[key] = out.get(key, 0.0) + s.value
     return out
 
 

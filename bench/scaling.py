@@ -59,12 +59,12 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
 
     s = Settings()
     if spec["model"] == IDENTITY:
-        run, margin, channels = (lambda x: x), int(spec["margin"]), None
+        run, margin, channels, tile = (lambda x: x), int(spec["margin"]), None, s.tile or 128
     else:
         from engines.resolver import resolve_engine
 
         engine = resolve_engine(spec["model"], tile=s.tile, max_batch=s.max_batch)
-        margin = s.resolve_margin(engine.depth)
+        tile, margin = engine.tile, s.margin if s.margin is not None else engine.depth
         engine.warmup()
         run, channels = engine.run, (engine.info().get("config") or {}).get("channels")
     data = Path(spec["input"]).read_bytes()
@@ -73,7 +73,7 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
     times = []
     for _ in range(spec["repeats"]):
         t0 = time.perf_counter()
-        png = upscale_bytes(data, spec["scale"], run, s.image_limits(), s.tile, margin, s.max_batch)
+        png = upscale_bytes(data, spec["scale"], run, s.image_limits(), tile, margin, s.max_batch)
         times.append(time.perf_counter() - t0)
         del png
     width, height, _, _ = png_header(data)
@@ -82,8 +82,8 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
         "times_s": times,
         "rss_after_warmup_kib": rss_ready,
         "peak_rss_kib": peak_rss_kib(),
-        "tiles": len(plan_tiles(out_h, out_w, s.tile, margin)),
-        "tile": s.tile,
+        "tiles": len(plan_tiles(out_h, out_w, tile, margin)),
+        "tile": tile,
         "max_batch": s.max_batch,
         "margin": margin,
         "channels": channels,

@@ -29,8 +29,8 @@ from urllib.parse import urlparse
 
 import numpy as np
 
-from bench.cli import env_pairs, int_list
 from bench.loadgen import build_mix, latency_probe, run_level
+from bench.options import env_pairs, int_list
 from bench.report import header, load_average, markdown_table, summarize_ms, time_calls, write_json
 from drrn.errors import UserError
 from drrn.paths import PROJECT_ROOT

@@ -28,22 +28,32 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def _exports_root() -> Path:
+    from bench import engine as bench_engine  # read at call time: tests redirect BENCH_ARTIFACTS
+
+    return bench_engine.BENCH_ARTIFACTS / "models"
+
+
 def serve_model_path(spec: str) -> Path:
-    """The ONNX file a spawned service should serve for ``--model`` (exported when needed)."""
-    if spec == "default":
-        from engines.resolver import ensure_default_onnx
+    """The fp32 ONNX file of the repository model a spawned service serves for ``--model``: any
+    :mod:`engines.resolver` spec (a name is built on first use; a ``*.safetensors`` or a lone ``*.onnx``
+    becomes a model under ``artifacts/bench/models``)."""
+    from engines.resolver import resolve_files
 
-        return ensure_default_onnx()
-    path = Path(spec)
-    if not path.is_file():
-        raise UserError(f"model file not found: {spec}")
-    if path.suffix == ".onnx":
-        return path
-    if path.suffix == ".safetensors":
-        from bench.engine import _exported
+    files = resolve_files(spec, export=True, exports_root=_exports_root())
+    assert files.card is not None and files.onnx is not None  # export=True always gives a card
+    return files.onnx
 
-        return _exported(path, fp16=False)
-    raise UserError(f"--spawn serves ONNX models: expected default, *.onnx or *.safetensors, got {spec!r}")
+
+def model_env(model: Path) -> dict[str, str]:
+    """``DRRN_*`` variables that make a service serve exactly the repository model holding ``model``
+    (any ONNX file: one outside a model folder is imported first, see :func:`serve_model_path`)."""
+    folder = serve_model_path(str(model)).parent
+    return {
+        "DRRN_MODEL_DIR": str(folder.parent),
+        "DRRN_MODELS": folder.name,
+        "DRRN_DEFAULT_MODEL": folder.name,
+    }
 
 
 class _PortTaken(UserError):
@@ -58,8 +68,8 @@ class SpawnedService:
     ) -> None:
         self.overrides = dict(env or {})
         if model is not None:
-            self.overrides.setdefault("DRRN_MODEL_PATH", str(model))
-            self.overrides.setdefault("DRRN_FP16_MODEL_PATH", "")  # serve exactly this file
+            for key, value in model_env(Path(model)).items():
+                self.overrides.setdefault(key, value)
         self.overrides.setdefault("DRRN_LOG_LEVEL", "WARNING")  # no per-request access log lines
         self.ready_timeout_s = ready_timeout_s
         self._use_port(free_port())

@@ -20,9 +20,10 @@ import os
 import sys
 from typing import Any
 
-from bench.cli import env_pairs
 from bench.loadgen import build_mix, run_level
+from bench.options import env_pairs
 from bench.report import header, markdown_table, write_json
+from bench.service_load import SPAWN_DEFAULTS, fetch_model, service_settings
 from drrn.errors import UserError
 
 
@@ -73,8 +74,6 @@ def _same(a: Any, b: Any) -> bool:
 async def _one_level(url: str, concurrency: int, duration, n_requests, warmup) -> dict[str, Any]:
     import httpx
 
-    from bench.service_load import fetch_model
-
     info = fetch_model(url)
     mix = build_mix(info["serving"]["tile"], info["serving"]["margin"])
     async with httpx.AsyncClient(timeout=httpx.Timeout(900.0)) as client:
@@ -91,7 +90,6 @@ COLUMNS = [
 
 def run_sweep(args: argparse.Namespace) -> dict[str, Any]:
     """Spawn one service per setting combination, load it, rank the results; writes JSON when asked."""
-    from bench.service_load import SPAWN_DEFAULTS, service_settings
     from bench.spawn import SpawnedService, serve_model_path
 
     if not args.spawn:

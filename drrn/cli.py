@@ -11,6 +11,7 @@ import argparse
 import json
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from drrn.errors import UserError
 
@@ -92,8 +93,55 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _upscale(args: argparse.Namespace) -> int:
     from inference.local import upscale_file
+    from service.settings import Settings
 
-    upscale_file(args.input, args.output, args.scale, args.model)
+    # The service's DRRN_* settings apply; the tile only when set (else the model card's, as served).
+    try:
+        s = Settings()
+    except ValueError as exc:  # pydantic's ValidationError: a bad DRRN_* variable
+        raise UserError(f"invalid DRRN_* setting: {exc}".replace("\n", " ")) from exc
+    upscale_file(
+        args.input,
+        args.output,
+        args.scale,
+        args.model,
+        limits=s.image_limits(),
+        tile=s.tile if "tile" in s.model_fields_set else None,
+        margin=s.margin,
+        max_batch=s.max_batch,
+        intra_op_threads=s.intra_op_threads,
+        inter_op_threads=s.inter_op_threads,
+        graph_optimization=s.graph_optimization,
+        root=Path(args.root) if args.root else None,
+    )
+    return 0
+
+
+def _models(args: argparse.Namespace) -> int:
+    from drrn.paths import MODELS_DIR, WEIGHTS_DIR
+
+    root = Path(args.root or MODELS_DIR)
+    if args.action == "build":
+        from model_export.repository_build import build_repository
+
+        build_repository(Path(args.weights_dir or WEIGHTS_DIR), root, progress=print)
+        return 0
+    from engines.repository import ModelRepository
+
+    cards = ModelRepository(root).cards()
+    if args.json:
+        print(json.dumps([card.to_dict() for card in cards], indent=2))
+        return 0
+    print(
+        f"{'name':<12} {'architecture':<24} {'depth':>5} {'params':>9} {'MFLOP/px':>8} {'tile':>4} "
+        f"{'margin':>6}  files"
+    )
+    for k in cards:
+        files = ",".join(p for p in ("fp32", "fp16") if k.onnx_path(p == "fp16").is_file())
+        print(
+            f"{k.name:<12} {k.architecture:<24} {k.depth:>5} {k.params:>9,} {k.mflop_per_pixel:>8.2f} "
+            f"{k.tile:>4} {k.margin:>6}  {files}"
+        )
     return 0
 
 
@@ -138,12 +186,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=_export)
 
     s = sub.add_parser("eval", help="PSNR/SSIM under the DRRN (MATLAB) protocol")
-    s.add_argument("--model", required=True, help="bicubic | default | FILE.safetensors | FILE.onnx")
+    s.add_argument(
+        "--model", required=True, help="bicubic | NAME (default = fast) | FILE.safetensors | FILE.onnx"
+    )
     s.add_argument("--data", nargs="+", required=True, help="one or more image folders")
     s.add_argument("--scales", nargs="+", type=int, default=[2, 3, 4])
     s.add_argument("--json", dest="json_out", help="write results JSON here")
     s.add_argument("--save-images", help="write the super-resolved Y images here")
-    s.add_argument("--tile", type=int, default=None, help="tile size of the inference pipeline")
+    s.add_argument("--tile", type=int, default=None, help="tile side (default: the model card's)")
+    s.add_argument("--margin", type=int, default=None, help="tile margin (default: the card's, else depth)")
+    s.add_argument("--root", default=None, help="model repository for NAME (default artifacts/models)")
     s.set_defaults(func=_eval)
 
     s = sub.add_parser("train", help="train a DRRN with a recipe (resumable)")
@@ -166,11 +218,23 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("input")
     s.add_argument("output")
     s.add_argument("--scale", type=float, required=True)
-    s.add_argument("--model", default="default", help="default | FILE.onnx | FILE.safetensors")
+    s.add_argument("--model", default="default", help="NAME (default = fast) | FILE.onnx | FILE.safetensors")
+    s.add_argument("--root", default=None, help="model repository for NAME (default artifacts/models)")
     s.set_defaults(func=_upscale)
 
+    s = sub.add_parser("models", help="the model repository (artifacts/models): build it, list it")
+    actions = s.add_subparsers(dest="action", required=True)
+    a = actions.add_parser("build", help="export every weights/*.safetensors (skips up-to-date models)")
+    a.add_argument("--weights-dir", default=None, help="weight files to build (default weights/)")
+    a.add_argument("--root", default=None, help="repository folder (default artifacts/models)")
+    a.set_defaults(func=_models)
+    a = actions.add_parser("list", help="the models and their cards")
+    a.add_argument("--root", default=None, help="repository folder (default artifacts/models)")
+    a.add_argument("--json", action="store_true", help="the cards as JSON")
+    a.set_defaults(func=_models)
+
     s = sub.add_parser("bench", help="benchmarks (engine, service, scaling); see BENCHMARKS.md")
-    s.add_argument("target", choices=["engine", "service", "scaling"])
+    s.add_argument("target", choices=["engine", "service", "scaling", "cost"])
     s.add_argument("--model", default="default", help="default | b1u25 | FILE.onnx | FILE.safetensors")
     s.add_argument("--json", dest="json_out")
     s.add_argument("--quick", action="store_true", help="a few iterations only (smoke test)")

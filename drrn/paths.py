@@ -1,4 +1,7 @@
-"""Where the project finds its shipped weights and the shared datasets. Pure functions, no I/O at import."""
+"""Where the project finds its shipped weights, its model repository and the shared datasets.
+
+Pure constants and functions, no I/O at import.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +9,12 @@ import os
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_WEIGHTS = PROJECT_ROOT / "weights" / "default.safetensors"
+WEIGHTS_DIR = PROJECT_ROOT / "weights"  # the shipped models: weights/<name>.safetensors
+DEFAULT_MODEL = "fast"  # what `--model default` names
+DEFAULT_WEIGHTS = WEIGHTS_DIR / f"{DEFAULT_MODEL}.safetensors"
 ARTIFACTS = PROJECT_ROOT / "artifacts"
+MODELS_DIR = ARTIFACTS / "models"  # the model repository: <name>/{model.onnx, model.fp16.onnx, card.json}
+EXPORTS_DIR = ARTIFACTS / "exports"  # a repository of ad-hoc weight files exported for ONNX runs (cache)
 
 
 def shared_dir() -> Path:

@@ -15,7 +15,7 @@ import numpy as np
 
 from drrn.errors import UserError
 
-BUILD_HINT = "build it with `make models` (or `drrn export WEIGHTS -o {path}`)"
+BUILD_HINT = "build the model repository with `make models` (or one file: `drrn export WEIGHTS -o {path}`)"
 
 
 class ModelNotFoundError(UserError):
@@ -57,16 +57,20 @@ class Engine(ABC):
     def depth(self) -> int:
         """Number of 3x3 conv layers on the longest path: the tile margin for exact tiled output."""
 
+    def warmup_batch_sizes(self) -> range | tuple[int, ...]:
+        """The batch sizes :meth:`warmup` runs: all of ``1..max_batch`` unless a backend knows better."""
+        return range(1, self.max_batch + 1)
+
     def warmup(self) -> None:
-        """Run every batch size ``1..max_batch`` at ``tile x tile`` once.
+        """Run each of :meth:`warmup_batch_sizes` at ``tile x tile`` once.
 
         Backends specialise per input shape (cuDNN algorithm choice, ORT memory arenas), so the first run of
-        each shape is slow; doing them all before readiness keeps the first real requests fast. Raises
+        each shape is slow; doing them before readiness keeps the first real requests fast. Raises
         :class:`ModelContractError` if the model returns the wrong shape or dtype.
         """
         rng = np.random.default_rng(0)
         t = self.tile
-        for n in range(1, self.max_batch + 1):
+        for n in self.warmup_batch_sizes():
             x = rng.random((n, 1, t, t), dtype=np.float32)
             y = self.run(x)
             if not isinstance(y, np.ndarray) or y.shape != x.shape or y.dtype != np.float32:
@@ -74,3 +78,6 @@ class Engine(ABC):
                     f"engine returned {getattr(y, 'dtype', type(y))}{getattr(y, 'shape', '')} for "
                     f"float32{x.shape}; expected the same shape and dtype"
                 )
+
+    def close(self) -> None:  # noqa: B027 (a deliberate no-op default, not an abstract method)
+        """Release the backend's resources (sessions, device memory); idempotent. Default: nothing."""

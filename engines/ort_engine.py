@@ -132,6 +132,16 @@ class OrtEngine(Engine):
             )
         return depth
 
+    def warmup_batch_sizes(self) -> range | tuple[int, ...]:
+        # cuDNN picks algorithms per shape, so every batch size is warmed on CUDA. ORT's CPU kernels do not
+        # specialise per shape, and one 256-pixel tile of the quality model alone is ~1 TFLOP (seconds on a
+        # small CPU): warming all eight sizes there would only delay readiness by minutes.
+        return range(1, self.max_batch + 1) if CUDA in self.providers else (1,)
+
+    def close(self) -> None:
+        # Dropping the session frees its arena (and device memory); later runs fail loudly.
+        self.session = None
+
     def run(self, batch: np.ndarray) -> np.ndarray:
         if batch.ndim != 4 or batch.shape[1] != 1 or not 1 <= batch.shape[0] <= self.max_batch:
             raise ValueError(f"batch {batch.shape} is not [1..{self.max_batch}, 1, T, T]")

@@ -1,69 +1,267 @@
-"""Resolve a ``--model`` argument (``default``, ``*.onnx``, ``*.safetensors``) to an inference engine.
+"""The one resolver: a ``--model`` spec to model files, a model card and an inference engine.
 
-``default`` is the shipped weights as the service runs them: the exported ONNX model in ``artifacts/``.
-It is a build artifact; when it is missing or older than the weights it is (re-)exported here, which needs
-the ``train`` extra (torch). ONNX models run on ONNX Runtime's CPU provider, safetensors on PyTorch; both
-implement :class:`engines.base.Engine`, so ``drrn upscale`` and ``drrn eval`` share the service's tiling
-pipeline whatever the model.
+Every command that takes a model (``drrn eval``, ``drrn upscale``, ``drrn bench``) resolves it here, and the
+service opens its repository models with :func:`open_card`. A spec is one of:
+
+- a model name in the repository (:mod:`engines.repository`, default root ``artifacts/models``): ``fast``,
+  ``quality``, and ``default`` (= ``fast``). Served from its ONNX files (fp16 on CUDA when built) with the
+  card's tile and margin. For the default root, a name that is missing or older than its weight file
+  ``weights/<name>.safetensors`` is (re)built on first use, which needs torch (the ``train`` extra);
+  without torch that is a :class:`~drrn.errors.UserError` naming ``make models``.
+- ``*.onnx``: that export on ONNX Runtime.
+- ``*.safetensors``: that weight file on PyTorch (:class:`engines.torch_engine.TorchEngine`, imported
+  lazily: the service never imports torch).
+
+Engines map ``float32[N, 1, T, T]`` tiles to the same shape (:class:`engines.base.Engine`).
 """
 
 from __future__ import annotations
 
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from drrn.errors import UserError
-from drrn.paths import ARTIFACTS, DEFAULT_WEIGHTS
+from drrn.paths import DEFAULT_MODEL, EXPORTS_DIR, MODELS_DIR, WEIGHTS_DIR
+from engines.base import Engine
+from engines.ort_engine import CPU, OrtEngine, choose_model_path, select_providers
+from engines.repository import BUILD_COMMAND, ModelCard, ModelRepository, UnknownModelError
 
-DEFAULT_ONNX = ARTIFACTS / "default.onnx"
+ALIASES = {"default": DEFAULT_MODEL}
+SUFFIXES = (".onnx", ".safetensors")
 
 
-def ensure_default_onnx(weights: Path = DEFAULT_WEIGHTS, onnx_path: Path = DEFAULT_ONNX) -> Path:
-    """The default ONNX model, exported (with its parity check) when missing or stale."""
-    if not weights.is_file():
-        raise UserError(f"shipped weights {weights} not found")
-    if onnx_path.is_file() and onnx_path.stat().st_mtime >= weights.stat().st_mtime:
-        return onnx_path
+def model_name(spec: str) -> str | None:
+    """The repository name ``spec`` asks for (aliases applied), or None when it is a file path.
+
+    Raises :class:`UserError` for a path that is neither ``*.onnx`` nor ``*.safetensors``.
+    """
+    if spec.endswith(SUFFIXES):
+        return None
+    if not spec or "/" in spec or "\\" in spec or spec.startswith("."):
+        raise UserError(f"unsupported model {spec!r}: expected a model name, *.onnx or *.safetensors")
+    return ALIASES.get(spec, spec)
+
+
+def weights_for(spec: str, weights_dir: Path | None = None) -> Path | None:
+    """The weight file behind ``spec``, when there is one (no build, no torch): ``weights/<name>.safetensors``
+    for a name, the file itself for ``*.safetensors``, None for ``*.onnx``."""
+    name = model_name(spec)
+    if name is None:
+        return Path(spec) if spec.endswith(".safetensors") else None
+    path = Path(weights_dir or WEIGHTS_DIR) / f"{name}.safetensors"
+    return path if path.is_file() else None
+
+
+def _build(weights: Path, root: Path, name: str, fp16: bool = True) -> None:
+    """Export ``weights`` into ``root/name`` (prints one line: it takes seconds to minutes)."""
     try:
-        from model_export.cli_support import run_export
-    except ImportError as exc:  # serving-only install: no torch
+        import torch  # noqa: F401  (building needs it; say so before starting)
+
+        from model_export.repository_build import build_model
+    except ImportError as exc:
         raise UserError(
-            f"{onnx_path} is missing and exporting it needs torch; run `make default-onnx` "
-            f"(or `drrn export {weights} -o {onnx_path}`) where the train extra is installed"
+            f"model {name!r} is not built (or is older than {weights}) in {root}, and building it needs "
+            f"torch; run `{BUILD_COMMAND}` where the train extra is installed"
         ) from exc
-    run_export(str(weights), str(onnx_path), fp16=False)
-    return onnx_path
+    print(f"building model {name!r} from {weights} into {root / name}", file=sys.stderr)
+    build_model(weights, root, name=name, fp16=fp16)
 
 
-def resolve_engine(spec: str, tile: int | None = None, max_batch: int | None = None):
-    """An :class:`engines.base.Engine` for ``spec``; tile and batch default to the service's settings."""
-    from engines.ort_engine import OrtEngine, select_providers
-    from service.settings import Settings
+def resolve_card(spec: str, root: Path | None = None, *, weights_dir: Path | None = None) -> ModelCard | None:
+    """The repository card ``spec`` names, or None when ``spec`` is a file path.
 
-    defaults = Settings()
-    tile = tile or defaults.tile
-    max_batch = max_batch or defaults.max_batch
-    if spec == "default":
-        path = ensure_default_onnx()
-    else:
+    ``root`` defaults to ``artifacts/models``. Weight files (``weights_dir``, default ``weights/`` for the
+    default root, none for an explicit root) make missing or stale models build on the fly. Raises
+    :class:`engines.repository.UnknownModelError` (listing the valid names),
+    :class:`engines.repository.RepositoryError` (empty repository, malformed card) or :class:`UserError`.
+    """
+    name = model_name(spec)
+    if name is None:
+        return None
+    if weights_dir is None and root is None:
+        weights_dir = WEIGHTS_DIR
+    root = Path(root or MODELS_DIR)
+    repo = ModelRepository(root)
+    weights = Path(weights_dir) / f"{name}.safetensors" if weights_dir is not None else None
+    if weights is not None and weights.is_file():
+        from model_export.repository_build import is_up_to_date  # plain Python, no torch
+
+        if not is_up_to_date(weights, root / name):
+            _build(weights, root, name)
+    elif name not in repo.names():
+        buildable = {p.stem for p in Path(weights_dir).glob("*.safetensors")} if weights_dir else set()
+        valid = sorted(set(repo.names()) | buildable)
+        if valid:  # else repo.card says the repository is empty and how to build it
+            raise UnknownModelError(spec, valid)
+    return repo.card(name)
+
+
+def export_weights(weights: Path, root: Path | None = None, fp16: bool = True) -> ModelCard:
+    """``weights`` exported into the repository ``root`` (default ``artifacts/exports``) as
+    ``<stem>-<sha8>`` (a content-addressed cache); needs torch. When the fp16 export fails its parity
+    check, the card has the fp32 file only (a warning says so)."""
+    from model_export.repository_build import file_sha256
+
+    weights = Path(weights)
+    if not weights.is_file():
+        raise UserError(f"model file not found: {weights}")
+    root = Path(root or EXPORTS_DIR)
+    name = f"{weights.stem}-{file_sha256(weights)[:8]}"
+    try:
+        _build(weights, root, name, fp16=fp16)
+    except UserError as exc:
+        if not fp16:
+            raise
+        # Most likely the fp16 parity check; an fp32 failure raises again below.
+        print(f"warning: {exc}; retrying without the fp16 export", file=sys.stderr)
+        _build(weights, root, name, fp16=False)
+    return ModelRepository(root).card(name)
+
+
+@dataclass(frozen=True)
+class ModelFiles:
+    """The files behind a spec, whichever exist: its card (repository models and exports), weight file
+    (PyTorch backends) and fp32/fp16 ONNX exports."""
+
+    card: ModelCard | None
+    weights: Path | None
+    onnx: Path | None
+    onnx_fp16: Path | None
+
+
+def _card_of_file(path: Path) -> ModelCard | None:
+    """The card of the repository folder holding ``path`` as one of its files, if it is in one."""
+    from drrn.contract import REPO_CARD
+
+    if not (path.parent / REPO_CARD).is_file():
+        return None
+    card = ModelCard.from_folder(path.parent)
+    return card if path.name in card.files.values() else None
+
+
+def resolve_files(
+    spec: str, *, root: Path | None = None, export: bool = False, exports_root: Path | None = None
+) -> ModelFiles:
+    """:class:`ModelFiles` for ``spec``.
+
+    ``export=True`` makes the answer a repository model (with a card), written under ``exports_root``
+    (default ``artifacts/exports``) as ``<stem>-<sha8>``: a ``*.safetensors`` is exported (torch), a lone
+    fp32 ``*.onnx`` is imported from its metadata; an ONNX file already inside a model folder is that model.
+    Without it a path spec has only the file itself.
+    """
+    card = resolve_card(spec, root)
+    weights: Path | None = None
+    if card is None:
         path = Path(spec)
         if not path.is_file():
             raise UserError(f"model file not found: {spec}")
-    if path.suffix == ".onnx":
-        return OrtEngine(
-            path,
+        weights = path if path.suffix == ".safetensors" else None
+        if not export:
+            return ModelFiles(None, weights, None if weights else path, None)
+        if weights is not None:
+            card = export_weights(path, exports_root)
+        else:
+            card = _card_of_file(path)
+            if card is None:
+                from model_export.repository_build import file_sha256, import_onnx
+
+                name = f"{path.stem}-{file_sha256(path)[:8]}"
+                card = ModelCard.from_folder(import_onnx(path, Path(exports_root or EXPORTS_DIR), name))
+    elif root is None:
+        weights = weights_for(spec)
+    fp16 = card.onnx_path(True)
+    return ModelFiles(card, weights, card.onnx_path(False), fp16 if fp16.is_file() else None)
+
+
+def open_card(
+    card: ModelCard,
+    *,
+    tile: int | None = None,
+    max_batch: int = 8,
+    providers: str = "auto",
+    intra_op_threads: int = 0,
+    inter_op_threads: int = 0,
+    graph_optimization: str = "all",
+    cuda_device_id: int = 0,
+    cudnn_conv_algo_search: str = "HEURISTIC",
+) -> OrtEngine:
+    """An ONNX Runtime engine over a repository model: the fp16 file on CUDA when it exists, else fp32.
+
+    ``providers``: ``auto`` (CUDA when onnxruntime offers it), ``cpu`` or ``cuda``; ``tile`` defaults to
+    the card's. Raises :class:`engines.base.ModelNotFoundError` when the ONNX file is missing.
+    """
+    chosen = select_providers(providers, cuda_device_id, cudnn_conv_algo_search)
+    on_cuda = chosen[0] != CPU
+    path = choose_model_path(card.onnx_path(False), card.onnx_path(True), on_cuda)
+    return OrtEngine(
+        path,
+        tile=tile or card.tile,
+        max_batch=max_batch,
+        providers=chosen,
+        intra_op_threads=intra_op_threads,
+        inter_op_threads=inter_op_threads,
+        graph_optimization=graph_optimization,
+    )
+
+
+def resolve_engine(
+    spec: str,
+    *,
+    root: Path | None = None,
+    tile: int | None = None,
+    max_batch: int = 8,
+    providers: str = "cpu",
+    intra_op_threads: int = 0,
+    inter_op_threads: int = 0,
+    graph_optimization: str = "all",
+    cuda_device_id: int = 0,
+    cudnn_conv_algo_search: str = "HEURISTIC",
+) -> Engine:
+    """An :class:`engines.base.Engine` for ``spec`` (see the module docstring).
+
+    ``tile`` defaults to the card's for a name, else to the serving default for the model's depth
+    (:func:`model_export.repository_build.serving_defaults`). ``providers`` and the ORT options apply to
+    ONNX models; a ``*.safetensors`` runs on PyTorch on the CPU.
+    """
+    card = resolve_card(spec, root)
+    if card is not None:
+        return open_card(
+            card,
             tile=tile,
             max_batch=max_batch,
-            providers=select_providers("cpu"),
-            intra_op_threads=defaults.intra_op_threads,
-            inter_op_threads=defaults.inter_op_threads,
-            graph_optimization=defaults.graph_optimization,
+            providers=providers,
+            intra_op_threads=intra_op_threads,
+            inter_op_threads=inter_op_threads,
+            graph_optimization=graph_optimization,
+            cuda_device_id=cuda_device_id,
+            cudnn_conv_algo_search=cudnn_conv_algo_search,
         )
-    if path.suffix == ".safetensors":
-        from engines.torch_engine import TorchEngine
-        from model_export.weights import WeightsError
-
+    path = Path(spec)
+    if not path.is_file():
+        raise UserError(f"model file not found: {spec}")
+    if path.suffix == ".onnx":
+        engine: Engine = OrtEngine(
+            path,
+            tile=tile or 1,  # placeholder until the depth (ONNX metadata) is known
+            max_batch=max_batch,
+            providers=select_providers(providers, cuda_device_id, cudnn_conv_algo_search),
+            intra_op_threads=intra_op_threads,
+            inter_op_threads=inter_op_threads,
+            graph_optimization=graph_optimization,
+        )
+    else:
         try:
-            return TorchEngine(path, tile=tile, max_batch=max_batch)
+            from engines.torch_engine import TorchEngine
+            from model_export.weights import WeightsError
+        except ImportError as exc:
+            raise UserError(f"{spec}: running a weight file needs torch (the train extra)") from exc
+        try:
+            engine = TorchEngine(path, tile=tile or 1, max_batch=max_batch)
         except WeightsError as exc:
             raise UserError(str(exc)) from exc
-    raise UserError(f"unsupported model {spec!r}: expected default, bicubic, *.onnx or *.safetensors")
+    if tile is None:
+        from model_export.repository_build import serving_defaults  # plain Python, no torch
+
+        engine.tile = serving_defaults(engine.depth)["tile"]
+    return engine

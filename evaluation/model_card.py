@@ -110,7 +110,7 @@ def render(
     cfg = meta.config
     stages = stages_of(meta)
     val = meta.evaluation.get("set5_validation", {})
-    return f"""# Model card: `weights/default.safetensors`
+    return f"""# Model card: `weights/fast.safetensors`
 
 | | |
 |---|---|

@@ -1,9 +1,10 @@
 """``drrn eval``: PSNR/SSIM of a model under the DRRN protocol, through the service's inference pipeline.
 
-``--model`` is ``bicubic`` (the baseline only), ``default`` (the shipped weights, as the exported ONNX model
-the service runs), a ``.safetensors`` weight file (PyTorch engine) or an ``.onnx`` file (ONNX Runtime, CPU).
-Models run tile by tile exactly as the service runs them (:func:`imaging.tiling.run_tiled`), so the number
-we publish is the number users get.
+``--model`` is ``bicubic`` (the baseline only) or any spec of :mod:`engines.resolver`: a repository model
+name (``fast``, ``quality``; ``default`` = ``fast``), a ``.safetensors`` weight file (PyTorch engine) or an
+``.onnx`` file (ONNX Runtime, CPU). Models run tile by tile exactly as the service runs them
+(:func:`imaging.tiling.run_tiled`); a repository model uses its card's serving tile and margin unless
+``--tile``/``--margin`` say otherwise, so the number we publish is the number users get.
 """
 
 from __future__ import annotations
@@ -22,18 +23,25 @@ from imaging.tiling import run_tiled
 PROTOCOL = "drrn-matlab"
 
 
-def make_sr_function(model: str, tile: int | None):
-    """``None`` for bicubic, else ``sr(bicubic float64[H,W], scale) -> float32[H,W]`` via the pipeline."""
+def make_sr_function(model: str, tile: int | None, margin: int | None = None, root: Path | None = None):
+    """``(sr, tile, margin)``: ``sr`` is None for bicubic, else ``sr(bicubic float64[H,W], scale) ->
+    float32[H,W]`` via the tiled pipeline at that tile and margin (the card's, else the serving default
+    tile and the model depth). ``root``: the model repository (default ``artifacts/models``)."""
     if model == "bicubic":
-        return None
-    from engines.resolver import resolve_engine
+        return None, None, None
+    from engines.resolver import open_card, resolve_card, resolve_engine
 
-    engine = resolve_engine(model, tile=tile)
+    card = resolve_card(model, root)
+    engine = open_card(card, tile=tile, providers="cpu") if card else resolve_engine(model, tile=tile)
+    if margin is None:
+        margin = card.margin if card else engine.depth
+    if not 0 <= 2 * margin < engine.tile:
+        raise UserError(f"margin {margin} leaves no core in tile {engine.tile}: need 0 <= 2*margin < tile")
 
     def sr(bicubic: np.ndarray, _scale: int) -> np.ndarray:
-        return run_tiled(bicubic.astype(np.float32), engine.run, engine.tile, engine.depth, engine.max_batch)
+        return run_tiled(bicubic.astype(np.float32), engine.run, engine.tile, margin, engine.max_batch)
 
-    return sr
+    return sr, engine.tile, margin
 
 
 def run_eval(
@@ -43,8 +51,10 @@ def run_eval(
     tile: int | None = None,
     save_images: str | None = None,
     progress: bool = True,
+    margin: int | None = None,
+    root: Path | None = None,
 ) -> dict:
-    """The JSON document ``drrn eval --json`` writes."""
+    """The JSON document ``drrn eval --json`` writes; ``tile``/``margin`` None = the model's serving ones."""
     folders = [Path(d) for d in data]
     for f in folders:
         if not f.is_dir():
@@ -52,19 +62,28 @@ def run_eval(
     bad = [s for s in scales if s < 2]
     if bad:
         raise UserError(f"scales must be integers >= 2, got {bad}")
-    sr = make_sr_function(model, tile)
+    sr, tile, margin = make_sr_function(model, tile, margin, root)
     try:
         results = evaluate(
             folders, scales, sr, progress=progress, save_dir=Path(save_images) if save_images else None
         )
     except (ImageReadError, ValueError, FileNotFoundError, OSError) as exc:
         raise UserError(str(exc)) from exc
-    return {"protocol": PROTOCOL, "model": model, "scales": scales, "results": results}
+    doc = {"protocol": PROTOCOL, "model": model, "scales": scales, "tile": tile, "margin": margin}
+    return doc | {"results": results}
 
 
 def run_eval_cli(args: argparse.Namespace) -> int:
-    doc = run_eval(args.model, args.data, args.scales, tile=args.tile, save_images=args.save_images)
-    label = args.model if args.model in ("bicubic", "default") else Path(args.model).name
+    doc = run_eval(
+        args.model,
+        args.data,
+        args.scales,
+        tile=args.tile,
+        margin=args.margin,
+        root=Path(args.root) if args.root else None,
+        save_images=args.save_images,
+    )
+    label = Path(args.model).name if args.model.endswith((".onnx", ".safetensors")) else args.model
     print(markdown_table(doc["results"], label))
     if args.json_out:
         Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)

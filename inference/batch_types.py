@@ -1,13 +1,28 @@
-"""What :class:`inference.batcher.TileBatcher` hands its callers (re-exported by :mod:`inference.batcher`):
-the per-request errors :meth:`~inference.batcher.TileBatcher.submit` raises (mapped to HTTP by
+"""What :class:`inference.batcher.TileBatcher` takes and hands its callers (re-exported by
+:mod:`inference.batcher`): the :class:`Lane` of each model it serves, the per-request errors
+:meth:`~inference.batcher.TileBatcher.submit` raises (mapped to HTTP by
 :func:`service.errors.from_batcher_error`), the :class:`BatchResult` it returns, and the
-:class:`BatcherObserver` metrics hooks."""
+:class:`BatcherObserver` metrics hooks (each names the lane, i.e. the model, it is about)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+
+
+@dataclass(frozen=True)
+class Lane:
+    """One model's queue on the device: its engine call, tile side and batch bound."""
+
+    run: Callable[[np.ndarray], np.ndarray]  # float32[N, 1, T, T] -> same shape
+    tile: int  # T: every tile submitted to this lane is TxT (all tiles of a run must stack)
+    max_batch: int  # at most this many tiles per engine run
+
+    def __post_init__(self) -> None:
+        if self.tile < 1 or self.max_batch < 1:
+            raise ValueError(f"a lane needs tile >= 1 and max_batch >= 1, got {self.tile}, {self.max_batch}")
 
 
 class BatcherError(Exception):
@@ -15,7 +30,7 @@ class BatcherError(Exception):
 
 
 class QueueFullError(BatcherError):
-    """Accepting the request would exceed ``max_queue_tiles``; retry after ``retry_after_s``."""
+    """Accepting the request would exceed its lane's ``max_queue_tiles``; retry after ``retry_after_s``."""
 
     def __init__(self, n_tiles: int, queued: int, max_queue_tiles: int, retry_after_s: float) -> None:
         super().__init__(f"queue full: {queued} tiles queued + {n_tiles} > max_queue_tiles={max_queue_tiles}")
@@ -24,7 +39,7 @@ class QueueFullError(BatcherError):
 
 
 class RequestTooLargeError(BatcherError):
-    """The request alone has more tiles than ``max_queue_tiles``: it can never be accepted (not retryable)."""
+    """The request alone has more tiles than ``max_queue_tiles`` (per lane): it can never be accepted."""
 
     def __init__(self, n_tiles: int, max_queue_tiles: int) -> None:
         super().__init__(f"request needs {n_tiles} tiles > max_queue_tiles={max_queue_tiles}")
@@ -48,22 +63,23 @@ class EngineError(BatcherError):
 
 
 class BatcherObserver:
-    """Metrics hooks; subclass and override what you need (no-op defaults). Called on the event loop."""
+    """Metrics hooks; subclass and override what you need (no-op defaults). Called on the event loop.
+    ``model`` is the name of the lane the event is about."""
 
-    def on_batch(self, size: int, requests: int, seconds: float) -> None:
+    def on_batch(self, model: str, size: int, requests: int, seconds: float) -> None:
         """One engine run of ``size`` tiles from ``requests`` distinct requests took ``seconds``."""
 
-    def on_queue_depth(self, tiles: int) -> None:
-        """The number of queued (not yet running) tiles changed."""
+    def on_queue_depth(self, model: str, tiles: int) -> None:
+        """The number of queued (not yet running) tiles of lane ``model`` changed to ``tiles``."""
 
-    def on_reject(self, reason: str) -> None:
+    def on_reject(self, model: str, reason: str) -> None:
         """A request was refused or abandoned: queue_full, too_large, deadline, shutting_down, cancelled."""
 
-    def on_first_dispatch(self, queue_wait_s: float) -> None:
+    def on_first_dispatch(self, model: str, queue_wait_s: float) -> None:
         """A request's first tile was taken into a batch ``queue_wait_s`` after it was submitted (once per
         request, whether it later succeeds or not)."""
 
-    def on_engine_error(self, exc: BaseException) -> None:
+    def on_engine_error(self, model: str, exc: BaseException) -> None:
         """An engine run raised (its requests fail with :class:`EngineError`)."""
 
     def on_worker_crash(self, exc: BaseException) -> None:

@@ -1,22 +1,27 @@
-"""Cross-request dynamic batching of fixed-size tiles (plain asyncio + numpy; no HTTP, no metrics library).
+"""Cross-request dynamic batching of fixed-size tiles for several models on one device (plain asyncio +
+numpy; no HTTP, no metrics library).
 
-Every request's tiles (``float32[N, 1, T, T]``) join one queue of tiles shared by all requests. A single
-worker task takes up to ``max_batch`` tiles, round-robin over the requests with queued tiles
-(:mod:`inference.scheduling`), stacks them, runs the engine once in a single-thread executor (one session
-owns the device) and routes each output row back to the request it came from. So one engine run may mix
-tiles of several requests, and a large request is spread over several runs. A partial batch waits for
-more tiles until ``max_delay_ms`` after the arrival of the oldest queued tile, never longer.
+Each model is a :class:`Lane` (engine call, tile side T, ``max_batch``); a request names one and its tiles
+(``float32[N, 1, T, T]``) join that lane's queue. A single worker task takes the next ready lane's batch
+(:mod:`inference.scheduling`: rotation over lanes with a full batch or whose oldest tile waited
+``max_delay_ms``, so one model's backlog delays another's ready request by at most one run; round-robin
+over requests within a lane), stacks it, runs the lane's engine once in a single-thread executor (one
+engine call at a time on the device) and routes each output row back to its request. So a run holds tiles
+of one model but may mix requests, and a large request spans several runs. A partial batch waits for more
+tiles until ``max_delay_ms`` after its lane's oldest queued tile arrived, never longer, and never while
+another lane is ready.
 
 Failure semantics (Triton-style per-request errors): an engine exception fails only the requests with tiles
 in that run; a request past its deadline or whose awaiting task is cancelled has its queued tiles removed,
-so they never reach the engine; the queue is bounded in tiles and full means an immediate rejection. If
-the worker itself dies (a bug), every pending request fails with :class:`EngineError` at once and
+so they never reach the engine; each lane's queue is bounded in tiles (``max_queue_tiles`` per lane: one
+model's backlog never refuses another's requests) and full means an immediate rejection. If the worker
+itself dies (a bug), every pending request fails with :class:`EngineError` at once and
 :attr:`TileBatcher.failure` says why (the service then reports itself unhealthy).
 
 Admission is all-or-nothing per request: a request needs room for all of its tiles at once. Under a
-sustained load of small requests that keeps the queue near ``max_queue_tiles``, a very large request can
-be refused (queue_full) again and again while small ones slip in. Size ``max_queue_tiles`` well above
-the largest request, and watch ``drrn_rejections_total{reason="queue_full"}`` with ``drrn_request_tiles``.
+sustained load of small requests that keeps a lane near ``max_queue_tiles``, a very large request can be
+refused (queue_full) again and again while small ones slip in. Size ``max_queue_tiles`` well above the
+largest request, and watch ``drrn_rejections_total{reason="queue_full"}`` with ``drrn_request_tiles``.
 """
 
 from __future__ import annotations
@@ -24,22 +29,24 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import Executor, ThreadPoolExecutor
 
 import numpy as np
 
+from engines.repository import UnknownModelError
 from inference.batch_types import (
     BatcherError,
     BatcherObserver,
     BatchResult,
     DeadlineExceededError,
     EngineError,
+    Lane,
     QueueFullError,
     RequestTooLargeError,
     ShuttingDownError,
 )
-from inference.scheduling import Job, RoundRobinQueue
+from inference.scheduling import Job, LaneRotation
 
 __all__ = [
     "BatchResult",
@@ -47,39 +54,38 @@ __all__ = [
     "BatcherObserver",
     "DeadlineExceededError",
     "EngineError",
+    "Lane",
     "QueueFullError",
     "RequestTooLargeError",
     "ShuttingDownError",
     "TileBatcher",
+    "UnknownModelError",
 ]
 
 log = logging.getLogger(__name__)
 
 
 class TileBatcher:
-    """Batches tiles of concurrent requests into engine runs of at most ``max_batch`` tiles."""
+    """Batches tiles of concurrent requests, per model (``lanes``), into engine runs of at most the lane's
+    ``max_batch`` tiles, one run at a time."""
 
     def __init__(
         self,
-        run: Callable[[np.ndarray], np.ndarray],
-        max_batch: int,
-        max_delay_ms: float = 2.0,
+        lanes: Mapping[str, Lane],
+        max_delay_ms: float = 0.0,
         max_queue_tiles: int = 256,
         executor: Executor | None = None,
         observer: BatcherObserver | None = None,
         retry_after_s: float = 1.0,
-        tile: int | None = None,
     ) -> None:
-        if max_batch < 1 or max_queue_tiles < 1 or max_delay_ms < 0:
-            raise ValueError("max_batch and max_queue_tiles must be >= 1 and max_delay_ms >= 0")
-        self._run = run
-        self.tile = tile  # when set, submit() checks tiles are TxT (all tiles of a run must stack)
-        self.max_batch, self.max_delay_s = max_batch, max_delay_ms / 1000.0
+        if not lanes or max_queue_tiles < 1 or max_delay_ms < 0:
+            raise ValueError("need >= 1 lane, max_queue_tiles >= 1 and max_delay_ms >= 0")
+        self.lanes = dict(lanes)
+        self.max_delay_s = max_delay_ms / 1000.0
         self.max_queue_tiles, self.retry_after_s = max_queue_tiles, retry_after_s
-        self._own_executor = executor is None
-        self._executor = executor
+        self._own_executor, self._executor = executor is None, executor
         self.observer = observer or BatcherObserver()
-        self._queue = RoundRobinQueue()
+        self._sched = LaneRotation({n: lane.max_batch for n, lane in self.lanes.items()}, self.max_delay_s)
         self._jobs: set[Job] = set()
         self._wakeup: asyncio.Event | None = None
         self._idle: asyncio.Event | None = None
@@ -135,9 +141,19 @@ class TileBatcher:
         return self._accepting and self._worker is not None and not self._worker.done()
 
     @property
+    def models(self) -> tuple[str, ...]:
+        """Lane names, in the order given (the order of the rotation)."""
+        return tuple(self.lanes)
+
+    @property
     def queue_depth(self) -> int:
-        """Tiles queued and not yet running."""
-        return len(self._queue)
+        """Tiles queued and not yet running, over all lanes."""
+        return len(self._sched)
+
+    def queued(self, model: str) -> int:
+        """Tiles of lane ``model`` queued and not yet running."""
+        self._lane(model)
+        return self._sched.queued(model)
 
     @property
     def inflight(self) -> int:
@@ -145,51 +161,63 @@ class TileBatcher:
         return len(self._jobs)
 
     # --- requests ---------------------------------------------------------------------------------------
-    def check_capacity(self, n_tiles: int) -> None:
-        """Raise what :meth:`submit` would for ``n_tiles`` tiles right now (and count the rejection):
-        :class:`ShuttingDownError`, :class:`RequestTooLargeError` or :class:`QueueFullError`. Lets a
-        caller refuse before preparing the tiles; :meth:`submit` checks again."""
+    def _lane(self, model: str) -> Lane:
+        lane = self.lanes.get(model)
+        if lane is None:
+            raise UnknownModelError(model, list(self.lanes))
+        return lane
+
+    def check_capacity(self, model: str, n_tiles: int) -> None:
+        """Raise what :meth:`submit` would for ``n_tiles`` tiles of ``model`` right now (and count the
+        rejection): :class:`UnknownModelError` (not counted), :class:`ShuttingDownError`,
+        :class:`RequestTooLargeError` or :class:`QueueFullError` (the bound is per lane). Lets a caller
+        refuse before preparing the tiles; :meth:`submit` checks again."""
+        self._lane(model)
         if not self.running:
-            self.observer.on_reject("shutting_down")
+            self.observer.on_reject(model, "shutting_down")
             raise ShuttingDownError("service is not accepting requests (starting up or shutting down)")
         if n_tiles > self.max_queue_tiles:
-            self.observer.on_reject("too_large")
+            self.observer.on_reject(model, "too_large")
             raise RequestTooLargeError(n_tiles, self.max_queue_tiles)
-        if len(self._queue) + n_tiles > self.max_queue_tiles:
-            self.observer.on_reject("queue_full")
-            raise QueueFullError(n_tiles, len(self._queue), self.max_queue_tiles, self.retry_after_s)
+        queued = self._sched.queued(model)
+        if queued + n_tiles > self.max_queue_tiles:
+            self.observer.on_reject(model, "queue_full")
+            raise QueueFullError(n_tiles, queued, self.max_queue_tiles, self.retry_after_s)
 
-    async def submit(self, tiles: np.ndarray, deadline: float, request_id: str) -> BatchResult:
-        """Run ``tiles`` (``float32[N, 1, T, T]``, N >= 1) through the engine by ``deadline`` (loop.time()).
+    async def submit(self, model: str, tiles: np.ndarray, deadline: float, request_id: str) -> BatchResult:
+        """Run ``tiles`` (``float32[N, 1, T, T]``, N >= 1, T = the lane's tile) through ``model``'s engine by
+        ``deadline`` (loop.time()).
 
         The outputs are written over ``tiles`` in place (``result.outputs is tiles``): each tile's output
         replaces it after the engine run that read it, so a large request costs one tile buffer, not two.
         If the request fails, ``tiles`` may hold a mix of inputs and outputs. ``tiles`` must be writeable
         and C-contiguous, and not shared with another concurrent submit.
 
-        Raises :class:`QueueFullError`, :class:`RequestTooLargeError`, :class:`ShuttingDownError`,
-        :class:`DeadlineExceededError` or :class:`EngineError`. Cancelling the awaiting task drops the
-        request's queued tiles (counted as a ``deadline`` rejection when it happens at or after
-        ``deadline``, e.g. by the caller's own ``asyncio.timeout_at(deadline)``, else ``cancelled``).
+        Raises :class:`UnknownModelError`, :class:`QueueFullError`, :class:`RequestTooLargeError`,
+        :class:`ShuttingDownError`, :class:`DeadlineExceededError` or :class:`EngineError` (ValueError for
+        malformed tiles). Cancelling the awaiting task drops the request's queued tiles (counted as a
+        ``deadline`` rejection when it happens at or after ``deadline``, e.g. by the caller's own
+        ``asyncio.timeout_at(deadline)``, else ``cancelled``).
         """
+        lane = self._lane(model)
         if tiles.ndim != 4 or tiles.shape[0] < 1 or tiles.shape[1] != 1 or tiles.dtype != np.float32:
             raise ValueError(f"tiles must be float32[N>=1, 1, T, T], got {tiles.dtype}{tiles.shape}")
         if not (tiles.flags.writeable and tiles.flags.c_contiguous):
             # Outputs are written over the tiles: a read-only or self-overlapping array (broadcast_to,
             # as_strided, frombuffer) would fail or corrupt later in the worker, for every request.
             raise ValueError("tiles must be a writeable, C-contiguous array (outputs are written in place)")
-        if self.tile is not None and tiles.shape[2:] != (self.tile, self.tile):
-            raise ValueError(f"tiles are {tiles.shape[2:]}, this batcher runs {self.tile}x{self.tile}")
-        self.check_capacity(len(tiles))
+        if tiles.shape[2:] != (lane.tile, lane.tile):
+            raise ValueError(f"tiles are {tiles.shape[2:]}, model {model!r} runs {lane.tile}x{lane.tile}")
+        self.check_capacity(model, len(tiles))
         loop = asyncio.get_running_loop()
-        job = Job(request_id, tiles, loop.create_future(), loop.time())
+        job = Job(request_id, tiles, loop.create_future(), loop.time(), model)
         if deadline <= job.submitted:
-            self.observer.on_reject("deadline")
+            self.observer.on_reject(model, "deadline")
             raise DeadlineExceededError(f"request {request_id} reached its deadline before queueing")
         self._jobs.add(job)
         self._idle.clear()
-        self._queue.add(job)
-        self.observer.on_queue_depth(len(self._queue))
+        self._sched.add(job)
+        self.observer.on_queue_depth(model, self._sched.queued(model))
         self._wakeup.set()
         timer = loop.call_at(deadline, self._expire, job)
         try:
@@ -197,7 +225,7 @@ class TileBatcher:
             return await asyncio.shield(job.future)
         except asyncio.CancelledError:
             if not job.future.done():
-                self.observer.on_reject("deadline" if loop.time() >= deadline else "cancelled")
+                self.observer.on_reject(model, "deadline" if loop.time() >= deadline else "cancelled")
                 self._fail(job, None)
             raise
         finally:
@@ -205,7 +233,7 @@ class TileBatcher:
 
     def _expire(self, job: Job) -> None:
         if not job.future.done():
-            self.observer.on_reject("deadline")
+            self.observer.on_reject(job.lane, "deadline")
             self._fail(job, DeadlineExceededError(f"request {job.request_id} exceeded its deadline"))
 
     def _fail(self, job: Job, exc: BaseException | None) -> None:
@@ -218,67 +246,63 @@ class TileBatcher:
         self._finish(job)
 
     def _finish(self, job: Job) -> None:
-        dropped = self._queue.remove(job)
+        dropped = self._sched.remove(job)
         self._jobs.discard(job)
         if not self._jobs:
             self._idle.set()
         if dropped:
-            self.observer.on_queue_depth(len(self._queue))
+            self.observer.on_queue_depth(job.lane, self._sched.queued(job.lane))
 
     # --- worker -----------------------------------------------------------------------------------------
-    async def _next_batch(self) -> list[tuple[Job, int]]:
-        """Wait for tiles; take ``max_batch`` of them, or fewer once ``max_delay`` has passed since the
-        oldest queued tile arrived (not since the worker looked: a tile that queued while the engine was
-        busy has already waited)."""
+    async def _next_batch(self) -> tuple[str, list[tuple[Job, int]]]:
+        """Wait until a lane is ready (a full batch, or ``max_delay`` since its oldest queued tile arrived:
+        not since the worker looked, so a tile that queued while the engine was busy has already waited);
+        take the next ready lane's batch. Sleeps until the earliest lane readiness or the next submit."""
         loop = asyncio.get_running_loop()
-        while len(self._queue) < self.max_batch:
-            oldest = self._queue.oldest_arrival()
-            remaining = None if oldest is None else oldest + self.max_delay_s - loop.time()
-            if remaining is not None and remaining <= 0:
-                break
+        while (picked := self._sched.next_batch(loop.time())) is None:
+            wake_at = self._sched.wake_at()
             self._wakeup.clear()
-            try:  # woken by a submit; re-evaluated since the oldest tile may have been dropped meanwhile
-                await asyncio.wait_for(self._wakeup.wait(), timeout=remaining)
+            try:  # re-evaluated on waking: a lane may have filled, or its oldest tiles been dropped
+                timeout = None if wake_at is None else max(0.0, wake_at - loop.time())
+                await asyncio.wait_for(self._wakeup.wait(), timeout=timeout)
             except TimeoutError:
-                break
-        # Tiles of a request that expired/was cancelled meanwhile were already removed from the queue.
-        batch = self._queue.take(self.max_batch)
-        self.observer.on_queue_depth(len(self._queue))
-        return batch
+                pass
+        model = picked[0]
+        self.observer.on_queue_depth(model, self._sched.queued(model))
+        return picked
 
-    def _timed_run(self, x: np.ndarray) -> tuple[np.ndarray, float]:
+    @staticmethod
+    def _timed_run(run: Callable[[np.ndarray], np.ndarray], x: np.ndarray) -> tuple[np.ndarray, float]:
         t0 = time.perf_counter()
-        y = self._run(x)
+        y = run(x)
         return y, time.perf_counter() - t0
 
     async def _work(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            batch = await self._next_batch()
-            if not batch:
-                continue
+            model, batch = await self._next_batch()
             now = loop.time()
             jobs = list(dict.fromkeys(job for job, _ in batch))  # distinct, in order
             for job in jobs:
                 if job.started is None:
                     job.started = now
-                    self.observer.on_first_dispatch(now - job.submitted)
+                    self.observer.on_first_dispatch(model, now - job.submitted)
             try:
                 x = np.stack([job.tiles[i] for job, i in batch])
-                y, seconds = await loop.run_in_executor(self._executor, self._timed_run, x)
+                run = self.lanes[model].run
+                y, seconds = await loop.run_in_executor(self._executor, self._timed_run, run, x)
                 if not isinstance(y, np.ndarray) or y.shape != x.shape:
                     raise RuntimeError(f"engine returned {getattr(y, 'shape', type(y))} for {x.shape}")
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # an engine failure fails this batch's requests, not the service
-                log.exception(
-                    "engine run of %d tiles failed (requests %s)", len(batch), [j.request_id for j in jobs]
-                )
-                self.observer.on_engine_error(exc)
+                rids = [j.request_id for j in jobs]
+                log.exception("%s engine run of %d tiles failed (requests %s)", model, len(batch), rids)
+                self.observer.on_engine_error(model, exc)
                 for job in jobs:
                     self._fail(job, EngineError(f"engine failed: {exc}", job.request_id))
                 continue
-            self.observer.on_batch(len(batch), len(jobs), seconds)
+            self.observer.on_batch(model, len(batch), len(jobs), seconds)
             for job in jobs:
                 job.infer_s += seconds
                 job.runs += 1

@@ -1,16 +1,28 @@
 """The batcher's scheduling policy: which queued tiles the next engine run takes (plain Python + numpy).
 
-Round-robin over requests: a batch takes one tile from each request with queued tiles, in turn, until it
-holds ``max_batch`` tiles; the rotation carries over from one batch to the next, and a new request joins
-the end of it. Within a request, tiles run in order. So a 1-tile request that arrives behind a 2,000-tile
-one runs in the next batch instead of after all 2,000 tiles, and k concurrent requests each get about
-1/k of the engine. (Strict FIFO by tile would make every later request wait for the whole large one.)
+**Across lanes** (:class:`LaneRotation`; one lane per model, one engine run at a time on the device, each
+run holding tiles of one lane only): a lane is *ready* when it has a full batch queued (``max_batch``
+tiles) or its oldest queued tile has waited ``max_delay``. The next run serves the next ready lane in a
+fixed rotation, one batch per turn, and the rotation carries over from one run to the next. So a lane with
+a deep backlog cannot starve another: once a lane is ready it waits for at most one run of each other
+lane (with two lanes, a fast-model request that arrives behind 500 queued quality-model tiles runs right
+after the quality batch that is running, or the next one). While no lane is ready, the worker sleeps
+until the earliest time one becomes ready (:meth:`LaneRotation.wake_at`) or a new request arrives; a lane
+waiting for its partial batch to fill never holds up a lane that is ready.
+
+**Within a lane** (:class:`RoundRobinQueue`): a batch takes one tile from each request with queued tiles,
+in turn, until it holds ``max_batch`` tiles; the rotation carries over from one batch to the next, and a
+new request joins the end of it. Within a request, tiles run in order. So a 1-tile request that arrives
+behind a 2,000-tile one runs in the next batch of its lane instead of after all 2,000 tiles, and k
+concurrent requests each get about 1/k of the lane. (Strict FIFO by tile would make every later request
+wait for the whole large one.)
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,7 +31,7 @@ import numpy as np
 
 @dataclass(eq=False)
 class Job:
-    """One submitted request: its tiles, how far they got, and the future its caller awaits.
+    """One submitted request: its lane, its tiles, how far they got, and the future its caller awaits.
 
     ``tiles`` also receives the outputs: a tile's output replaces it once the run that read it is done (the
     batch was stacked from copies), so a request holds one tile buffer instead of two.
@@ -29,6 +41,7 @@ class Job:
     tiles: np.ndarray
     future: asyncio.Future[Any]
     submitted: float  # loop.time() when queued: the arrival time of all of its tiles
+    lane: str  # the model whose queue (and engine) its tiles go to
     remaining: int = field(init=False)  # tiles without an output yet
     next_tile: int = 0  # first tile not yet taken into a batch
     started: float | None = None  # when its first tile was taken into a batch
@@ -45,7 +58,8 @@ class Job:
 
 
 class RoundRobinQueue:
-    """Queued tiles of all requests, handed out one request at a time in rotation (see the module doc)."""
+    """Queued tiles of one lane's requests, handed out one request at a time in rotation (see the module
+    doc)."""
 
     def __init__(self) -> None:
         self._jobs: deque[Job] = deque()  # requests with queued tiles, in rotation order
@@ -84,3 +98,61 @@ class RoundRobinQueue:
             if job.queued:
                 self._jobs.append(job)
         return batch
+
+
+class LaneRotation:
+    """One :class:`RoundRobinQueue` per lane and the rotation over the ready lanes (see the module doc).
+
+    ``max_batch`` maps each lane name to its batch bound, in rotation order. Times are the caller's clock
+    (the batcher passes ``loop.time()``); nothing here reads a clock or awaits.
+    """
+
+    def __init__(self, max_batch: Mapping[str, int], max_delay_s: float) -> None:
+        if not max_batch:
+            raise ValueError("at least one lane is needed")
+        self.max_batch, self.max_delay_s = dict(max_batch), max_delay_s
+        self._queues = {name: RoundRobinQueue() for name in self.max_batch}
+        self._order = list(self.max_batch)
+        self._turn = 0  # index in _order of the lane that is asked first next time
+
+    def __len__(self) -> int:
+        """Queued tiles over all lanes."""
+        return sum(len(q) for q in self._queues.values())
+
+    def queued(self, lane: str) -> int:
+        """Queued tiles of one lane."""
+        return len(self._queues[lane])
+
+    def add(self, job: Job) -> None:
+        """Queue ``job``'s tiles in its lane (``job.lane``)."""
+        self._queues[job.lane].add(job)
+
+    def remove(self, job: Job) -> int:
+        """Drop ``job``'s queued tiles from its lane; returns how many."""
+        return self._queues[job.lane].remove(job)
+
+    def ready_at(self, lane: str) -> float | None:
+        """When ``lane`` is (or was) ready: -inf with a full batch queued, else its oldest tile's arrival +
+        ``max_delay``; None when it has nothing queued."""
+        queue = self._queues[lane]
+        if len(queue) >= self.max_batch[lane]:
+            return float("-inf")
+        oldest = queue.oldest_arrival()
+        return None if oldest is None else oldest + self.max_delay_s
+
+    def wake_at(self) -> float | None:
+        """The earliest time a lane is ready (maybe already past), or None when nothing is queued."""
+        return min((t for t in map(self.ready_at, self._order) if t is not None), default=None)
+
+    def next_batch(self, now: float) -> tuple[str, list[tuple[Job, int]]] | None:
+        """The next lane in the rotation that is ready at ``now`` and up to ``max_batch`` of its tiles
+        (removed from its queue; the rotation moves past that lane), or None when no lane is ready."""
+        n = len(self._order)
+        for k in range(n):
+            i = (self._turn + k) % n
+            lane = self._order[i]
+            at = self.ready_at(lane)
+            if at is not None and at <= now:
+                self._turn = (i + 1) % n
+                return lane, self._queues[lane].take(self.max_batch[lane])
+        return None

@@ -1,6 +1,7 @@
-"""FastAPI app factory. Nothing happens at import: :func:`create_app` builds settings, metrics and routes;
-the lifespan loads the engine, warms it up in the background (``/healthz`` answers meanwhile, ``/readyz``
-says 503) and then starts the batcher (see :mod:`service.lifecycle`, which also drains on shutdown).
+"""FastAPI app factory. Nothing happens at import: :func:`create_app` builds settings, metrics, the
+:class:`~inference.upscaler.Upscaler` core, routes and exception handlers; the lifespan loads every served
+model, warms them in the background (``/healthz`` answers meanwhile, ``/readyz`` says 503) and then starts
+the batcher (see :mod:`service.lifecycle`, which also drains and closes on shutdown).
 """
 
 from __future__ import annotations
@@ -11,8 +12,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -20,12 +20,13 @@ from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from engines.base import Engine
+from inference.upscaler import Upscaler
+from inference.upscaler_types import UpscalerConfig
 from service.errors import install_exception_handlers, sane_request_id
-from service.lifecycle import shutdown, startup, warm_and_start
+from service.lifecycle import Lifecycle, model_loader
 from service.metrics import ServiceMetrics
 from service.routes import router
 from service.settings import Settings
-from service.state import ServiceState
 
 log = logging.getLogger("drrn.service")
 access_log = logging.getLogger("drrn.access")
@@ -70,7 +71,7 @@ class AccessLogMiddleware:
             rid = state.get("request_id", "-")
             log.warning("%s %s (request %s) cancelled by the server", scope["method"], scope["path"], rid)
             if not resp["started"]:
-                self.metrics.on_reject("shutting_down")
+                self.metrics.on_reject(state.get("access", {}).get("model"), "shutting_down")
                 body = {"error": "shutting_down", "detail": "the server stopped before the request finished"}
                 retry = [(b"retry-after", str(self.retry_after_s).encode())]
                 with contextlib.suppress(Exception):  # the connection may be gone already
@@ -86,7 +87,10 @@ class AccessLogMiddleware:
         finally:
             elapsed = time.perf_counter() - t0
             route = getattr(scope.get("route"), "path", "unmatched")
-            self.metrics.request_duration.labels(route=route, status=str(resp["status"])).observe(elapsed)
+            model = self.metrics.label(state.get("access", {}).get("model"))
+            self.metrics.request_duration.labels(
+                route=route, status=str(resp["status"]), model=model
+            ).observe(elapsed)
             fields = {
                 "id": state.get("request_id"),
                 "method": scope["method"],
@@ -111,41 +115,50 @@ async def _send_json(
     await send({"type": "http.response.body", "body": payload})
 
 
-def create_app(settings: Settings | None = None, engine: Engine | None = None) -> FastAPI:
-    """The service app. ``settings`` default to ``DRRN_*`` env vars; ``engine`` (tests, other backends)
-    replaces the ONNX Runtime engine the settings describe and must match ``tile`` and ``max_batch``."""
+def create_app(settings: Settings | None = None, engines: Mapping[str, Engine] | None = None) -> FastAPI:
+    """The service app. ``settings`` default to ``DRRN_*`` env vars. ``engines`` (tests, other backends)
+    replace the repository's models: ``{name: engine}``, each engine's ``max_batch`` equal to the
+    settings'; ``settings.default_model`` must be one of them."""
     settings = settings or Settings()
-    if engine is not None and (engine.tile, engine.max_batch) != (settings.tile, settings.max_batch):
-        raise ValueError(
-            f"engine tile/max_batch {engine.tile}/{engine.max_batch} != "
-            f"settings {settings.tile}/{settings.max_batch}"
-        )
+    if engines is not None:
+        bad = {n: e.max_batch for n, e in engines.items() if e.max_batch != settings.max_batch}
+        if bad:
+            raise ValueError(f"engine max_batch {bad} != settings.max_batch {settings.max_batch}")
     metrics = ServiceMetrics(settings.max_batch)
-    st = ServiceState(settings, metrics, settings.image_limits())
-    cpu_workers = settings.cpu_workers or min(4, os.cpu_count() or 1)
+    config = UpscalerConfig(
+        max_batch=settings.max_batch,
+        max_delay_ms=settings.max_delay_ms,
+        max_queue_tiles=settings.max_queue_tiles,
+        max_inflight=settings.max_inflight_requests,
+        request_timeout_s=settings.request_timeout_s,
+        retry_after_s=settings.retry_after_s,
+        cpu_workers=settings.cpu_workers or min(4, os.cpu_count() or 1),
+    )
+    loader = model_loader(settings, engines)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        # One thread owns the model: loading, warmup and every batch run happen on it.
-        engine_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="drrn-engine")
-        st.cpu_pool = cpu_pool = ThreadPoolExecutor(max_workers=cpu_workers, thread_name_prefix="drrn-cpu")
-        warm = None
+        upscaler = Upscaler(config, settings.image_limits(), settings.default_model, metrics)
+        app.state.upscaler = upscaler
+        app.state.lifecycle = lifecycle = Lifecycle(settings, upscaler)
         try:
-            await startup(st, engine, engine_pool)
-            warm = asyncio.create_task(warm_and_start(st, engine_pool), name="drrn-warmup")
+            await lifecycle.startup(loader)
+            for name, m in upscaler.models.items():
+                metrics.add_model(
+                    name, {**m.card, "margin": m.margin, "default": name == upscaler.default_model}
+                )
             yield
         finally:
-            await shutdown(st, warm)
-            engine_pool.shutdown(wait=False, cancel_futures=True)
-            cpu_pool.shutdown(wait=False, cancel_futures=True)
+            await lifecycle.shutdown()
 
     app = FastAPI(
         title="DRRN super-resolution",
         summary="Deep Recursive Residual Network (Tai et al., CVPR 2017) on ONNX Runtime",
-        version="0.1.0",
+        version="0.2.0",
         lifespan=lifespan,
     )
-    app.state.drrn = st
+    app.state.settings, app.state.metrics = settings, metrics
+    app.state.upscaler = app.state.lifecycle = None  # set by the lifespan
     install_exception_handlers(app)
     app.include_router(router)
     app.add_middleware(AccessLogMiddleware, metrics=metrics, retry_after_s=settings.retry_after_s)

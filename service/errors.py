@@ -2,8 +2,12 @@
 
     {"error": code, "detail": human message, "limit": {"name": ..., "value": ...} | null, "request_id": ...}
 
-This module maps pipeline (:class:`~inference.pipeline.ImageError`) and batcher errors to that shape and
-installs FastAPI exception handlers so validation errors, unknown routes and unexpected exceptions use it.
+This module is the one place where domain errors become HTTP: :func:`to_service_error` maps the Upscaler's
+request outcomes (:mod:`inference.upscaler_types`), pipeline (:class:`~inference.pipeline.ImageError`) and
+batcher errors to that shape, and :func:`install_exception_handlers` registers handlers that answer with it
+and count each rejection once (``drrn_rejections_total{reason, model}``; the batcher counts the outcomes it
+decides itself, queue_full, too_large, deadline in the queue, shutting_down, cancelled, so those map with
+``reason=None`` here). Validation errors, unknown routes and unexpected exceptions use the same shape.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from engines.repository import UnknownModelError
 from inference.batcher import (
     BatcherError,
     DeadlineExceededError,
@@ -26,6 +31,12 @@ from inference.batcher import (
     ShuttingDownError,
 )
 from inference.pipeline import ImageError
+from inference.upscaler_types import (
+    ClientGoneError,
+    NotReadyError,
+    OverloadedError,
+    StageDeadlineError,
+)
 
 log = logging.getLogger("drrn.service")
 REQUEST_ID_HEADER = "X-Request-ID"
@@ -88,7 +99,8 @@ def from_image_error(exc: ImageError) -> ServiceError:
 
 def from_batcher_error(exc: BatcherError, request_timeout_s: float, retry_after_s: int) -> ServiceError:
     """Batcher outcomes -> HTTP: full queue/shutdown 503 + Retry-After, too many tiles 413, deadline 504,
-    engine failure 500. Rejections were already counted by the batcher's observer (reason=None here)."""
+    engine failure 500. The batcher counted its own rejections (reason=None here), except a deadline
+    that passed outside it (:class:`StageDeadlineError`)."""
     retry = {"Retry-After": str(retry_after_s)}
     if isinstance(exc, QueueFullError):
         limit = {"name": "max_queue_tiles", "value": exc.max_queue_tiles}
@@ -98,9 +110,9 @@ def from_batcher_error(exc: BatcherError, request_timeout_s: float, retry_after_
         return ServiceError(413, "too_many_tiles", f"image too large for this server: {exc}", limit)
     if isinstance(exc, DeadlineExceededError):
         limit = {"name": "request_timeout_s", "value": request_timeout_s}
-        return ServiceError(
-            504, "deadline_exceeded", f"request not finished within {request_timeout_s}s", limit
-        )
+        reason = "deadline" if isinstance(exc, StageDeadlineError) else None
+        detail = f"request not finished within {request_timeout_s}s"
+        return ServiceError(504, "deadline_exceeded", detail, limit, reason=reason)
     if isinstance(exc, ShuttingDownError):
         return ServiceError(503, "shutting_down", str(exc), headers=retry)
     if isinstance(exc, EngineError):
@@ -108,13 +120,48 @@ def from_batcher_error(exc: BatcherError, request_timeout_s: float, retry_after_
     return ServiceError(500, "internal_error", "unexpected batcher error")
 
 
-def install_exception_handlers(app: FastAPI) -> None:
-    """JSON bodies for :class:`ServiceError`, validation errors and HTTP errors (404/405). Unexpected
-    exceptions are turned into a JSON 500 by :class:`service.app.AccessLogMiddleware`."""
+def to_service_error(exc: Exception, request_timeout_s: float, retry_after_s: int) -> ServiceError:
+    """Any request outcome the service knows -> its HTTP error (status, code, limit, rejection reason)."""
+    retry = {"Retry-After": str(retry_after_s)}
+    if isinstance(exc, ServiceError):
+        return exc
+    if isinstance(exc, ImageError):
+        return from_image_error(exc)
+    if isinstance(exc, BatcherError):
+        return from_batcher_error(exc, request_timeout_s, retry_after_s)
+    if isinstance(exc, NotReadyError):
+        return ServiceError(503, exc.code, str(exc), headers=retry, reason=exc.code)
+    if isinstance(exc, OverloadedError):
+        limit = {"name": "max_inflight_requests", "value": exc.max_inflight}
+        return ServiceError(503, "overloaded", str(exc), limit, retry, reason="overloaded")
+    if isinstance(exc, UnknownModelError):
+        limit = {"name": "model", "value": exc.valid}
+        return ServiceError(422, "unknown_model", str(exc), limit, reason="bad_input")
+    if isinstance(exc, ClientGoneError):
+        reason = None if exc.in_queue else "client_disconnected"  # in the queue: the batcher counted it
+        return ServiceError(499, "client_disconnected", str(exc), reason=reason)
+    raise TypeError(f"not a request outcome: {exc!r}")
 
-    @app.exception_handler(ServiceError)
-    async def _service_error(request: Request, exc: ServiceError) -> JSONResponse:
-        return error_response(request, exc.status, exc.code, exc.detail, exc.limit, exc.headers)
+
+DOMAIN_ERRORS = (ServiceError, ImageError, BatcherError, NotReadyError, OverloadedError, UnknownModelError)
+DOMAIN_ERRORS += (ClientGoneError,)
+
+
+def install_exception_handlers(app: FastAPI) -> None:
+    """JSON bodies (and rejection counts) for every domain error, validation errors and HTTP errors
+    (404/405). Unexpected exceptions are turned into a JSON 500 by :class:`service.app.AccessLogMiddleware`.
+    Needs ``app.state.settings`` and ``app.state.metrics``."""
+
+    async def _domain_error(request: Request, exc: Exception) -> JSONResponse:
+        settings, metrics = request.app.state.settings, request.app.state.metrics
+        err = to_service_error(exc, settings.request_timeout_s, settings.retry_after_s)
+        if err.reason:
+            model = getattr(request.state, "access", {}).get("model")
+            metrics.on_reject(model, err.reason)
+        return error_response(request, err.status, err.code, err.detail, err.limit, err.headers)
+
+    for cls in DOMAIN_ERRORS:
+        app.add_exception_handler(cls, _domain_error)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -1,21 +1,20 @@
-"""Startup, warmup and shutdown of one service instance (asyncio; no HTTP).
+"""How the HTTP service builds, starts and stops its :class:`~inference.upscaler.Upscaler` (no routes).
 
-Startup: load the engine (failure aborts startup), then warm it up in the background and start the
-batcher. A failed warmup leaves the service unready *and* unhealthy (``/healthz`` 503), so the
-orchestrator restarts it instead of keeping a pod that can never serve.
+Startup: load every served model from the repository (``DRRN_MODEL_DIR``; any failure aborts startup with
+one line naming the model), then warm them all in the background and start the batcher. A failed warmup
+leaves the service unready *and* unhealthy (``/healthz`` 503), so the orchestrator restarts it.
 
 Shutdown, from the first trigger on (SIGTERM/SIGINT via :mod:`service.main`, or the lifespan exit):
 
 1. :func:`begin_shutdown`: readiness and ``drrn_ready`` drop, new ``/upscale`` requests get 503
-   ``shutting_down`` with Retry-After, and :func:`drain` starts on the loop right away;
-2. :func:`drain`: admitted requests get ``shutdown_grace_s`` to finish, whole (body, decode, batcher,
-   encode); then the batcher stops, failing whatever it still holds with 503 ``shutting_down``.
+   ``shutting_down`` with Retry-After, and the drain starts on the loop right away;
+2. the drain: admitted requests get ``shutdown_grace_s`` to finish, whole (body, decode, batcher, encode);
+   then the batcher stops, failing whatever it still holds with 503 ``shutting_down``;
+3. the lifespan exit closes the engines and joins the thread pools.
 
 uvicorn meanwhile stops accepting connections and waits (``timeout_graceful_shutdown``, set a little above
-the grace by :mod:`service.main`) for open ones to finish, so requests left at the grace limit still get a
-JSON answer before uvicorn cancels anything. A request can take up to ``request_timeout_s``; with
-``shutdown_grace_s >= request_timeout_s`` every admitted request ends on its own terms (a warning at
-startup says when that does not hold).
+the grace by :mod:`service.main`) for open ones to finish. With ``shutdown_grace_s >= request_timeout_s``
+every admitted request ends on its own terms (a warning at startup says when that does not hold).
 """
 
 from __future__ import annotations
@@ -23,34 +22,90 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import time
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Mapping
+from typing import Any
 
+from drrn.errors import UserError
 from engines.base import Engine
-from engines.ort_engine import CUDA, OrtEngine, choose_model_path, select_providers
-from inference.batcher import TileBatcher
+from inference.upscaler import Loader, Upscaler
+from inference.upscaler_types import ServedModel
 from service.settings import Settings
-from service.state import ServiceState
 
 log = logging.getLogger("drrn.service")
 
 
-def warn_on_config_conflicts(st: ServiceState) -> None:
-    """Log settings that work but surprise: outputs too big for the queue, and a shutdown grace shorter
-    than a request may take."""
-    s, core = st.settings, st.settings.tile - 2 * st.margin
+class ModelLoadError(UserError):
+    """A served model could not be loaded; the message names it (startup fails)."""
+
+
+def _served(name: str, engine: Engine, card: Mapping[str, Any], tile: int, margin: int) -> ServedModel:
+    try:
+        return ServedModel(name, engine, tile, margin, card)
+    except ValueError as exc:
+        raise ModelLoadError(f"model {name!r}: {exc} (set DRRN_TILE/DRRN_MARGIN)") from exc
+
+
+def model_loader(settings: Settings, engines: Mapping[str, Engine] | None = None) -> Loader:
+    """What the Upscaler loads on its engine thread: the repository's models (``settings.models`` or all),
+    or ``engines`` given directly (tests, other backends; margin = settings.margin or the engine's depth)."""
+    s = settings
+
+    def load_given() -> dict[str, ServedModel]:
+        assert engines is not None
+        return {
+            name: _served(name, e, e.info(), e.tile, s.margin if s.margin is not None else e.depth)
+            for name, e in engines.items()
+        }
+
+    def load_repository() -> dict[str, ServedModel]:
+        from engines.repository import ModelRepository
+        from engines.resolver import open_card
+
+        repo = ModelRepository(s.model_dir)
+        served = {}
+        for name in s.models or [card.name for card in repo.cards()]:  # cards(): names `make models`
+            try:
+                card = repo.card(name)
+                engine = open_card(
+                    card,
+                    tile=s.tile,
+                    max_batch=s.max_batch,
+                    providers=s.providers,
+                    intra_op_threads=s.intra_op_threads,
+                    inter_op_threads=s.inter_op_threads,
+                    graph_optimization=s.graph_optimization,
+                    cuda_device_id=s.cuda_device_id,
+                    cudnn_conv_algo_search=s.cudnn_conv_algo_search,
+                )
+            except Exception as exc:
+                raise ModelLoadError(f"model {name!r} failed to load: {exc}") from exc
+            info = {**card.to_dict(), **engine.info()}
+            margin = s.margin if s.margin is not None else card.margin
+            served[name] = _served(name, engine, info, engine.tile, margin)
+        return served
+
+    return load_given if engines is not None else load_repository
+
+
+def warn_on_config_conflicts(settings: Settings, upscaler: Upscaler) -> None:
+    """Log settings that work but surprise: outputs too big for a model's queue, and a shutdown grace
+    shorter than a request may take."""
+    s = settings
     side = math.isqrt(s.max_output_pixels)
-    worst = math.ceil(side / core) ** 2
-    if worst > s.max_queue_tiles:
-        log.warning(
-            "max_output_pixels=%d needs up to %d tiles of core %d > max_queue_tiles=%d: outputs above "
-            "~%.1f MP will be refused with 413 too_many_tiles",
-            s.max_output_pixels,
-            worst,
-            core,
-            s.max_queue_tiles,
-            s.max_queue_tiles * core * core / 1e6,
-        )
+    for m in upscaler.models.values():
+        core = m.tile - 2 * m.margin
+        worst = math.ceil(side / core) ** 2
+        if worst > s.max_queue_tiles:
+            log.warning(
+                "model %r: max_output_pixels=%d needs up to %d tiles of core %d > max_queue_tiles=%d: "
+                "outputs above ~%.1f MP will be refused with 413 too_many_tiles",
+                m.name,
+                s.max_output_pixels,
+                worst,
+                core,
+                s.max_queue_tiles,
+                s.max_queue_tiles * core * core / 1e6,
+            )
     if s.shutdown_grace_s < s.request_timeout_s:
         log.warning(
             "shutdown_grace_s=%g < request_timeout_s=%g: on SIGTERM, requests still running after %gs get "
@@ -62,107 +117,41 @@ def warn_on_config_conflicts(st: ServiceState) -> None:
         )
 
 
-def engine_from_settings(settings: Settings) -> OrtEngine:
-    """Build the :class:`OrtEngine` the settings describe (provider choice, fp16 model on CUDA, threads)."""
-    providers = select_providers(settings.providers, settings.cuda_device_id, settings.cudnn_conv_algo_search)
-    on_cuda = any(not isinstance(p, str) and p[0] == CUDA for p in providers)
-    path = choose_model_path(settings.model_path, settings.fp16_model_path, on_cuda)
-    return OrtEngine(
-        path,
-        tile=settings.tile,
-        max_batch=settings.max_batch,
-        providers=providers,
-        intra_op_threads=settings.intra_op_threads,
-        inter_op_threads=settings.inter_op_threads,
-        graph_optimization=settings.graph_optimization,
-    )
+class Lifecycle:
+    """The lifespan's state: the warmup task and the one drain task (started by the first trigger)."""
 
+    def __init__(self, settings: Settings, upscaler: Upscaler) -> None:
+        self.settings, self.upscaler = settings, upscaler
+        self.warm: asyncio.Task[None] | None = None
+        self.drain_task: asyncio.Task[None] | None = None
 
-async def startup(st: ServiceState, engine: Engine | None, engine_pool: ThreadPoolExecutor) -> None:
-    """Load the engine (failures abort startup: a service without a model must not pretend to run)."""
-    s = st.settings
-    st.no_inflight = asyncio.Event()
-    st.no_inflight.set()
-    st.engine = engine or await asyncio.get_running_loop().run_in_executor(
-        engine_pool, engine_from_settings, s
-    )
-    st.margin = s.resolve_margin(st.engine.depth)
-    st.model_info = st.engine.info()
-    st.metrics.set_model(st.model_info)
-    warn_on_config_conflicts(st)
+    async def startup(self, loader: Loader) -> None:
+        """Load every model (failures abort startup), then warm and start in the background."""
+        await self.upscaler.load(loader)
+        for name, m in self.upscaler.models.items():
+            log.info("serving model %r: tile %d, margin %d", name, m.tile, m.margin)
+        warn_on_config_conflicts(self.settings, self.upscaler)
+        self.warm = asyncio.get_running_loop().create_task(self.upscaler.warm_and_start(), name="drrn-warmup")
 
+    def begin_shutdown(self) -> asyncio.Task[None]:
+        """Stop taking requests and start the drain; idempotent (returns the one drain task). Called on
+        the loop: ``service.main`` schedules it from its signal handler."""
+        self.upscaler.begin_drain()
+        if self.drain_task is None:
+            grace = self.settings.shutdown_grace_s
+            log.info("shutting down: %d requests in flight, %.1fs grace", self.upscaler.inflight, grace)
+            self.drain_task = asyncio.get_running_loop().create_task(
+                self.upscaler.drain(grace), name="drrn-drain"
+            )
+        return self.drain_task
 
-async def warm_and_start(st: ServiceState, engine_pool: ThreadPoolExecutor) -> None:
-    """Warm up on the engine's own thread, then start the batcher and report ready."""
-    s, engine = st.settings, st.engine
-    assert engine is not None
-    t0 = time.perf_counter()
-    try:
-        await asyncio.get_running_loop().run_in_executor(engine_pool, engine.warmup)
-    except Exception as exc:
-        log.exception("warmup failed; the service stays unready and /healthz reports 503")
-        st.startup_error = f"warmup failed: {exc}"
-        st.metrics.errors.labels(kind="warmup").inc()
-        st.metrics.ready.set(0)
-        return
-    log.info(
-        "warmup of batch sizes 1..%d at %dx%d took %.2fs",
-        s.max_batch,
-        s.tile,
-        s.tile,
-        time.perf_counter() - t0,
-    )
-    if st.shutting_down:  # SIGTERM arrived during warmup: nothing to serve any more
-        return
-    st.batcher = TileBatcher(
-        engine.run,
-        max_batch=s.max_batch,
-        max_delay_ms=s.max_delay_ms,
-        max_queue_tiles=s.max_queue_tiles,
-        executor=engine_pool,
-        observer=st.metrics,
-        retry_after_s=s.retry_after_s,
-        tile=s.tile,
-    )
-    st.batcher.start()
-    st.ready = True
-    st.metrics.ready.set(1)
-
-
-def begin_shutdown(st: ServiceState) -> asyncio.Task[None]:
-    """Stop taking requests and start :func:`drain` on the running loop; idempotent (returns the one
-    drain task). Called from the loop: ``service.main`` schedules it from its signal handler."""
-    st.shutting_down, st.ready = True, False
-    st.metrics.ready.set(0)
-    if st.drain_task is None:
-        grace = st.settings.shutdown_grace_s
-        log.info("shutting down: %d requests in flight, %.1fs grace", st.inflight, grace)
-        st.drain_task = asyncio.get_running_loop().create_task(drain(st, grace), name="drrn-drain")
-    return st.drain_task
-
-
-async def drain(st: ServiceState, grace_s: float) -> None:
-    """Give admitted requests up to ``grace_s`` to finish, then stop the batcher (failing what it still
-    holds with :class:`~inference.batcher.ShuttingDownError`, i.e. 503 JSON)."""
-    loop = asyncio.get_running_loop()
-    end = loop.time() + grace_s
-    if st.inflight and st.no_inflight is not None:
-        try:
-            await asyncio.wait_for(st.no_inflight.wait(), timeout=grace_s)
-        except TimeoutError:
-            log.warning("%d requests still in flight after %.1fs shutdown grace", st.inflight, grace_s)
-    if st.batcher is not None:
-        await st.batcher.stop(max(0.0, end - loop.time()))
-
-
-async def shutdown(st: ServiceState, warm: asyncio.Task[None] | None) -> None:
-    """Lifespan exit: drain (or finish the drain a signal started) and stop everything."""
-    drain_task = begin_shutdown(st)
-    if warm is not None and not warm.done():
-        warm.cancel()
-        await asyncio.gather(warm, return_exceptions=True)
-    (outcome,) = await asyncio.gather(drain_task, return_exceptions=True)
-    if isinstance(outcome, Exception):
-        log.error("drain failed", exc_info=outcome)
-    if st.batcher is not None:  # idempotent; covers a batcher started while the drain ran
-        await st.batcher.stop(0)
+    async def shutdown(self) -> None:
+        """Lifespan exit: drain (or finish the drain a signal started), then close everything."""
+        drain_task = self.begin_shutdown()
+        if self.warm is not None and not self.warm.done():
+            self.warm.cancel()
+            await asyncio.gather(self.warm, return_exceptions=True)
+        (outcome,) = await asyncio.gather(drain_task, return_exceptions=True)
+        if isinstance(outcome, Exception):
+            log.error("drain failed", exc_info=outcome)
+        await self.upscaler.close()

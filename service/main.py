@@ -6,7 +6,7 @@ when all requests meet in the same queue. Scale out with more containers, not mo
 Shutdown: uvicorn, on SIGTERM/SIGINT, stops listening, waits up to ``timeout_graceful_shutdown`` for open
 connections, then *cancels* the request tasks still running and only then runs the lifespan shutdown. So
 the drain cannot wait for the lifespan: :class:`_Server` starts it from the signal handler
-(:func:`service.lifecycle.begin_shutdown`), and uvicorn's timeout is ``ceil(shutdown_grace_s)`` plus
+(:meth:`service.lifecycle.Lifecycle.begin_shutdown`), and uvicorn's timeout is ``ceil(shutdown_grace_s)`` plus
 :data:`UVICORN_SHUTDOWN_SLACK_S`, so requests the drain fails at the end of the grace still send their
 JSON 503 before uvicorn cancels anything.
 """
@@ -24,13 +24,13 @@ from types import FrameType
 from typing import Any
 
 import uvicorn
+from fastapi import FastAPI
 
-from engines.ort_engine import choose_model_path, select_providers
+from drrn.errors import UserError
+from engines.repository import ModelRepository
 from service.app import create_app
 from service.http_protocol import CoalescingHTTPProtocol
-from service.lifecycle import begin_shutdown
 from service.settings import Settings
-from service.state import ServiceState
 
 UVICORN_SHUTDOWN_SLACK_S = 2  # uvicorn's graceful timeout beyond the drain grace, for the last responses
 
@@ -85,9 +85,9 @@ class _Server(uvicorn.Server):
     to another replica.
     """
 
-    def __init__(self, config: uvicorn.Config, app_state: ServiceState) -> None:
+    def __init__(self, config: uvicorn.Config, app: FastAPI) -> None:
         super().__init__(config)
-        self._app_state = app_state
+        self._app = app
         self._loop: asyncio.AbstractEventLoop | None = None
 
     async def serve(self, sockets: list[socket.socket] | None = None) -> None:
@@ -97,24 +97,29 @@ class _Server(uvicorn.Server):
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         # A Python signal handler: it runs on the main (event-loop) thread between bytecodes, possibly in
         # the middle of loop code, so only a plain attribute write and call_soon_threadsafe (made for
-        # this: a deque append plus a wake-up byte) happen here; the drain itself runs on the loop.
-        self._app_state.shutting_down = True
-        if self._loop is not None and not self._loop.is_closed():
-            self._loop.call_soon_threadsafe(begin_shutdown, self._app_state)
+        # this: a deque append plus a wake-up byte) happen here; the drain itself runs on the loop, and
+        # it marks the service unready in its first step.
+        lifecycle = self._app.state.lifecycle
+        if lifecycle is not None and self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(lifecycle.begin_shutdown)
         super().handle_exit(sig, frame)
 
 
 def serve(host: str = "127.0.0.1", port: int = 8000) -> None:
     """Run the service until SIGTERM/SIGINT; admitted requests get ``shutdown_grace_s`` to finish.
 
-    Raises :class:`engines.ort_engine.ModelNotFoundError` (a ``UserError``: one line from the CLI) before
-    binding the port when the ONNX model is missing.
+    Raises a ``UserError`` (one line from the CLI) before binding the port when the model repository lacks
+    a model to serve (it names the build command) or the default model is not among the served ones.
     """
     settings = Settings()
     logging.config.dictConfig(logging_config(settings.log_level))
     # Fail fast with the build command instead of a lifespan traceback.
-    providers = select_providers(settings.providers, settings.cuda_device_id, settings.cudnn_conv_algo_search)
-    choose_model_path(settings.model_path, settings.fp16_model_path, on_cuda=len(providers) > 1)
+    repo = ModelRepository(settings.model_dir)
+    names = settings.models or [card.name for card in repo.cards()]  # cards(): names `make models` if empty
+    for name in names:
+        repo.card(name)
+    if settings.default_model not in names:
+        raise UserError(f"DRRN_DEFAULT_MODEL={settings.default_model!r} is not served (serving {names})")
     app = create_app(settings)
     config = uvicorn.Config(
         app,
@@ -127,4 +132,4 @@ def serve(host: str = "127.0.0.1", port: int = 8000) -> None:
         access_log=False,  # drrn.access logs each request with timings instead
         timeout_graceful_shutdown=math.ceil(settings.shutdown_grace_s) + UVICORN_SHUTDOWN_SLACK_S,
     )
-    _Server(config, app.state.drrn).run()
+    _Server(config, app).run()

@@ -1,7 +1,9 @@
 """Prometheus metrics of one service instance, in its own registry (so apps in one process don't collide).
 
 :data:`METRICS` is the single list of exported metric families (name as queried in PromQL, type); the
-Grafana dashboard test checks every dashboard query against :func:`series_names`.
+Grafana dashboard test checks every dashboard query against :func:`series_names`. Every family whose value
+differs by model carries a ``model`` label (the served model's name; ``""`` for requests refused before a
+known model was chosen, so a client cannot mint label values).
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest
 
-from inference.batcher import BatcherObserver
+from inference.upscaler_types import Phase, UpscalerObserver
 
 METRICS: tuple[tuple[str, str], ...] = (
     ("drrn_request_duration_seconds", "histogram"),
@@ -65,8 +67,8 @@ def series_names() -> frozenset[str]:
     )
 
 
-class ServiceMetrics(BatcherObserver):
-    """All service metrics; also the batcher's observer (engine runs, queue depth, rejections)."""
+class ServiceMetrics(UpscalerObserver):
+    """All service metrics; also the Upscaler's and batcher's observer (stages, runs, queue, rejections)."""
 
     def __init__(self, max_batch: int) -> None:
         self.registry = r = CollectorRegistry(auto_describe=True)
@@ -74,13 +76,14 @@ class ServiceMetrics(BatcherObserver):
         self.request_duration = Histogram(
             "drrn_request_duration_seconds",
             "HTTP request latency by route template and status code.",
-            ["route", "status"],
+            ["route", "status", "model"],
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
         self.decode = Histogram(
             "drrn_decode_seconds",
             "Decode + bicubic + tiling time per request (on a CPU thread, not counting the wait for one).",
+            ["model"],
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
@@ -88,78 +91,116 @@ class ServiceMetrics(BatcherObserver):
             "drrn_queue_wait_seconds",
             "Time from batcher submit until the request's first tile started running (recorded when it "
             "does, also for requests that later fail or time out).",
+            ["model"],
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
         self.inference_batch = Histogram(
             "drrn_inference_batch_seconds",
             "Engine time per run (one batch).",
+            ["model"],
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
         self.encode = Histogram(
             "drrn_encode_seconds",
             "Stitch + colour recombine + PNG encode time (on a CPU thread, not counting the wait for one).",
+            ["model"],
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
         self.batch_size = Histogram(
-            "drrn_batch_size_tiles", "Tiles per engine run.", buckets=per_run, registry=r
+            "drrn_batch_size_tiles", "Tiles per engine run.", ["model"], buckets=per_run, registry=r
         )
         self.batch_requests = Histogram(
             "drrn_batch_requests",
             "Distinct requests whose tiles shared one engine run.",
+            ["model"],
             buckets=per_run,
             registry=r,
         )
         self.request_tiles = Histogram(
-            "drrn_request_tiles", "Tiles per request.", buckets=TILE_COUNT_BUCKETS, registry=r
+            "drrn_request_tiles", "Tiles per request.", ["model"], buckets=TILE_COUNT_BUCKETS, registry=r
         )
         self.input_megapixels = Histogram(
-            "drrn_input_megapixels", "Decoded input size per request.", buckets=MEGAPIXEL_BUCKETS, registry=r
+            "drrn_input_megapixels",
+            "Decoded input size per request.",
+            ["model"],
+            buckets=MEGAPIXEL_BUCKETS,
+            registry=r,
         )
-        self.queue_depth = Gauge("drrn_queue_depth_tiles", "Tiles waiting for an engine run.", registry=r)
+        self.queue_depth = Gauge(
+            "drrn_queue_depth_tiles", "Tiles waiting for an engine run.", ["model"], registry=r
+        )
         self.inflight = Gauge("drrn_inflight_requests", "Upscale requests being handled.", registry=r)
         self.ready = Gauge(
             "drrn_ready", "1 when the service is ready (model warm, batcher running).", registry=r
         )
         self.rejections = Counter(
-            "drrn_rejections_total", "Requests refused or abandoned, by reason.", ["reason"], registry=r
+            "drrn_rejections_total",
+            "Requests refused or abandoned, by reason.",
+            ["reason", "model"],
+            registry=r,
         )
         self.errors = Counter("drrn_errors_total", "Server-side failures, by kind.", ["kind"], registry=r)
-        self.model = Info("drrn_model", "The served model.", registry=r)
+        self.model = Info("drrn_model", "One sample per served model.", ["model"], registry=r)
+        self.models: list[str] = []  # the served models' names: the only values of the model label
         for reason in REJECTION_REASONS:  # zero-initialised, so rate() works from the first scrape
-            self.rejections.labels(reason=reason)
+            self.rejections.labels(reason=reason, model="")
         for kind in ERROR_KINDS:
             self.errors.labels(kind=kind)
 
-    def set_model(self, info: dict[str, Any]) -> None:
-        """Publish ``drrn_model_info`` from :meth:`engines.base.Engine.info`."""
-        keys = ("name", "provider", "precision", "tile", "max_batch")
-        self.model.info({k: str(info.get(k, "")) for k in keys})
+    def add_model(self, model: str, info: dict[str, Any]) -> None:
+        """A served model: publish ``drrn_model_info{model=...}`` and zero-initialise its series."""
+        self.models.append(model)
+        keys = ("name", "provider", "precision", "tile", "margin", "max_batch", "default")
+        self.model.labels(model=model).info({k: str(info.get(k, "")) for k in keys})
+        self.queue_depth.labels(model=model)
+        for reason in REJECTION_REASONS:
+            self.rejections.labels(reason=reason, model=model)
+
+    def label(self, model: str | None) -> str:
+        """``model`` if it is served, else ``""`` (bounded label values)."""
+        return model if model in self.models else ""
 
     def render(self) -> bytes:
         """The registry in Prometheus text exposition format."""
         return generate_latest(self.registry)
 
-    # --- BatcherObserver --------------------------------------------------------------------------------
-    def on_batch(self, size: int, requests: int, seconds: float) -> None:
-        self.batch_size.observe(size)
-        self.batch_requests.observe(requests)
-        self.inference_batch.observe(seconds)
+    # --- UpscalerObserver (and the batcher's hooks) -----------------------------------------------------
+    def on_batch(self, model: str, size: int, requests: int, seconds: float) -> None:
+        self.batch_size.labels(model=model).observe(size)
+        self.batch_requests.labels(model=model).observe(requests)
+        self.inference_batch.labels(model=model).observe(seconds)
 
-    def on_queue_depth(self, tiles: int) -> None:
-        self.queue_depth.set(tiles)
+    def on_queue_depth(self, model: str, tiles: int) -> None:
+        self.queue_depth.labels(model=model).set(tiles)
 
-    def on_reject(self, reason: str) -> None:
-        self.rejections.labels(reason=reason).inc()
+    def on_reject(self, model: str, reason: str) -> None:
+        self.rejections.labels(reason=reason, model=self.label(model)).inc()
 
-    def on_first_dispatch(self, queue_wait_s: float) -> None:
-        self.queue_wait.observe(queue_wait_s)
+    def on_first_dispatch(self, model: str, queue_wait_s: float) -> None:
+        self.queue_wait.labels(model=model).observe(queue_wait_s)
 
-    def on_engine_error(self, exc: BaseException) -> None:
+    def on_engine_error(self, model: str, exc: BaseException) -> None:
         self.errors.labels(kind="engine").inc()
 
     def on_worker_crash(self, exc: BaseException) -> None:
         self.errors.labels(kind="worker").inc()
         self.ready.set(0)
+
+    def on_prepared(self, model: str, seconds: float, input_megapixels: float, tiles: int) -> None:
+        self.decode.labels(model=model).observe(seconds)
+        self.input_megapixels.labels(model=model).observe(input_megapixels)
+        self.request_tiles.labels(model=model).observe(tiles)
+
+    def on_encoded(self, model: str, seconds: float) -> None:
+        self.encode.labels(model=model).observe(seconds)
+
+    def on_inflight(self, requests: int) -> None:
+        self.inflight.set(requests)
+
+    def on_phase(self, phase: Phase) -> None:
+        self.ready.set(1 if phase is Phase.READY else 0)
+        if phase is Phase.FAILED:
+            self.errors.labels(kind="warmup").inc()

@@ -7,12 +7,12 @@ time, so tests construct ``Settings(...)`` directly and several apps can coexist
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from drrn.paths import ARTIFACTS
+from drrn.paths import MODELS_DIR
 
 if TYPE_CHECKING:
     from inference.pipeline import ImageLimits
@@ -25,15 +25,18 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="DRRN_", extra="ignore", protected_namespaces=())
 
-    # --- model and ONNX Runtime -------------------------------------------------------------------------
-    model_path: Path = Field(
-        default=ARTIFACTS / "default.onnx",
-        description="fp32 ONNX model (build it with `make default-onnx`).",
+    # --- models and ONNX Runtime ------------------------------------------------------------------------
+    model_dir: Path = Field(
+        default=MODELS_DIR,
+        description="Model repository: one folder per model (model.onnx, model.fp16.onnx, card.json); "
+        "`make models` builds it from weights/*.safetensors.",
     )
-    fp16_model_path: Path | None = Field(
-        default=ARTIFACTS / "default.fp16.onnx",
-        description="fp16 ONNX model used instead of model_path on CUDA when the file exists; "
-        "empty/None disables fp16 selection.",
+    models: Annotated[list[str] | None, NoDecode] = Field(
+        default=None,
+        description="Comma-separated names of the models to serve; empty = every model in model_dir.",
+    )
+    default_model: str = Field(
+        default="fast", description="The model a request without ?model= gets (fast on CPU, quality on GPU)."
     )
     providers: Literal["auto", "cpu", "cuda"] = Field(
         default="auto",
@@ -53,12 +56,16 @@ class Settings(BaseSettings):
     )
 
     # --- tiling and batching ----------------------------------------------------------------------------
-    tile: int = Field(default=128, ge=8, description="Tile side T in pixels; the engine only sees TxT.")
+    tile: int | None = Field(
+        default=None,
+        ge=8,
+        description="Tile side T in pixels for every model; empty = each model's card default.",
+    )
     margin: int | None = Field(
         default=None,
         ge=0,
-        description="Context pixels around each tile core; None = model depth (drrn.depth metadata), "
-        "which makes tiled output equal whole-image output. Must satisfy 2*margin < tile.",
+        description="Context pixels around each tile core for every model; empty = each model's card "
+        "default (its depth: tiled output equals whole-image output). Must satisfy 2*margin < tile.",
     )
     max_batch: int = Field(default=8, ge=1, description="Most tiles per engine run.")
     max_delay_ms: float = Field(
@@ -107,11 +114,19 @@ class Settings(BaseSettings):
         default="INFO", description="Root log level (JSON lines on stderr)."
     )
 
-    @field_validator("fp16_model_path", "margin", mode="before")
+    @field_validator("tile", "margin", "models", mode="before")
     @classmethod
     def _empty_is_none(cls, value: object) -> object:
-        # DRRN_FP16_MODEL_PATH="" means no fp16 model (not Path("") == cwd); DRRN_MARGIN="" means depth.
+        # DRRN_MARGIN="" means the card default; DRRN_MODELS="" means every model.
         return None if value in ("", "none", "None") else value
+
+    @field_validator("models", mode="before")
+    @classmethod
+    def _comma_list(cls, value: object) -> object:
+        # pydantic-settings would parse a list from JSON only; operators write DRRN_MODELS=fast,quality.
+        if isinstance(value, str) and not value.lstrip().startswith("["):
+            return [v.strip() for v in value.split(",") if v.strip()] or None
+        return value
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -120,22 +135,12 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _check_margin(self) -> Settings:
-        if self.margin is not None:
-            self.check_margin(self.margin)
-        return self
-
-    def check_margin(self, margin: int) -> int:
-        """Return ``margin`` if ``2 * margin < tile`` (so each tile has a non-empty core), else raise."""
-        if 2 * margin >= self.tile:
+        if self.margin is not None and self.tile is not None and 2 * self.margin >= self.tile:
             raise ValueError(
-                f"margin {margin} leaves no core in tile {self.tile}: need 2*margin < tile "
+                f"margin {self.margin} leaves no core in tile {self.tile}: need 2*margin < tile "
                 f"(raise DRRN_TILE or lower DRRN_MARGIN)"
             )
-        return margin
-
-    def resolve_margin(self, depth: int) -> int:
-        """The margin to tile with: the configured one, else the model's depth (validated)."""
-        return self.check_margin(self.margin if self.margin is not None else depth)
+        return self
 
     def image_limits(self) -> ImageLimits:
         """The pipeline's :class:`~inference.pipeline.ImageLimits` built from these settings."""

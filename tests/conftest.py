@@ -56,6 +56,19 @@ def tiny_onnx(tiny_weights: Path) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def tiny_repo(tiny_weights: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A model repository root with two tiny real models, fp32 + fp16 each (parity-checked exports):
+    ``fast`` = the tiny weights (B1U2 C8, depth 6) and ``quality`` (B1U3 C8, depth 8)."""
+    from model_export.repository_build import build_model
+
+    root = tmp_path_factory.mktemp("models")
+    quality = make_tiny_weights(tmp_path_factory.mktemp("weights") / "quality.safetensors", units=3, seed=1)
+    build_model(tiny_weights, root, name="fast")
+    build_model(quality, root, name="quality")
+    return root
+
+
 async def until(cond: Callable[[], bool]) -> None:
     """Yield to the loop until ``cond()``; the cap only turns a bug into a failure instead of a hang."""
     for _ in range(30_000):

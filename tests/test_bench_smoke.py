@@ -184,3 +184,16 @@ def test_spawn_retries_a_port_taken_after_it_was_chosen(tiny_onnx: Path) -> None
             assert httpx.get(f"{svc.url}/readyz").status_code == 200
         first_log = (bench_spawn.LOG_DIR / f"serve-{taken}.log").read_text().lower()
         assert "address already in use" in first_log
+
+
+def test_cost_quick(tiny_repo: Path, tmp_path: Path) -> None:
+    from bench.cost import run_cost
+
+    report = run_cost(None, str(tmp_path / "cost.json"), quick=True, root=tiny_repo)
+    assert report["schema"] == "drrn-bench-cost/1" and report["input"] == "64x64 x4"
+    rows = {r["model"]: r for r in report["models"]}
+    assert sorted(rows) == ["fast", "quality"]
+    for r in rows.values():
+        assert r["seconds"] > 0 and r["computed_over_output_px"] >= 1.0 and r["tiles"] >= 1
+        assert r["effective_gflops"] > 0 and r["efficiency_vs_gemm_peak"] > 0
+    assert json.loads((tmp_path / "cost.json").read_text())["models"][0]["model"] == "fast"

@@ -178,7 +178,7 @@ def test_dockerignore_admits_every_copied_path() -> None:
         *sources, _dest = line.split()
         for src in sources:
             assert src.rstrip("/") in allowed, f"COPY {src}: not admitted by .dockerignore"
-            assert (REPO / src).exists() or src == "weights/default.safetensors", f"COPY {src}: missing"
+            assert (REPO / src).exists() or list(REPO.glob(src)), f"COPY {src}: missing"
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -238,7 +238,7 @@ def test_compose_passes_every_setting_with_the_service_defaults() -> None:
         f"missing: {sorted(wanted - drrn_vars)}, unknown: {sorted(drrn_vars - wanted)}"
     )
     # The image paths and the GPU provider differ from the checkout defaults on purpose.
-    deployment_specific = {"DRRN_MODEL_PATH", "DRRN_FP16_MODEL_PATH", "DRRN_PROVIDERS"}
+    deployment_specific = {"DRRN_MODEL_DIR", "DRRN_DEFAULT_MODEL", "DRRN_PROVIDERS"}
     resolved = {k: _compose_default(v) for k, v in first.items()}
     for name, field in Settings.model_fields.items():
         var = f"DRRN_{name.upper()}"
@@ -476,7 +476,9 @@ def test_grafana_dashboard_and_provisioning() -> None:
                    "drrn_queue_depth_tiles", "drrn_rejections_total", "drrn_errors_total"):  # fmt: skip
         assert metric in exprs, f"the dashboard should show {metric}"
     for q in ("0.5", "0.95", "0.99"):
-        assert f"histogram_quantile({q}, sum by (le) (rate(drrn_request_duration_seconds_bucket" in exprs
+        assert (
+            f"histogram_quantile({q}, sum by (le, model) (rate(drrn_request_duration_seconds_bucket" in exprs
+        )
     (ds,) = load_yaml(DOCKER / "grafana" / "provisioning" / "datasources" / "prometheus.yml")["datasources"]
     assert ds["type"] == "prometheus" and ds["url"] == "http://prometheus:9090"
     (provider,) = load_yaml(DOCKER / "grafana" / "provisioning" / "dashboards" / "drrn.yml")["providers"]
@@ -485,7 +487,7 @@ def test_grafana_dashboard_and_provisioning() -> None:
 
 
 @pytest.fixture(scope="module")
-def live_metrics(tiny_onnx: Path) -> tuple[set[str], set[str]]:
+def live_metrics(tiny_repo: Path) -> tuple[set[str], set[str]]:
     """(sample names, label names) from ``/metrics`` of the real app after one upscale request."""
     from fastapi.testclient import TestClient
     from PIL import Image
@@ -494,7 +496,7 @@ def live_metrics(tiny_onnx: Path) -> tuple[set[str], set[str]]:
     from service.app import create_app
 
     settings = Settings(
-        model_path=tiny_onnx, fp16_model_path=None, providers="cpu", tile=32, max_batch=2, cpu_workers=1
+        model_dir=tiny_repo, models=["fast"], providers="cpu", tile=32, max_batch=2, cpu_workers=1
     )
     buf = io.BytesIO()
     Image.new("RGB", (20, 16), (120, 60, 30)).save(buf, format="PNG")

@@ -1,4 +1,5 @@
-"""``drrn eval``: JSON shape, bicubic numbers through the CLI, backend agreement and user errors."""
+"""``drrn eval``: JSON shape, bicubic numbers through the CLI, backend agreement, repository models (card
+tile and margin) and one-line user errors."""
 
 from __future__ import annotations
 
@@ -72,3 +73,34 @@ def test_bad_inputs_give_one_line_errors(case: str, tmp_path: Path) -> None:
     assert len(lines) == 1, proc.stderr
     err = lines[0][lines[0].index("drrn eval: error:") :]
     assert {"missing": "not found", "empty": "no images", "unreadable": "broken.png"}[case] in err
+
+
+def test_repository_name_takes_tile_and_margin_from_its_card(
+    tiny_repo: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    data = _write_images(tmp_path / "imgs")
+    base = f"eval --model quality --root {tiny_repo} --data {data} --scales 2"
+    docs = {}
+    for extra in ("", "--tile 32 --margin 4"):
+        out = tmp_path / f"{len(extra)}.json"
+        assert main(f"{base} --json {out} {extra}".split()) == 0
+        docs[extra] = json.loads(out.read_text())
+    assert "| quality" in capsys.readouterr().out  # the table is labelled with the model name
+    card = docs[""]
+    assert (card["model"], card["tile"], card["margin"]) == ("quality", 128, 8)  # the card's serving values
+    assert (docs["--tile 32 --margin 4"]["tile"], docs["--tile 32 --margin 4"]["margin"]) == (32, 4)
+    r = card["results"]["imgs"]["2"]
+    assert r["psnr"] != r["bicubic_psnr"]
+
+
+def test_model_errors_are_one_line(tiny_repo: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    data = _write_images(tmp_path / "imgs", n=1)
+    for model, extra, expected in (
+        ("slow", "", "unknown model 'slow'; valid names: fast, quality"),
+        ("fast", "--tile 16 --margin 8", "margin 8 leaves no core in tile 16"),
+        (str(tmp_path / "none.onnx"), "", "model file not found"),
+    ):
+        args = f"eval --model {model} --root {tiny_repo} --data {data} --scales 2 {extra}"
+        assert main(args.split()) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("drrn eval: error:") and expected in err and "\n" not in err

@@ -216,7 +216,7 @@ def test_a_client_half_close_does_not_lose_a_pending_response(loop_name: str) ->
     assert response.startswith(b"HTTP/1.1 200 OK\r\n") and response.endswith(b"\r\n\r\n" + b"x" * 5000)
 
 
-def test_the_service_app_answers_upscale_in_one_write(tiny_onnx: Path) -> None:
+def test_the_service_app_answers_upscale_in_one_write(tiny_repo: Path) -> None:
     """Guards the app side: a middleware that yields between head and body (e.g. Starlette's
     BaseHTTPMiddleware, which streams) would split them again across loop iterations."""
     import io
@@ -230,7 +230,7 @@ def test_the_service_app_answers_upscale_in_one_write(tiny_onnx: Path) -> None:
     buf = io.BytesIO()
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (12, 10, 3), dtype=np.uint8)).save(buf, "PNG")
     settings = Settings(
-        model_path=tiny_onnx, fp16_model_path=None, providers="cpu", intra_op_threads=1, tile=32, max_batch=2
+        model_dir=tiny_repo, models=["fast"], providers="cpu", intra_op_threads=1, tile=32, max_batch=2
     )
 
     async def requests(client: httpx.AsyncClient) -> list[bytes]:

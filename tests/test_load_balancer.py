@@ -118,7 +118,7 @@ def wait_http_ok(proc: Proc, url: str, timeout: float = START_TIMEOUT_S) -> None
 
 
 @pytest.fixture
-def stack(tiny_onnx: Path, tmp_path: Path) -> Iterator[tuple[list[Proc], Proc, Path]]:
+def stack(tiny_repo: Path, tmp_path: Path) -> Iterator[tuple[list[Proc], Proc, Path]]:
     """(two replicas, nginx, nginx access log); every process is killed on teardown."""
     nginx = nginx_binary()
     if shutil.which("envsubst") is None:
@@ -128,8 +128,9 @@ def stack(tiny_onnx: Path, tmp_path: Path) -> Iterator[tuple[list[Proc], Proc, P
         clean = {k: v for k, v in os.environ.items() if not k.startswith(("DRRN_", "NGINX_"))}
         replica_env = {
             **clean,
-            "DRRN_MODEL_PATH": str(tiny_onnx),
-            "DRRN_FP16_MODEL_PATH": "",
+            "DRRN_MODEL_DIR": str(tiny_repo),
+            "DRRN_MODELS": "fast",
+            "DRRN_DEFAULT_MODEL": "fast",
             "DRRN_PROVIDERS": "cpu",
             "DRRN_TILE": "64",
             "DRRN_MAX_BATCH": "4",

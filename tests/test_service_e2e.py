@@ -20,9 +20,9 @@ from imaging.color import rgb_to_ycbcr
 def default_onnx() -> Path:
     if not DEFAULT_WEIGHTS.is_file():
         pytest.skip(f"shipped weights {DEFAULT_WEIGHTS} not present")
-    from engines.resolver import ensure_default_onnx
+    from bench.spawn import serve_model_path
 
-    return ensure_default_onnx()
+    return serve_model_path("fast")
 
 
 def test_served_png_matches_local_upscale(shared: Path, default_onnx: Path, tmp_path: Path) -> None:

@@ -74,10 +74,11 @@ class GatedEngine(Engine):
         return self.inner.run(batch)
 
 
-def settings(model: Path, **kw: Any) -> Settings:
+def settings(repo: Path, **kw: Any) -> Settings:
+    """Settings serving the repository ``repo``'s "fast" model (the tiny B1U2) at TILE x TILE."""
     base = dict(
-        model_path=model,
-        fp16_model_path=None,
+        model_dir=repo,
+        models=["fast"],
         providers="cpu",
         intra_op_threads=1,
         tile=TILE,
@@ -92,7 +93,7 @@ def settings(model: Path, **kw: Any) -> Settings:
 def gated(model: Path, **kw: Any) -> tuple[Any, GatedEngine]:
     s = settings(model, **kw)
     engine = GatedEngine(OrtEngine(model, TILE, MAX_BATCH, intra_op_threads=1))
-    return create_app(s, engine=engine), engine
+    return create_app(s, engines={"fast": engine}), engine
 
 
 @asynccontextmanager
@@ -101,7 +102,7 @@ async def serving(app: Any, wait_ready: bool = True) -> AsyncIterator[httpx.Asyn
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://drrn") as client:
             if wait_ready:
-                await until(lambda: app.state.drrn.is_ready)
+                await until(lambda: app.state.upscaler.ready)
             yield client
 
 
@@ -151,16 +152,16 @@ def test_readyz_is_503_until_warmup_finishes(tiny_onnx: Path) -> None:
             r = await up(client, png(10, 10))
             assert r.status_code == 503 and r.headers["retry-after"] == "1"
             engine.warmup_gate.set()
-            await until(lambda: app.state.drrn.is_ready)
+            await until(lambda: app.state.upscaler.ready)
             assert (await client.get("/readyz")).status_code == 200
             assert (await up(client, png(10, 10))).status_code == 200
-        assert not app.state.drrn.is_ready  # lifespan shutdown flips readiness
+        assert not app.state.upscaler.ready  # lifespan shutdown flips readiness
 
     asyncio.run(main())
 
 
-def test_upscale_returns_png_with_headers(tiny_onnx: Path, caplog: pytest.LogCaptureFixture) -> None:
-    app = create_app(settings(tiny_onnx))
+def test_upscale_returns_png_with_headers(tiny_repo: Path, caplog: pytest.LogCaptureFixture) -> None:
+    app = create_app(settings(tiny_repo))
 
     async def main() -> None:
         async with serving(app) as client:
@@ -212,8 +213,8 @@ BAD_REQUESTS: list[tuple[str, dict[str, Any], int, str, str | None]] = [
 ]
 
 
-def test_bad_requests_get_json_errors_and_the_service_keeps_serving(tiny_onnx: Path) -> None:
-    app = create_app(settings(tiny_onnx))
+def test_bad_requests_get_json_errors_and_the_service_keeps_serving(tiny_repo: Path) -> None:
+    app = create_app(settings(tiny_repo))
     good = png(16, 12)
 
     async def chunks(n: int) -> AsyncIterator[bytes]:  # no Content-Length: the limit bites while reading
@@ -249,7 +250,7 @@ def test_concurrent_requests_share_engine_runs(tiny_onnx: Path) -> None:
 
     async def main() -> None:
         async with serving(app) as client:
-            batcher = app.state.drrn.batcher
+            batcher = app.state.upscaler.batcher
             engine.hold_next = True  # the first run holds until every other request has queued its tile
             tasks = [asyncio.create_task(up(client, img)) for img in images]
             await asyncio.to_thread(engine.run_entered.wait, 30)
@@ -277,8 +278,8 @@ def test_concurrent_requests_share_engine_runs(tiny_onnx: Path) -> None:
     asyncio.run(main())
 
 
-def test_metrics_and_model_endpoints(tiny_onnx: Path) -> None:
-    app = create_app(settings(tiny_onnx))
+def test_metrics_and_model_endpoints(tiny_repo: Path) -> None:
+    app = create_app(settings(tiny_repo))
 
     async def main() -> None:
         async with serving(app) as client:
@@ -295,15 +296,17 @@ def test_metrics_and_model_endpoints(tiny_onnx: Path) -> None:
             n.removesuffix("_total") for n in METRIC_NAMES
         }
         assert any(s.labels.get("route") == "/upscale" for s in samples["drrn_request_duration_seconds"])
-        info = samples["drrn_model_info"][0].labels
+        (info,) = [s.labels for s in samples["drrn_model_info"]]
+        assert info["model"] == "fast" and info["default"] == "True" and info["margin"] == "6"
         assert (
             info["provider"] == "CPUExecutionProvider" and info["tile"] == "32" and info["max_batch"] == "4"
         )
 
+        assert model["name"] == "fast" and model["default"] is True
         assert model["depth"] == 6 and model["receptive_field"] == 13 and model["params"] > 0
         assert model["precision"] == "fp32" and model["provider"] == "CPUExecutionProvider"
         assert (
-            model["tile"] == TILE
+            model["serving"]["tile"] == TILE
             and model["max_batch"] == MAX_BATCH
             and isinstance(model["model_card"], dict)
         )
@@ -341,7 +344,7 @@ def test_overload_deadline_and_oversized_requests(tiny_onnx: Path) -> None:
 
     async def main() -> None:
         async with serving(app) as client:
-            batcher = app.state.drrn.batcher
+            batcher = app.state.upscaler.batcher
             engine.hold_next = True
             running = asyncio.create_task(up(client, png(10, 10)))  # 1 tile, holds the engine
             await asyncio.to_thread(engine.run_entered.wait, 30)
@@ -371,7 +374,12 @@ def decode_count(metrics: httpx.Response) -> float:
 
 
 def rejections(metrics: httpx.Response) -> dict[str, float]:
-    return {s.labels["reason"]: s.value for s in metric_samples(metrics.text)["drrn_rejections"]}
+    """Rejection counts by reason, summed over the ``model`` label."""
+    out: dict[str, float] = {}
+    for s in metric_samples(metrics.text)["drrn_rejections"]:
+        if s.name.endswith("_total"):
+            out[s.labels["reason"]] = out.get(s.labels["reason"], 0.0) + s.value
+    return out
 
 
 def gauge(metrics: httpx.Response, name: str) -> float:
@@ -399,9 +407,9 @@ def test_inflight_limit_gives_503_with_retry_after(tiny_onnx: Path) -> None:
     asyncio.run(main())
 
 
-def test_deadline_covers_the_whole_request_including_the_upload(tiny_onnx: Path) -> None:
+def test_deadline_covers_the_whole_request_including_the_upload(tiny_repo: Path) -> None:
     # Long enough for the follow-up request on a loaded CI machine (three thread hand-offs).
-    app = create_app(settings(tiny_onnx, request_timeout_s=2.0))
+    app = create_app(settings(tiny_repo, request_timeout_s=2.0))
     stalled = asyncio.Event()
 
     async def stalling_body() -> AsyncIterator[bytes]:
@@ -423,18 +431,16 @@ def test_deadline_covers_the_whole_request_including_the_upload(tiny_onnx: Path)
 
 
 def test_shutdown_refuses_new_requests_and_drains_admitted_ones(tiny_onnx: Path) -> None:
-    """What SIGTERM triggers (service.main schedules begin_shutdown from its signal handler)."""
-    from service.lifecycle import begin_shutdown
-
+    """What SIGTERM triggers (service.main schedules Lifecycle.begin_shutdown from its signal handler)."""
     app, engine = gated(tiny_onnx)
 
     async def main() -> None:
         async with serving(app) as client:
-            st = app.state.drrn
+            up_ = app.state.upscaler
             engine.hold_next = True
             admitted = asyncio.create_task(up(client, png(10, 10)))
             await asyncio.to_thread(engine.run_entered.wait, 30)
-            drain = begin_shutdown(st)
+            drain = app.state.lifecycle.begin_shutdown()
             r = await up(client, png(10, 10))
             assert r.status_code == 503 and r.headers["retry-after"] == "1"
             assert (
@@ -448,14 +454,12 @@ def test_shutdown_refuses_new_requests_and_drains_admitted_ones(tiny_onnx: Path)
             engine.run_gate.set()
             assert (await admitted).status_code == 200
             await drain
-            assert not st.batcher.running
+            assert not up_.batcher.running
 
     asyncio.run(main())
 
 
 def test_requests_left_at_the_end_of_the_grace_get_503_json(tiny_onnx: Path) -> None:
-    from service.lifecycle import begin_shutdown
-
     app, engine = gated(tiny_onnx, shutdown_grace_s=0)
 
     async def main() -> None:
@@ -463,7 +467,7 @@ def test_requests_left_at_the_end_of_the_grace_get_503_json(tiny_onnx: Path) -> 
             engine.hold_next = True
             admitted = asyncio.create_task(up(client, png(10, 10)))
             await asyncio.to_thread(engine.run_entered.wait, 30)
-            await begin_shutdown(app.state.drrn)  # no grace: the batcher fails what it holds
+            await app.state.lifecycle.begin_shutdown()  # no grace: the batcher fails what it holds
             r = await admitted
             assert r.status_code == 503 and r.json()["error"] == "shutting_down"
             assert r.headers["retry-after"] == "1"
@@ -477,13 +481,13 @@ class FailingWarmupEngine(GatedEngine):
         raise RuntimeError("device lost during warmup")
 
 
-def test_failed_warmup_makes_the_service_unhealthy(tiny_onnx: Path) -> None:
+def test_failed_warmup_makes_the_service_unhealthy(tiny_onnx: Path, tiny_repo: Path) -> None:
     engine = FailingWarmupEngine(OrtEngine(tiny_onnx, TILE, MAX_BATCH, intra_op_threads=1))
-    app = create_app(settings(tiny_onnx), engine=engine)
+    app = create_app(settings(tiny_repo), engines={"fast": engine})
 
     async def main() -> None:
         async with serving(app, wait_ready=False) as client:
-            await until(lambda: app.state.drrn.failure is not None)
+            await until(lambda: app.state.upscaler.unhealthy is not None)
             r = await client.get("/healthz")
             assert r.status_code == 503 and r.json()["error"] == "unhealthy"
             assert "device lost" in r.json()["detail"] and r.json()["request_id"]
@@ -507,8 +511,8 @@ def test_dead_batcher_worker_fails_pending_requests_and_health(tiny_onnx: Path) 
 
     async def main() -> None:
         async with serving(app) as client:
-            st = app.state.drrn
-            st.metrics.on_batch = bug  # the batcher's observer: raises in the worker after a run
+            st = app.state.upscaler
+            app.state.metrics.on_batch = bug  # the batcher's observer: raises in the worker after a run
             engine.hold_next = True
             first = asyncio.create_task(up(client, png(10, 10)))
             await asyncio.to_thread(engine.run_entered.wait, 30)
@@ -533,7 +537,7 @@ def test_client_disconnect_cancels_queued_tiles(tiny_onnx: Path) -> None:
 
     async def main() -> None:
         async with serving(app) as client:
-            batcher = app.state.drrn.batcher
+            batcher = app.state.upscaler.batcher
             engine.hold_next = True
             running = asyncio.create_task(up(client, png(10, 10)))
             await asyncio.to_thread(engine.run_entered.wait, 30)
@@ -576,19 +580,23 @@ def test_client_disconnect_cancels_queued_tiles(tiny_onnx: Path) -> None:
             assert (await running).status_code == 200
             text = (await client.get("/metrics")).text
         assert engine.runs == [1]  # only the connected request's tile ran
-        cancelled = [s for s in metric_samples(text)["drrn_rejections"] if s.labels["reason"] == "cancelled"]
-        assert cancelled[0].value == 1
+        counted = [
+            s for s in metric_samples(text)["drrn_rejections"] if s.name.endswith("_total") and s.value
+        ]
+        assert [(s.labels["reason"], s.labels["model"], s.value) for s in counted] == [
+            ("cancelled", "fast", 1)
+        ]
 
     asyncio.run(main())
 
 
 def test_missing_model_fails_startup_with_build_hint(tmp_path: Path) -> None:
-    from engines.base import ModelNotFoundError
+    from drrn.errors import UserError
 
-    app = create_app(settings(tmp_path / "absent.onnx"))
+    app = create_app(settings(tmp_path / "absent"))
 
     async def main() -> None:
-        with pytest.raises(ModelNotFoundError, match="make models"):
+        with pytest.raises(UserError, match="make models"):
             async with app.router.lifespan_context(app):
                 pass
 
@@ -599,12 +607,19 @@ def test_settings_come_from_drrn_env_vars(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setenv("DRRN_TILE", "64")
     monkeypatch.setenv("DRRN_MAX_BATCH", "2")
     monkeypatch.setenv("DRRN_LOG_LEVEL", "debug")
-    monkeypatch.setenv("DRRN_FP16_MODEL_PATH", "")
+    monkeypatch.setenv("DRRN_MODELS", "fast, quality")
+    monkeypatch.setenv("DRRN_MARGIN", "")
     s = Settings()
-    assert (s.tile, s.max_batch, s.log_level, s.fp16_model_path) == (64, 2, "DEBUG", None)
-    assert s.resolve_margin(20) == 20 and s.image_limits().max_scale == 4.0
-    with pytest.raises(ValueError, match="2\\*margin < tile"):
-        s.resolve_margin(32)
+    assert (s.tile, s.max_batch, s.log_level, s.models, s.margin) == (
+        64,
+        2,
+        "DEBUG",
+        ["fast", "quality"],
+        None,
+    )
+    assert s.default_model == "fast" and s.image_limits().max_scale == 4.0
+    monkeypatch.setenv("DRRN_MODELS", "")
+    assert Settings().models is None  # every model in the repository
     monkeypatch.setenv("DRRN_MARGIN", "40")
     with pytest.raises(ValueError, match="margin 40"):
         Settings()
@@ -612,9 +627,8 @@ def test_settings_come_from_drrn_env_vars(monkeypatch: pytest.MonkeyPatch) -> No
 
 def test_ort_engine_contract(tiny_onnx: Path, tmp_path: Path) -> None:
     from engines.base import ModelNotFoundError
-    from service.lifecycle import engine_from_settings
 
-    engine = engine_from_settings(settings(tiny_onnx))
+    engine = OrtEngine(tiny_onnx, TILE, MAX_BATCH, intra_op_threads=1)
     engine.warmup()
     x = np.random.default_rng(0).random((3, 1, TILE, TILE), dtype=np.float32)
     y = engine.run(x)
@@ -625,10 +639,11 @@ def test_ort_engine_contract(tiny_onnx: Path, tmp_path: Path) -> None:
     info = engine.info()
     assert (info["depth"], info["receptive_field"], info["precision"]) == (6, 13, "fp32")
     assert info["providers"] == ["CPUExecutionProvider"] and engine.depth == 6
-    with pytest.raises(ModelNotFoundError, match=r"drrn export weights/default\.safetensors"):
-        engine_from_settings(settings(tmp_path / "missing.onnx"))
-    with pytest.raises(ValueError, match="tile/max_batch"):
-        create_app(settings(tiny_onnx, max_batch=2), engine=engine)
+    with pytest.raises(ModelNotFoundError, match="make models"):
+        OrtEngine(tmp_path / "missing.onnx", TILE, MAX_BATCH)
+    with pytest.raises(ValueError, match="max_batch"):
+        create_app(settings(tmp_path, max_batch=2), engines={"fast": engine})
+    engine.close()
 
 
 def _http_response(conn: socket.socket) -> tuple[int, dict[str, str], bytes]:

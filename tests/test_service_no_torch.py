@@ -25,7 +25,7 @@ SCRIPT = textwrap.dedent(
     from service.app import create_app
     from service.settings import Settings
 
-    app = create_app(Settings(model_path=sys.argv[1], fp16_model_path=None, providers="cpu", tile=32,
+    app = create_app(Settings(model_dir=sys.argv[1], models=["fast"], providers="cpu", tile=32,
                               max_batch=2, intra_op_threads=1, cpu_workers=1))
 
     async def main():
@@ -48,9 +48,9 @@ SCRIPT = textwrap.dedent(
 )
 
 
-def test_service_imports_and_serves_without_torch(tiny_onnx: Path) -> None:
+def test_service_imports_and_serves_without_torch(tiny_repo: Path) -> None:
     proc = subprocess.run(
-        [sys.executable, "-c", SCRIPT, str(tiny_onnx)],
+        [sys.executable, "-c", SCRIPT, str(tiny_repo)],
         cwd=PROJECT_ROOT,
         capture_output=True,
         text=True,

@@ -1,0 +1,126 @@
+"""``drrn bench cost``: what one 1-megapixel output costs with each served model, at its serving defaults.
+
+For every model in the repository (or ``--model NAME``), in one process and one run: a 256x256 RGB photo-like
+input upscaled x4 (a 1024x1024 = 1.05 Mpx output) through :func:`inference.pipeline.upscale_bytes`, with
+the model card's tile and margin and the service's batch size, after one warm-up request. Also the
+tiles computed per output pixel (the tiling overhead) and the effective GFLOP/s: model FLOPs per output
+pixel x output pixels / time, i.e. useful work only, so margins count as waste. The machine's float32
+GEMM peak is measured in the same run (:mod:`bench.peak`) to put that number on a scale.
+"""
+
+from __future__ import annotations
+
+import io
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from bench.report import header, markdown_table, write_json
+
+if TYPE_CHECKING:
+    from engines.repository import ModelCard
+
+SCHEMA_VERSION = 1
+SIDE, SCALE = 256, 4
+
+
+def _photo(side: int, seed: int = 0) -> bytes:
+    """A smooth photo-like RGB PNG (low-frequency noise): realistic content for the codec and the net."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, 256, (side // 16, side // 16, 3), dtype=np.uint8)
+    img = Image.fromarray(small).resize((side, side), Image.Resampling.BICUBIC)
+    buf = io.BytesIO()
+    img.save(buf, "PNG")
+    return buf.getvalue()
+
+
+def measure_model(card: ModelCard, repeats: int, max_batch: int, side: int = SIDE) -> dict[str, Any]:
+    """Seconds for the ``side * 4`` squared output with ``card``'s model (median of ``repeats`` after a
+    warm-up request)."""
+    from engines.resolver import open_card
+    from imaging.tiling import plan_tiles
+    from inference.pipeline import ImageLimits, upscale_bytes
+
+    engine = open_card(card, max_batch=max_batch, providers="cpu")
+    tile, margin = card.tile, card.margin
+    data = _photo(side)
+    out = side * SCALE
+    limits = ImageLimits(max_upload_bytes=1 << 26, max_input_pixels=1 << 24, max_output_pixels=1 << 24)
+    upscale_bytes(data, SCALE, engine.run, limits, tile, margin, max_batch)  # warm-up
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        upscale_bytes(data, SCALE, engine.run, limits, tile, margin, max_batch)
+        times.append(time.perf_counter() - t0)
+    seconds = float(np.median(times))
+    tiles = len(plan_tiles(out, out, tile, margin))
+    mpx = out * out / 1e6
+    return {
+        "model": card.name,
+        "architecture": card.architecture,
+        "mflop_per_pixel": card.mflop_per_pixel,
+        "tile": tile,
+        "margin": margin,
+        "tiles": tiles,
+        "computed_over_output_px": tiles * tile * tile / (out * out),
+        "output_mpx": mpx,
+        "seconds": seconds,
+        "seconds_per_mpx": seconds / mpx,
+        "effective_gflops": card.flops_per_pixel * out * out / seconds / 1e9,
+        "times_s": times,
+    }
+
+
+def run_cost(
+    models: list[str] | None, json_out: str | None, quick: bool = False, root: Path | None = None
+) -> dict[str, Any]:
+    """Measure each model (default: every shipped model, or every model of ``root``), print a table,
+    write JSON. ``quick``: a 64x64 input (a smoke run), not the 1-Mpx headline."""
+    from bench.peak import gemm_numpy_gflops
+    from drrn.paths import WEIGHTS_DIR
+    from engines.repository import ModelRepository
+    from engines.resolver import resolve_card
+
+    if root is not None:
+        repo = ModelRepository(root)
+        cards = [repo.card(n) for n in models or repo.names()]
+    else:  # the shipped weights; resolve_card builds a missing or stale repository entry on first use
+        names = models or sorted(p.stem for p in WEIGHTS_DIR.glob("*.safetensors"))
+        cards = [resolve_card(n) for n in names]
+    rows = []
+    for card in cards:
+        print(f"cost: {card.name} ...", file=sys.stderr)
+        rows.append(measure_model(card, 1 if quick else 2, max_batch=8, side=64 if quick else SIDE))
+    peak = gemm_numpy_gflops(n=512 if quick else 2048)
+    for r in rows:
+        r["efficiency_vs_gemm_peak"] = r["effective_gflops"] / peak
+    report = {
+        **header("cost", quick, SCHEMA_VERSION),
+        "gemm_peak_gflops": peak,
+        "input": f"{64 if quick else SIDE}x{64 if quick else SIDE} x{SCALE}",
+        "models": rows,
+    }
+    print(render_cost(report))
+    write_json(report, json_out)
+    return report
+
+
+def render_cost(report: dict[str, Any]) -> str:
+    """Markdown: one row per model."""
+    cols = [
+        ("model", "model"),
+        ("mflop_per_pixel", "MFLOP/px"),
+        ("tile", "tile"),
+        ("margin", "margin"),
+        ("computed_over_output_px", "computed ÷ output px"),
+        ("seconds", "s per 1.05-Mpx output"),
+        ("seconds_per_mpx", "s/Mpx"),
+        ("effective_gflops", "useful GFLOP/s"),
+        ("efficiency_vs_gemm_peak", "÷ GEMM peak"),
+    ]
+    return markdown_table(report["models"], cols)

@@ -1,0 +1,259 @@
+"""The Upscaler core: one object runs a request end to end, as vLLM's engine client is to its routes.
+
+It owns the served models, the thread pools, the cross-request batcher and the pipeline stages, times each
+stage, and keeps readiness in one state machine (:class:`~inference.upscaler_types.Phase`). It knows
+nothing of HTTP: the caller hands it an async ``read`` (the body, with its own byte limit) and an optional
+``disconnected`` awaitable, and maps the domain errors of :mod:`inference.upscaler_types` to status codes
+in one place (``service.errors``).
+
+A request, all under one deadline (arrival + ``request_timeout_s``): admission (ready? in-flight bound?)
+-> model and scale checks -> read -> ``probe`` (header only; refused early when the model's queue cannot
+take that many tiles) -> ``prepare`` on a CPU thread (decode, bicubic, tiles) -> batcher (one model per
+batch; cancelled when the client goes away) -> ``finish`` on a CPU thread (stitch, colour, PNG).
+A deadline that passes while a CPU-pool step runs ends the request at once; the thread finishes that step
+in the background (a running thread cannot be interrupted) and its result is dropped.
+
+Lifecycle: :meth:`Upscaler.load` (engines built on the engine thread; any failure names the model and
+fails startup) -> :meth:`warm_and_start` (every model warmed, then the batcher starts: READY; a failed
+warmup is FAILED, which ``/healthz`` reports) -> :meth:`drain` (DRAINING: new requests refused, admitted
+ones get a grace period) -> :meth:`close` (STOPPED: batcher stopped, engines closed, pools joined).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+
+from engines.repository import UnknownModelError
+from inference import pipeline
+from inference.batcher import DeadlineExceededError, Lane, TileBatcher
+from inference.pipeline import ImageLimits
+from inference.upscaler_types import (
+    NotReadyError,
+    OverloadedError,
+    Phase,
+    ServedModel,
+    StageDeadlineError,
+    UpscalerConfig,
+    UpscaleResult,
+    UpscalerObserver,
+    race,
+    timed,
+)
+
+log = logging.getLogger("drrn.upscaler")
+Loader = Callable[[], Mapping[str, ServedModel]]
+
+
+class Upscaler:
+    """Serves ``upscale`` requests over one or more models on one device (one engine call at a time)."""
+
+    def __init__(
+        self,
+        config: UpscalerConfig,
+        limits: ImageLimits,
+        default_model: str,
+        observer: UpscalerObserver | None = None,
+    ) -> None:
+        self.config, self.limits, self.default_model = config, limits, default_model
+        self.observer = observer or UpscalerObserver()
+        self.models: dict[str, ServedModel] = {}
+        self.phase = Phase.STARTING
+        self.failure: str | None = None  # why the phase is FAILED
+        self.inflight = 0
+        self.batcher: TileBatcher | None = None
+        # One thread owns every model: loading, warmup and each batch run happen on it, one at a time.
+        self._engine_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="drrn-engine")
+        self._cpu_pool = ThreadPoolExecutor(config.cpu_workers, thread_name_prefix="drrn-cpu")
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    # --- readiness --------------------------------------------------------------------------------------
+    def _set_phase(self, phase: Phase, failure: str | None = None) -> None:
+        self.phase, self.failure = phase, failure or self.failure
+        self.observer.on_phase(phase)
+
+    @property
+    def ready(self) -> bool:
+        return self.phase is Phase.READY and self.batcher is not None and self.batcher.running
+
+    @property
+    def unhealthy(self) -> str | None:
+        """Why this process can never serve (failed warmup, dead batcher worker), else None."""
+        if self.phase is Phase.FAILED:
+            return self.failure
+        if self.batcher is not None and self.batcher.failure is not None:
+            return f"batcher worker crashed: {self.batcher.failure!r}"
+        return None
+
+    # --- lifecycle --------------------------------------------------------------------------------------
+    async def load(self, loader: Loader) -> None:
+        """Build the models on the engine thread; raises (naming the model) if any fails to load."""
+        models = await asyncio.get_running_loop().run_in_executor(self._engine_pool, loader)
+        if self.default_model not in models:
+            raise UnknownModelError(self.default_model, sorted(models))
+        self.models = dict(models)
+
+    async def warm_and_start(self) -> None:
+        """Warm every model on its thread, then start the batcher: READY. A failed warmup is FAILED."""
+        loop = asyncio.get_running_loop()
+        for m in self.models.values():
+            t0 = time.perf_counter()
+            try:
+                await loop.run_in_executor(self._engine_pool, m.engine.warmup)
+            except Exception as exc:
+                log.exception("warmup of model %r failed; the service stays unready and unhealthy", m.name)
+                self._set_phase(Phase.FAILED, f"warmup of model {m.name!r} failed: {exc}")
+                return
+            log.info("warmed model %r (tile %d) in %.2fs", m.name, m.tile, time.perf_counter() - t0)
+        if self.phase is not Phase.STARTING:  # a shutdown arrived during warmup
+            return
+        lanes = {n: Lane(m.engine.run, m.tile, m.engine.max_batch) for n, m in self.models.items()}
+        c = self.config
+        self.batcher = TileBatcher(
+            lanes,
+            max_delay_ms=c.max_delay_ms,
+            max_queue_tiles=c.max_queue_tiles,
+            executor=self._engine_pool,
+            observer=self.observer,
+            retry_after_s=c.retry_after_s,
+        )
+        self.batcher.start()
+        self._set_phase(Phase.READY)
+
+    def begin_drain(self) -> None:
+        """Refuse new requests from now on (idempotent)."""
+        if self.phase in (Phase.STARTING, Phase.READY):
+            self._set_phase(Phase.DRAINING)
+
+    async def drain(self, grace_s: float) -> None:
+        """Give admitted requests up to ``grace_s`` to finish, then stop the batcher (what it still holds
+        fails with ``ShuttingDownError``)."""
+        self.begin_drain()
+        loop = asyncio.get_running_loop()
+        end = loop.time() + grace_s
+        if self.inflight:
+            try:
+                await asyncio.wait_for(self._idle.wait(), timeout=grace_s)
+            except TimeoutError:
+                log.warning("%d requests still in flight after %.1fs shutdown grace", self.inflight, grace_s)
+        if self.batcher is not None:
+            await self.batcher.stop(max(0.0, end - loop.time()))
+
+    async def close(self) -> None:
+        """Stop everything and release the engines; waits for the pools' running work to end."""
+        self.begin_drain()
+        if self.batcher is not None:
+            await self.batcher.stop(0)
+        # Join first: a batch or warmup still running on the engine thread must not see its session closed.
+        await asyncio.get_running_loop().run_in_executor(None, self._join_pools)
+        for m in self.models.values():
+            m.engine.close()
+        if self.phase is not Phase.FAILED:
+            self._set_phase(Phase.STOPPED)
+
+    def _join_pools(self) -> None:
+        self._engine_pool.shutdown(wait=True, cancel_futures=True)
+        self._cpu_pool.shutdown(wait=True, cancel_futures=True)
+
+    # --- requests ---------------------------------------------------------------------------------------
+    def resolve(self, model: str | None) -> ServedModel:
+        """The served model called ``model`` (None: the default), or :class:`UnknownModelError`."""
+        name = model or self.default_model
+        if name not in self.models:
+            raise UnknownModelError(name, sorted(self.models))
+        return self.models[name]
+
+    def _admit(self) -> None:
+        if not self.ready:
+            if self.phase in (Phase.DRAINING, Phase.STOPPED):
+                raise NotReadyError("shutting_down", "service is shutting down; retry (another replica)")
+            why = self.unhealthy
+            raise NotReadyError("not_ready", f"service failed: {why}" if why else "service is starting up")
+        if self.inflight >= self.config.max_inflight:
+            raise OverloadedError(self.config.max_inflight)
+
+    def _enter(self, delta: int) -> None:
+        self.inflight += delta
+        self.observer.on_inflight(self.inflight)
+        if self.inflight:
+            self._idle.clear()
+        else:
+            self._idle.set()
+
+    async def upscale(
+        self,
+        read: Callable[[], Awaitable[bytes]],
+        scale: str | None,
+        model: str | None,
+        request_id: str,
+        facts: dict,
+        disconnected: Callable[[], Awaitable[None]] | None = None,
+    ) -> UpscaleResult:
+        """Run one request. ``facts`` (the caller's access-log dict) is filled in as stages complete, so
+        it is useful on failure too. Raises the errors of :mod:`inference.upscaler_types`, the batcher's
+        and :class:`~inference.pipeline.ImageError`."""
+        arrival = asyncio.get_running_loop().time()
+        facts.update(scale=scale, model=model or self.default_model)
+        self._admit()
+        served = self.resolve(model)
+        self._enter(+1)
+        try:
+            return await self._run(served, read, scale, request_id, facts, arrival, disconnected)
+        finally:
+            self._enter(-1)
+
+    async def _run(self, m, read, raw_scale, rid, facts, arrival, disconnected) -> UpscaleResult:
+        loop, c = asyncio.get_running_loop(), self.config
+        deadline = arrival + c.request_timeout_s
+        timings: dict[str, float] = {}
+        t_start, stage, cpu_wait = time.perf_counter(), "read", 0.0
+        try:
+            async with asyncio.timeout_at(deadline):
+                scale = pipeline.parse_scale(raw_scale, self.limits)
+                data = await read()
+                timings["read"] = time.perf_counter() - t_start
+                facts["bytes_in"] = len(data)
+
+                stage, t0 = "decode", time.perf_counter()
+                (w, h), (ow, oh) = pipeline.probe(data, scale, self.limits)
+                n_tiles = pipeline.count_tiles((ow, oh), m.tile, m.margin)
+                facts.update(input=f"{w}x{h}", output=f"{ow}x{oh}", tiles=n_tiles)
+                self.batcher.check_capacity(m.name, n_tiles)  # refuse before the expensive part
+                probe_s, t0 = time.perf_counter() - t0, time.perf_counter()
+                prepared, prepare_s = await loop.run_in_executor(
+                    self._cpu_pool, timed, pipeline.prepare, data, scale, self.limits, m.tile, m.margin
+                )
+                cpu_wait += time.perf_counter() - t0 - prepare_s
+                timings["decode"] = probe_s + prepare_s
+                del data  # the encoded upload is not needed while tiles wait for the engine
+                (w, h), (ow, oh) = prepared.input_size, prepared.output_size  # upright (EXIF applied)
+                facts.update(input=f"{w}x{h}", output=f"{ow}x{oh}")
+                self.observer.on_prepared(m.name, timings["decode"], w * h / 1e6, n_tiles)
+
+                stage = "queue"  # the batcher counts its own rejections, deadline included
+                submit = self.batcher.submit(m.name, prepared.tiles, deadline, rid)
+                result = await race(submit, disconnected() if disconnected else None)
+                timings["queue"], timings["infer"] = result.queue_wait_s, result.infer_s
+
+                stage, t0 = "encode", time.perf_counter()
+                png, encode_s = await loop.run_in_executor(
+                    self._cpu_pool, timed, pipeline.finish, prepared, result.outputs
+                )
+                cpu_wait += time.perf_counter() - t0 - encode_s
+                timings["encode"] = encode_s
+                self.observer.on_encoded(m.name, encode_s)
+        except TimeoutError:
+            facts["timed_out_in"] = stage
+            if stage == "queue":  # the batcher already counted it
+                raise DeadlineExceededError(f"request {rid} exceeded its deadline in the queue") from None
+            raise StageDeadlineError(stage, rid) from None
+        timings["total"] = loop.time() - arrival
+        facts.update(
+            bytes_out=len(png), engine_runs=result.engine_runs, cpu_wait_ms=round(cpu_wait * 1000, 3)
+        )
+        facts.update({f"{k}_ms": round(v * 1000, 3) for k, v in timings.items() if k != "total"})
+        return UpscaleResult(png, timings, facts)

@@ -1,0 +1,214 @@
+"""``drrn models build``: the model repository, built from weight files.
+
+Layout (file names in :mod:`drrn.contract`; read back by :mod:`engines.repository`)::
+
+    ROOT/<name>/model.onnx        fp32 export, float32[N, 1, H, W] -> same
+    ROOT/<name>/model.fp16.onnx   fp16 weights and math, float32 I/O (used on CUDA)
+    ROOT/<name>/card.json         CARD_FORMAT: config, cost, quality, provenance, serving defaults
+
+Both exports go through :func:`model_export.onnx_export.export_onnx`, which refuses a file that ONNX Runtime
+does not reproduce to its parity tolerance. ``card.json`` is written last and atomically, and removed first
+when a folder is rebuilt, so a folder with a card is always complete. A folder whose card records the
+weights' sha256 and whose ONNX files exist is up to date and left alone.
+
+Importing this module is cheap (no torch): the up-to-date check and :func:`serving_defaults` are plain
+Python; building imports the exporter (torch, onnx) lazily. :func:`import_onnx` turns a lone fp32 export
+into a repository model from its metadata alone (onnxruntime, no torch).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from drrn import contract as c
+from drrn.errors import UserError
+
+log = logging.getLogger(__name__)
+
+
+def serving_defaults(depth: int) -> dict[str, int]:
+    """Tile side T and margin M the service uses for a model of ``depth`` conv layers.
+
+    M = depth makes tiled output equal whole-image output. T is PROVISIONAL: 128 for shallow models
+    (depth <= 24), 256 for deeper ones so the margin does not eat most of each tile (at T = 128 and
+    M = 52 only a 24-pixel core would remain). A performance study of tile size per model replaces these
+    numbers; the card is where they live, so only this function changes.
+    """
+    return {"tile": 128 if depth <= 24 else 256, "margin": depth}
+
+
+def file_sha256(path: Path | str) -> str:
+    """Hex sha256 of a file's bytes."""
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
+
+
+def is_up_to_date(weights: Path | str, folder: Path | str, fp16: bool = True) -> bool:
+    """True when ``folder/card.json`` records ``weights``' sha256 and the ONNX files it needs exist."""
+    folder = Path(folder)
+    try:
+        card = json.loads((folder / c.REPO_CARD).read_text())
+        recorded = card["weights_sha256"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    needed = [c.REPO_ONNX] + ([c.REPO_ONNX_FP16] if fp16 else [])
+    return recorded == file_sha256(weights) and all((folder / f).is_file() for f in needed)
+
+
+def _card(name: str, cfg: dict[str, Any], facts: dict[str, Any], fp16: bool) -> dict[str, Any]:
+    """A card document from the config dict and the model's facts (see :func:`card_document`)."""
+    depth = facts["depth"]
+    files = {"fp32": c.REPO_ONNX} | ({"fp16": c.REPO_ONNX_FP16} if fp16 else {})
+    return {
+        "format": c.CARD_FORMAT,
+        "name": name,
+        "architecture": facts["architecture"],
+        "config": cfg,
+        "depth": depth,
+        "receptive_field": facts["receptive_field"],
+        "params": facts["params"],
+        "flops_per_pixel": facts["flops_per_pixel"],
+        "mflop_per_pixel": round(facts["flops_per_pixel"] / 1e6, 2),
+        "scales": facts["scales"],
+        "quality": facts["quality"],
+        "provenance": facts["provenance"],
+        "training": facts["training"],
+        "weights_sha256": facts["weights_sha256"],
+        "serving": serving_defaults(depth),
+        "files": files,
+    }
+
+
+def card_document(weights: Path | str, name: str, fp16: bool) -> dict[str, Any]:
+    """The ``card.json`` document for ``weights`` served as ``name`` (loads the weights: needs torch)."""
+    from model_export.model import count_params
+    from model_export.weights import load_weights
+
+    model, meta = load_weights(weights)
+    cfg = meta.config
+    facts = {
+        "architecture": cfg.name,
+        "depth": cfg.depth,
+        "receptive_field": cfg.receptive_field,
+        "params": count_params(model),
+        "flops_per_pixel": cfg.flops_per_pixel(),
+        "scales": meta.scales,
+        "quality": meta.evaluation,
+        "provenance": meta.provenance,
+        "training": meta.training,
+        "weights_sha256": file_sha256(weights),
+    }
+    return _card(name, json.loads(cfg.to_json()), facts, fp16)
+
+
+def onnx_card_document(onnx: Path | str, name: str) -> dict[str, Any]:
+    """The card of an fp32 DRRN export served alone as ``name``, from its metadata (onnxruntime only)."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(onnx), providers=["CPUExecutionProvider"])
+    meta = dict(session.get_modelmeta().custom_metadata_map)
+    if meta.get(c.META_PRECISION, "fp32") != "fp32":
+        raise UserError(f"{onnx} is a {meta[c.META_PRECISION]} export; a repository model needs the fp32 one")
+    try:
+        summary = json.loads(meta.get(c.META_MODEL_CARD, "{}"))
+        facts = {
+            "architecture": meta[c.META_NAME],
+            "depth": int(meta[c.META_DEPTH]),
+            "receptive_field": int(meta[c.META_RECEPTIVE_FIELD]),
+            "params": int(meta[c.META_PARAMS]),
+            "flops_per_pixel": int(meta[c.META_FLOPS_PER_PIXEL]),
+            "scales": json.loads(meta[c.META_SCALES]),
+            "quality": summary.get("evaluation", {}),
+            "provenance": summary.get("provenance", {}),
+            "training": summary.get("training", {}),
+            "weights_sha256": meta[c.META_WEIGHTS_SHA256],
+        }
+        return _card(name, json.loads(meta[c.META_CONFIG]), facts, fp16=False)
+    except (KeyError, ValueError) as exc:
+        raise UserError(f"{onnx} lacks DRRN metadata ({exc}); re-export it with `drrn export`") from exc
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".partial")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def build_model(weights: Path, root: Path, name: str | None = None, fp16: bool = True) -> Path:
+    """Export ``weights`` into ``root/<name>/`` (``name`` defaults to the file stem); returns the folder.
+
+    Skips the work when the folder is up to date. Raises :class:`drrn.errors.UserError` for a missing or
+    unreadable weight file and for an export that fails its parity check.
+    """
+    weights, root = Path(weights), Path(root)
+    name = name or weights.stem
+    folder = root / name
+    if not weights.is_file():
+        raise UserError(f"weights file not found: {weights}")
+    if is_up_to_date(weights, folder, fp16):
+        log.info("%s is up to date with %s", folder, weights)
+        return folder
+    from model_export.cli_support import parity_images
+    from model_export.onnx_export import ExportParityError, export_onnx
+    from model_export.weights import WeightsError
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / c.REPO_CARD).unlink(missing_ok=True)  # the folder is not a model until the card is back
+    try:
+        images = parity_images()
+        export_onnx(weights, folder / c.REPO_ONNX, fp16=False, real_images=images)
+        if fp16:
+            export_onnx(weights, folder / c.REPO_ONNX_FP16, fp16=True, real_images=images)
+        else:
+            (folder / c.REPO_ONNX_FP16).unlink(missing_ok=True)
+        card = card_document(weights, name, fp16)
+    except (WeightsError, ExportParityError) as exc:
+        raise UserError(f"cannot build model {name!r} from {weights}: {exc}") from exc
+    _write_atomically(folder / c.REPO_CARD, json.dumps(card, indent=2, sort_keys=True) + "\n")
+    log.info("built %s from %s", folder, weights)
+    return folder
+
+
+def import_onnx(onnx: Path, root: Path, name: str | None = None) -> Path:
+    """Serve a lone fp32 export as the repository model ``root/<name>`` (default: the file stem): the file
+    is copied beside a card made from its metadata (no torch; no fp16 file). Returns the folder; an
+    existing folder holding the same file is left alone."""
+    onnx, root = Path(onnx), Path(root)
+    folder = root / (name or onnx.stem)
+    target = folder / c.REPO_ONNX
+    if (folder / c.REPO_CARD).is_file() and target.is_file() and file_sha256(target) == file_sha256(onnx):
+        return folder
+    card = onnx_card_document(onnx, folder.name)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / c.REPO_CARD).unlink(missing_ok=True)
+    partial = folder / (c.REPO_ONNX + ".partial")
+    partial.write_bytes(onnx.read_bytes())
+    partial.replace(target)
+    _write_atomically(folder / c.REPO_CARD, json.dumps(card, indent=2, sort_keys=True) + "\n")
+    return folder
+
+
+def build_repository(
+    weights_dir: Path, root: Path, progress: Callable[[str], None] | None = None
+) -> list[str]:
+    """:func:`build_model` for every ``weights_dir/*.safetensors`` (name = file stem); returns the names.
+
+    ``progress`` gets one line per model (``"fast: up to date"`` / ``"fast: built"``).
+    """
+    weights_dir, root = Path(weights_dir), Path(root)
+    files = sorted(weights_dir.glob("*.safetensors"))
+    if not files:
+        raise UserError(f"no *.safetensors weight files in {weights_dir}")
+    names = []
+    for weights in files:
+        fresh = is_up_to_date(weights, root / weights.stem)
+        build_model(weights, root)
+        names.append(weights.stem)
+        if progress:
+            progress(f"{weights.stem}: {'up to date' if fresh else 'built'} ({root / weights.stem})")
+    return names
