@@ -79,7 +79,7 @@ def model_loader(settings: Settings, engines: Mapping[str, Engine] | None = None
                 )
             except Exception as exc:
                 raise ModelLoadError(f"model {name!r} failed to load: {exc}") from exc
-            info = {**card.to_dict(), **engine.info()}
+            info = {**card.to_dict(), **engine.info(), "architecture": card.architecture}
             margin = s.margin if s.margin is not None else card.margin
             served[name] = _served(name, engine, info, engine.tile, margin)
         return served
