@@ -51,6 +51,9 @@ bench: $(STAMP) models
 	$(BIN)/drrn bench service --spawn --json docs/bench/service.json
 	$(BIN)/drrn bench service --spawn --sweep --json docs/bench/sweep.json
 	$(BIN)/drrn bench scaling --json docs/bench/scaling.json
+	$(BIN)/drrn bench cost --json docs/bench/cost.json
+	$(BIN)/drrn bench margins --model fast --json docs/bench/margins_fast.json
+	$(BIN)/drrn bench margins --model quality --data ../shared/datasets/Set5 --json docs/bench/margins_quality_set5.json
 
 include deploy/check.mk
 

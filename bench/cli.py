@@ -1,10 +1,11 @@
-"""``drrn bench {engine,service,scaling,cost}``: dispatch to the benchmark modules (imported lazily).
+"""``drrn bench {engine,service,scaling,cost,margins}``: dispatch to the benchmark modules (imported lazily).
 
 - ``engine``: :func:`bench.engine.run_engine_bench` (backends x tiles x batches, peaks, headline ratio).
 - ``service``: :func:`bench.service_load.run_service_bench` (closed-loop HTTP load, overhead ratio), or with
   ``--sweep`` :func:`bench.sweep.run_sweep` (one spawned service per setting combination).
 - ``scaling``: :func:`bench.scaling.run_scaling` (time and peak RSS against output megapixels).
 - ``cost``: :func:`bench.cost.run_cost` (a 1-Mpx output per served model, at its serving defaults).
+- ``margins``: :func:`bench.margins.run_margins` (tiled vs whole-image quality against the tile margin).
 
 Nothing in ``bench`` imports this module (option-value parsing lives in :mod:`bench.options`).
 """
@@ -40,6 +41,21 @@ def run_bench_cli(args: argparse.Namespace) -> int:
 
         models = None if args.model in (None, "default") else args.model.split(",")
         run_cost(models, args.json_out, quick=args.quick)
+        return 0
+    if args.target == "margins":
+        from bench.margins import run_margins
+        from drrn.paths import datasets_dir
+
+        data = getattr(args, "data", None) or [str(datasets_dir() / n) for n in ("Set5", "Set14", "BSD100")]
+        run_margins(
+            model="fast" if args.model in (None, "default") else args.model,
+            data=data,
+            scales=int_list(getattr(args, "scales", None)) or [2, 3, 4],
+            margins=int_list(getattr(args, "margins", None)),
+            tile=getattr(args, "tile", None),
+            json_out=args.json_out,
+            quick=args.quick,
+        )
         return 0
     if args.target == "scaling":
         from bench.scaling import run_scaling

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from bench.report import header, summarize_ms, write_json
+from drrn.contract import INPUT_NAME, OUTPUT_NAME
 
 TILES, BATCHES = (128, 256, 512), (1, 8, 32)
 QUICK_TILES, QUICK_BATCHES = (128,), (8,)
@@ -173,13 +174,13 @@ def _ort_cell(ort, path: Path, opts: dict, mode: str, tile: int, batch: int, fpp
         raise _NoCuda(f"CUDA EP did not load (session runs on {sess.get_providers()})")
     x = np.random.default_rng(0).random((batch, 1, tile, tile), dtype=np.float32)
     if mode == "numpy":
-        fn = lambda: sess.run(["sr"], {"lr_bicubic": x})  # noqa: E731
+        fn = lambda: sess.run([OUTPUT_NAME], {INPUT_NAME: x})  # noqa: E731
     else:
         xo = ort.OrtValue.ortvalue_from_numpy(x, "cuda", 0)
         yo = ort.OrtValue.ortvalue_from_shape_and_type(x.shape, np.float32, "cuda", 0)
         io = sess.io_binding()
-        io.bind_ortvalue_input("lr_bicubic", xo)
-        io.bind_ortvalue_output("sr", yo)
+        io.bind_ortvalue_input(INPUT_NAME, xo)
+        io.bind_ortvalue_output(OUTPUT_NAME, yo)
         fn = lambda: sess.run_with_iobinding(io)  # noqa: E731
     stats = _time(fn, lambda: None, budget)
     print(f"  {name} {tile}x{batch}: {stats['ms_median']:.2f} ms", file=sys.stderr)

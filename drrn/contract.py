@@ -27,3 +27,6 @@ REPO_ONNX = "model.onnx"
 REPO_ONNX_FP16 = "model.fp16.onnx"
 REPO_CARD = "card.json"
 CARD_FORMAT = "drrn-model-card/1"
+# Bump when the export changes what an ONNX file computes or holds (graph, folding, metadata): every
+# repository model built by an older exporter is then rebuilt by `make models` / first use.
+EXPORT_VERSION = 2  # 2: rectified_skips models, overshoot parity case

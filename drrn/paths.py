@@ -5,6 +5,7 @@ Pure constants and functions, no I/O at import.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -24,3 +25,9 @@ def shared_dir() -> Path:
 
 def datasets_dir() -> Path:
     return shared_dir() / "datasets"
+
+
+def sha256_file(path: Path | str) -> str:
+    """Hex sha256 of a file's bytes (weights, exports, sources: their identity in cards and metadata)."""
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()

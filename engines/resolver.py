@@ -100,22 +100,15 @@ def resolve_card(spec: str, root: Path | None = None, *, weights_dir: Path | Non
 def export_weights(weights: Path, root: Path | None = None, fp16: bool = True) -> ModelCard:
     """``weights`` exported into the repository ``root`` (default ``artifacts/exports``) as
     ``<stem>-<sha8>`` (a content-addressed cache); needs torch. When the fp16 export fails its parity
-    check, the card has the fp32 file only (a warning says so)."""
-    from model_export.repository_build import file_sha256
+    check, the card lists the fp32 file only (the build logs a warning)."""
+    from drrn.paths import sha256_file
 
     weights = Path(weights)
     if not weights.is_file():
         raise UserError(f"model file not found: {weights}")
     root = Path(root or EXPORTS_DIR)
-    name = f"{weights.stem}-{file_sha256(weights)[:8]}"
-    try:
-        _build(weights, root, name, fp16=fp16)
-    except UserError as exc:
-        if not fp16:
-            raise
-        # Most likely the fp16 parity check; an fp32 failure raises again below.
-        print(f"warning: {exc}; retrying without the fp16 export", file=sys.stderr)
-        _build(weights, root, name, fp16=False)
+    name = f"{weights.stem}-{sha256_file(weights)[:8]}"
+    _build(weights, root, name, fp16=fp16)  # an fp16 parity miss leaves an fp32-only card
     return ModelRepository(root).card(name)
 
 
@@ -164,9 +157,10 @@ def resolve_files(
         else:
             card = _card_of_file(path)
             if card is None:
-                from model_export.repository_build import file_sha256, import_onnx
+                from drrn.paths import sha256_file
+                from model_export.repository_build import import_onnx
 
-                name = f"{path.stem}-{file_sha256(path)[:8]}"
+                name = f"{path.stem}-{sha256_file(path)[:8]}"
                 card = ModelCard.from_folder(import_onnx(path, Path(exports_root or EXPORTS_DIR), name))
     elif root is None:
         weights = weights_for(spec)

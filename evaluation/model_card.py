@@ -101,8 +101,9 @@ def stages_table(stages: list[dict]) -> str:
 def render(
     default_json: Path, vdsr_json: Path | None, logs: list[Path] = (), weights: Path = DEFAULT_WEIGHTS
 ) -> str:
+    from drrn.paths import sha256_file
     from model_export.model import DRRN, count_params
-    from model_export.weights import read_meta, sha256_file
+    from model_export.weights import read_meta
 
     meta = read_meta(weights)
     default = json.loads(default_json.read_text())

@@ -128,6 +128,8 @@ class TileBatcher:
             except TimeoutError:
                 log.warning("batcher: %d requests unfinished after %.1fs grace", len(self._jobs), grace_s)
         for job in list(self._jobs):
+            if not job.future.done():
+                self.observer.on_reject(job.lane, "shutting_down")
             self._fail(job, ShuttingDownError("service shutting down before the request finished"))
         if self._worker is not None:
             self._worker.cancel()
@@ -224,8 +226,13 @@ class TileBatcher:
             # shield: a cancelled caller must not cancel the future the worker resolves; we clean up below.
             return await asyncio.shield(job.future)
         except asyncio.CancelledError:
-            if not job.future.done():
+            # Also when the result arrived in the same loop turn as the cancellation: the caller still
+            # abandons the request, and its 504/499 is not counted anywhere else.
+            fut = job.future
+            delivered = fut.done() and not fut.cancelled() and fut.exception() is None
+            if not fut.done() or delivered:  # a failed future was counted where it failed
                 self.observer.on_reject(model, "deadline" if loop.time() >= deadline else "cancelled")
+            if not job.future.done():
                 self._fail(job, None)
             raise
         finally:

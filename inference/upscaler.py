@@ -93,18 +93,22 @@ class Upscaler:
     async def load(self, loader: Loader) -> None:
         """Build the models on the engine thread; raises (naming the model) if any fails to load."""
         models = await asyncio.get_running_loop().run_in_executor(self._engine_pool, loader)
+        self.models = dict(models)  # owned from here on: close() releases them, also after the error below
         if self.default_model not in models:
             raise UnknownModelError(self.default_model, sorted(models))
-        self.models = dict(models)
 
     async def warm_and_start(self) -> None:
         """Warm every model on its thread, then start the batcher: READY. A failed warmup is FAILED."""
         loop = asyncio.get_running_loop()
         for m in self.models.values():
+            if self.phase is not Phase.STARTING:  # a shutdown arrived: warm nothing more
+                return
             t0 = time.perf_counter()
             try:
                 await loop.run_in_executor(self._engine_pool, m.engine.warmup)
             except Exception as exc:
+                if self.phase is not Phase.STARTING:  # failing while draining is not a failed service
+                    return
                 log.exception("warmup of model %r failed; the service stays unready and unhealthy", m.name)
                 self._set_phase(Phase.FAILED, f"warmup of model {m.name!r} failed: {exc}")
                 return

@@ -83,7 +83,6 @@ class ServedModel:
 class UpscalerConfig:
     """Scheduling and admission knobs (the service builds this from its settings)."""
 
-    max_batch: int = 8
     max_delay_ms: float = 0.0
     max_queue_tiles: int = 4096
     max_inflight: int = 64

@@ -22,9 +22,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from drrn.paths import sha256_file
 from model_export.model import DRRN, DRRNConfig
 from model_export.mxnet_params import MxnetFormatError, read_ndarray_list
-from model_export.weights import WeightsMeta, save_weights, sha256_file
+from model_export.weights import WeightsMeta, save_weights
 
 SOURCE = {
     "repository": "WolframRhodium/Super-Resolution-Zoo @ 041842f1, DRRN/DRRN-pytorch@jt827859032/",

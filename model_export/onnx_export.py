@@ -29,9 +29,10 @@ import torch
 
 from drrn import contract as c
 from drrn.contract import INPUT_NAME, OUTPUT_NAME
+from drrn.paths import sha256_file
 from model_export.folding import Float16IO32, FoldedDRRN
 from model_export.model import DRRN, count_params
-from model_export.weights import WeightsMeta, load_weights, sha256_file
+from model_export.weights import WeightsMeta, load_weights
 
 OPSET = 17
 TOLERANCE = {"fp32": 1e-4, "fp16": 1 / 255}

@@ -18,7 +18,6 @@ into a repository model from its metadata alone (onnxruntime, no torch).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from collections.abc import Callable
@@ -27,6 +26,7 @@ from typing import Any
 
 from drrn import contract as c
 from drrn.errors import UserError
+from drrn.paths import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -42,22 +42,25 @@ def serving_defaults(depth: int) -> dict[str, int]:
     return {"tile": 128 if depth <= 24 else 256, "margin": depth}
 
 
-def file_sha256(path: Path | str) -> str:
-    """Hex sha256 of a file's bytes."""
-    with open(path, "rb") as fh:
-        return hashlib.file_digest(fh, "sha256").hexdigest()
-
-
 def is_up_to_date(weights: Path | str, folder: Path | str, fp16: bool = True) -> bool:
-    """True when ``folder/card.json`` records ``weights``' sha256 and the ONNX files it needs exist."""
+    """True when ``folder/card.json`` was written by this exporter (:data:`drrn.contract.EXPORT_VERSION`)
+    from ``weights`` (same sha256), and every ONNX file the card lists exists. An fp32-only card (``fp16``
+    False, or an fp16 export that failed its parity check) is up to date without an fp16 file."""
     folder = Path(folder)
     try:
         card = json.loads((folder / c.REPO_CARD).read_text())
-        recorded = card["weights_sha256"]
+        recorded, version, files = card["weights_sha256"], card.get("export_version"), card["files"]
     except (OSError, ValueError, KeyError, TypeError):
         return False
-    needed = [c.REPO_ONNX] + ([c.REPO_ONNX_FP16] if fp16 else [])
-    return recorded == file_sha256(weights) and all((folder / f).is_file() for f in needed)
+    if fp16 is False and c.REPO_ONNX_FP16 in files.values():
+        return False  # asked for fp32 only: rebuild so no stale fp16 file is served
+    if fp16 and c.REPO_ONNX_FP16 not in files.values() and card.get("fp16_export") != "parity_miss":
+        return False  # built fp32-only on purpose, now asked for fp16 (a parity miss is not retried)
+    return (
+        version == c.EXPORT_VERSION
+        and recorded == sha256_file(weights)
+        and all((folder / f).is_file() for f in files.values())
+    )
 
 
 def _card(name: str, cfg: dict[str, Any], facts: dict[str, Any], fp16: bool) -> dict[str, Any]:
@@ -66,6 +69,7 @@ def _card(name: str, cfg: dict[str, Any], facts: dict[str, Any], fp16: bool) -> 
     files = {"fp32": c.REPO_ONNX} | ({"fp16": c.REPO_ONNX_FP16} if fp16 else {})
     return {
         "format": c.CARD_FORMAT,
+        "export_version": c.EXPORT_VERSION,
         "name": name,
         "architecture": facts["architecture"],
         "config": cfg,
@@ -101,7 +105,7 @@ def card_document(weights: Path | str, name: str, fp16: bool) -> dict[str, Any]:
         "quality": meta.evaluation,
         "provenance": meta.provenance,
         "training": meta.training,
-        "weights_sha256": file_sha256(weights),
+        "weights_sha256": sha256_file(weights),
     }
     return _card(name, json.loads(cfg.to_json()), facts, fp16)
 
@@ -162,11 +166,15 @@ def build_model(weights: Path, root: Path, name: str | None = None, fp16: bool =
     try:
         images = parity_images()
         export_onnx(weights, folder / c.REPO_ONNX, fp16=False, real_images=images)
+        (folder / c.REPO_ONNX_FP16).unlink(missing_ok=True)
+        fp16_export = "ok" if fp16 else "not_requested"
         if fp16:
-            export_onnx(weights, folder / c.REPO_ONNX_FP16, fp16=True, real_images=images)
-        else:
-            (folder / c.REPO_ONNX_FP16).unlink(missing_ok=True)
-        card = card_document(weights, name, fp16)
+            try:
+                export_onnx(weights, folder / c.REPO_ONNX_FP16, fp16=True, real_images=images)
+            except ExportParityError as exc:  # CUDA then runs the fp32 file; the card says which exist
+                log.warning("model %r: no fp16 file (%s); the card lists fp32 only", name, exc)
+                fp16, fp16_export = False, "parity_miss"
+        card = card_document(weights, name, fp16) | {"fp16_export": fp16_export}
     except (WeightsError, ExportParityError) as exc:
         raise UserError(f"cannot build model {name!r} from {weights}: {exc}") from exc
     _write_atomically(folder / c.REPO_CARD, json.dumps(card, indent=2, sort_keys=True) + "\n")
@@ -181,7 +189,7 @@ def import_onnx(onnx: Path, root: Path, name: str | None = None) -> Path:
     onnx, root = Path(onnx), Path(root)
     folder = root / (name or onnx.stem)
     target = folder / c.REPO_ONNX
-    if (folder / c.REPO_CARD).is_file() and target.is_file() and file_sha256(target) == file_sha256(onnx):
+    if (folder / c.REPO_CARD).is_file() and target.is_file() and sha256_file(target) == sha256_file(onnx):
         return folder
     card = onnx_card_document(onnx, folder.name)
     folder.mkdir(parents=True, exist_ok=True)

@@ -20,8 +20,9 @@ from pathlib import Path
 import torch
 from torch.serialization import SourceChangeWarning
 
+from drrn.paths import sha256_file
 from model_export.model import DRRN, DRRNConfig
-from model_export.weights import WeightsMeta, save_weights, sha256_file
+from model_export.weights import WeightsMeta, save_weights
 
 VDSR_CONFIG = DRRNConfig(blocks=19, units=0, channels=64, batch_norm=False, bias=False)
 

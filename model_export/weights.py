@@ -14,7 +14,6 @@ Loading rebuilds the model from ``config`` and refuses tensors that do not match
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,14 +65,6 @@ class WeightsMeta:
             )
         except (KeyError, ValueError, TypeError) as exc:
             raise WeightsError(f"{path}: invalid metadata: {exc}") from exc
-
-
-def sha256_file(path: Path | str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def save_weights(model: DRRN, meta: WeightsMeta, path: Path | str) -> None:

@@ -126,7 +126,6 @@ def create_app(settings: Settings | None = None, engines: Mapping[str, Engine] |
             raise ValueError(f"engine max_batch {bad} != settings.max_batch {settings.max_batch}")
     metrics = ServiceMetrics(settings.max_batch)
     config = UpscalerConfig(
-        max_batch=settings.max_batch,
         max_delay_ms=settings.max_delay_ms,
         max_queue_tiles=settings.max_queue_tiles,
         max_inflight=settings.max_inflight_requests,

@@ -155,9 +155,9 @@ def install_exception_handlers(app: FastAPI) -> None:
     async def _domain_error(request: Request, exc: Exception) -> JSONResponse:
         settings, metrics = request.app.state.settings, request.app.state.metrics
         err = to_service_error(exc, settings.request_timeout_s, settings.retry_after_s)
-        if err.reason:
-            model = getattr(request.state, "access", {}).get("model")
-            metrics.on_reject(model, err.reason)
+        access = getattr(request.state, "access", None)  # set by /upscale only: lookups are not rejections
+        if err.reason and access is not None:
+            metrics.on_reject(access.get("model"), err.reason)
         return error_response(request, err.status, err.code, err.detail, err.limit, err.headers)
 
     for cls in DOMAIN_ERRORS:

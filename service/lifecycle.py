@@ -57,31 +57,44 @@ def model_loader(settings: Settings, engines: Mapping[str, Engine] | None = None
             for name, e in engines.items()
         }
 
-    def load_repository() -> dict[str, ServedModel]:
-        from engines.repository import ModelRepository
+    def load_one(repo: Any, name: str) -> ServedModel:
         from engines.resolver import open_card
 
+        try:
+            card = repo.card(name)
+            engine = open_card(
+                card,
+                tile=s.tile,
+                max_batch=s.max_batch,
+                providers=s.providers,
+                intra_op_threads=s.intra_op_threads,
+                inter_op_threads=s.inter_op_threads,
+                graph_optimization=s.graph_optimization,
+                cuda_device_id=s.cuda_device_id,
+                cudnn_conv_algo_search=s.cudnn_conv_algo_search,
+            )
+        except Exception as exc:
+            raise ModelLoadError(f"model {name!r} failed to load: {exc}") from exc
+        info = {**card.to_dict(), **engine.info(), "architecture": card.architecture}
+        margin = s.margin if s.margin is not None else card.margin
+        try:
+            return _served(name, engine, info, engine.tile, margin)
+        except ModelLoadError:
+            engine.close()
+            raise
+
+    def load_repository() -> dict[str, ServedModel]:
+        from engines.repository import ModelRepository
+
         repo = ModelRepository(s.model_dir)
-        served = {}
-        for name in s.models or [card.name for card in repo.cards()]:  # cards(): names `make models`
-            try:
-                card = repo.card(name)
-                engine = open_card(
-                    card,
-                    tile=s.tile,
-                    max_batch=s.max_batch,
-                    providers=s.providers,
-                    intra_op_threads=s.intra_op_threads,
-                    inter_op_threads=s.inter_op_threads,
-                    graph_optimization=s.graph_optimization,
-                    cuda_device_id=s.cuda_device_id,
-                    cudnn_conv_algo_search=s.cudnn_conv_algo_search,
-                )
-            except Exception as exc:
-                raise ModelLoadError(f"model {name!r} failed to load: {exc}") from exc
-            info = {**card.to_dict(), **engine.info(), "architecture": card.architecture}
-            margin = s.margin if s.margin is not None else card.margin
-            served[name] = _served(name, engine, info, engine.tile, margin)
+        served: dict[str, ServedModel] = {}
+        try:
+            for name in s.models or [card.name for card in repo.cards()]:  # cards(): names `make models`
+                served[name] = load_one(repo, name)
+        except BaseException:
+            for m in served.values():  # a later model failed: release the sessions already built
+                m.engine.close()
+            raise
         return served
 
     return load_given if engines is not None else load_repository

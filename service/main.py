@@ -27,6 +27,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from drrn.errors import UserError
+from drrn.paths import WEIGHTS_DIR
 from engines.repository import ModelRepository
 from service.app import create_app
 from service.http_protocol import CoalescingHTTPProtocol
@@ -120,6 +121,7 @@ def serve(host: str = "127.0.0.1", port: int = 8000) -> None:
         repo.card(name)
     if settings.default_model not in names:
         raise UserError(f"DRRN_DEFAULT_MODEL={settings.default_model!r} is not served (serving {names})")
+    _warn_if_stale(repo, names)
     app = create_app(settings)
     config = uvicorn.Config(
         app,
@@ -133,3 +135,18 @@ def serve(host: str = "127.0.0.1", port: int = 8000) -> None:
         timeout_graceful_shutdown=math.ceil(settings.shutdown_grace_s) + UVICORN_SHUTDOWN_SLACK_S,
     )
     _Server(config, app).run()
+
+
+def _warn_if_stale(repo: ModelRepository, names: list[str]) -> None:
+    """Log a warning for each served model whose shipped weights changed after it was built (`make serve`
+    rebuilds first; a bare `drrn serve` after pulling new weights would otherwise serve the old export)."""
+    from drrn.paths import sha256_file
+
+    for name in names:
+        weights = WEIGHTS_DIR / f"{name}.safetensors"
+        card = repo.card(name)
+        if weights.is_file() and sha256_file(weights) != card.weights_sha256:
+            logging.getLogger("drrn.service").warning(
+                "model %r in %s was built from other weights than %s: run `make models`",
+                name, card.folder, weights,
+            )  # fmt: skip

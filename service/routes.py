@@ -66,7 +66,8 @@ def _entry(request: Request, m: ServedModel) -> dict[str, Any]:
         "max_queue_tiles": s.max_queue_tiles,
         "request_timeout_s": s.request_timeout_s,
     }
-    card = {k: v for k, v in m.card.items() if k not in ("tile", "margin", "serving")}
+    # Server paths stay private; tile and margin are shown as served (overrides applied), under "serving".
+    card = {k: v for k, v in m.card.items() if k not in ("tile", "margin", "serving", "model_path")}
     return {
         **card,
         "name": m.name,

@@ -77,8 +77,9 @@ class Settings(BaseSettings):
     max_queue_tiles: int = Field(
         default=4096,
         ge=1,
-        description="Bound on queued tiles from all requests; a request that would exceed it gets 503 "
-        "with Retry-After, one that alone exceeds it gets 413.",
+        description="Bound on each model's queued tiles (per model: a quality-model backlog never refuses "
+        "fast-model requests); a request that would exceed it gets 503 with Retry-After, one that alone "
+        "exceeds it gets 413.",
     )
     max_inflight_requests: int = Field(
         default=64,

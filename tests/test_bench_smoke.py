@@ -10,6 +10,7 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from bench import engine as bench_engine
@@ -197,3 +198,25 @@ def test_cost_quick(tiny_repo: Path, tmp_path: Path) -> None:
         assert r["seconds"] > 0 and r["computed_over_output_px"] >= 1.0 and r["tiles"] >= 1
         assert r["effective_gflops"] > 0 and r["efficiency_vs_gemm_peak"] > 0
     assert json.loads((tmp_path / "cost.json").read_text())["models"][0]["model"] == "fast"
+
+
+def test_margins_quick(tiny_repo: Path, tmp_path: Path) -> None:
+    from PIL import Image
+
+    from bench.margins import default_margins, run_margins
+
+    assert default_margins(52, 256) == [52, 26, 13, 8] and default_margins(20, 128) == [20, 10, 8]
+    data = tmp_path / "set"
+    data.mkdir()
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (72, 90, 3), dtype=np.uint8)).save(data / "a.png")
+    out = tmp_path / "margins.json"
+    report = run_margins("fast", [str(data)], [2], margins=[6, 2], tile=32, json_out=str(out), root=tiny_repo)
+    cells = {r["margin"]: r for r in report["cells"]}
+    assert sorted(cells) == [2, 6] and report["depth"] == 6
+    # margin = depth is exact tiling (the image is larger than a tile on both axes): no difference at all
+    assert cells[6]["max_grey_levels"] == 0 and abs(cells[6]["dpsnr_db"]) < 1e-9
+    assert cells[2]["max_grey_levels"] >= cells[6]["max_grey_levels"]
+    assert report["recommended_margin"] in (2, 6)
+    assert report["computed_over_output_px_1mpx"][6] > report["computed_over_output_px_1mpx"][2]
+    assert json.loads(out.read_text())["schema"] == "drrn-bench-margins/1"

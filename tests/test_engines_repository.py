@@ -18,9 +18,9 @@ from model_export.repository_build import (
     build_model,
     build_repository,
     card_document,
-    file_sha256,
     is_up_to_date,
     serving_defaults,
+    sha256_file,
 )
 
 
@@ -33,7 +33,7 @@ def test_build_writes_onnx_pair_and_card(tiny_repo: Path, tiny_weights: Path) ->
     folder = tiny_repo / "fast"
     assert sorted(p.name for p in folder.iterdir()) == sorted([c.REPO_ONNX, c.REPO_ONNX_FP16, c.REPO_CARD])
     card = ModelRepository(tiny_repo).card("fast")
-    sha = file_sha256(tiny_weights)
+    sha = sha256_file(tiny_weights)
     assert (card.format, card.name, card.architecture) == (c.CARD_FORMAT, "fast", "DRRN_B1U2_C8")
     assert card.config["units"] == 2 and card.config["channels"] == 8
     assert (card.depth, card.receptive_field, card.params, card.flops_per_pixel) == (6, 13, 1296, 4896)
@@ -64,7 +64,7 @@ def test_up_to_date_folders_are_skipped_and_stale_ones_rebuilt(tiny_weights: Pat
     assert not is_up_to_date(weights, folder, fp16=False)
     build_model(weights, tmp_path / "repo", fp16=False)
     card = ModelCard.from_folder(folder)
-    assert card.weights_sha256 == file_sha256(weights)
+    assert card.weights_sha256 == sha256_file(weights)
     assert _meta(card.onnx_path(False))[c.META_WEIGHTS_SHA256] == card.weights_sha256
 
 
@@ -163,3 +163,28 @@ def test_onnx_metadata_card_matches_the_weights_card(tiny_repo: Path, tiny_weigh
     assert from_onnx == from_weights
     with pytest.raises(UserError, match="fp16 export"):
         onnx_card_document(tiny_repo / "fast" / c.REPO_ONNX_FP16, "fast")
+
+
+def test_fp16_parity_miss_gives_an_fp32_only_card_that_stays_up_to_date(
+    tiny_weights: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from model_export import onnx_export
+
+    monkeypatch.setitem(onnx_export.TOLERANCE, "fp16", 0.0)  # every fp16 export now misses parity
+    folder = build_model(tiny_weights, tmp_path, name="m")
+    card = json.loads((folder / c.REPO_CARD).read_text())
+    assert card["files"] == {"fp32": c.REPO_ONNX} and not (folder / c.REPO_ONNX_FP16).exists()
+    assert card["export_version"] == c.EXPORT_VERSION
+    assert is_up_to_date(tiny_weights, folder)  # so the next build is skipped, not redone and refailed
+    calls = []
+    monkeypatch.setattr(onnx_export, "export_onnx", lambda *a, **k: calls.append(a))
+    build_model(tiny_weights, tmp_path, name="m")
+    assert calls == []
+
+
+def test_a_card_from_an_older_exporter_is_rebuilt(tiny_weights: Path, tmp_path: Path) -> None:
+    folder = build_model(tiny_weights, tmp_path, name="m", fp16=False)
+    card = json.loads((folder / c.REPO_CARD).read_text())
+    assert is_up_to_date(tiny_weights, folder, fp16=False)
+    (folder / c.REPO_CARD).write_text(json.dumps({**card, "export_version": c.EXPORT_VERSION - 1}))
+    assert not is_up_to_date(tiny_weights, folder, fp16=False)

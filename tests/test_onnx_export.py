@@ -13,10 +13,11 @@ import pytest
 import torch
 
 from drrn.cli import main
+from drrn.paths import sha256_file
 from model_export import onnx_export
 from model_export.model import DRRN, DRRNConfig
 from model_export.onnx_export import ExportParityError, export_onnx, read_onnx_metadata
-from model_export.weights import WeightsMeta, load_weights, save_weights, sha256_file
+from model_export.weights import WeightsMeta, load_weights, save_weights
 from tests.conftest import make_tiny_weights
 from tests.test_weights_and_vdsr import _tamper
 

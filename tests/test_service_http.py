@@ -471,6 +471,7 @@ def test_requests_left_at_the_end_of_the_grace_get_503_json(tiny_onnx: Path) -> 
             r = await admitted
             assert r.status_code == 503 and r.json()["error"] == "shutting_down"
             assert r.headers["retry-after"] == "1"
+            assert rejections(await client.get("/metrics"))["shutting_down"] == 1  # counted once
             engine.run_gate.set()
 
     asyncio.run(main())

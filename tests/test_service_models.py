@@ -85,6 +85,7 @@ def test_upscale_with_each_model_and_an_unknown_one(tiny_repo: Path) -> None:
             assert "fast, quality" in err["detail"]
             missing = await client.get("/v1/models/nope")
             assert missing.status_code == 422 and missing.json()["error"] == "unknown_model"
+            assert "model_path" not in (await client.get("/v1/models/fast")).json()  # no server paths
 
             samples = _samples((await client.get("/metrics")).text)
             runs = {
@@ -94,7 +95,9 @@ def test_upscale_with_each_model_and_an_unknown_one(tiny_repo: Path) -> None:
             }
             assert runs["fast"] >= 2 and runs["quality"] >= 1
             rejected = [s for s in samples["drrn_rejections"] if s.name.endswith("_total") and s.value]
-            assert [(s.labels["reason"], s.labels["model"]) for s in rejected] == [("bad_input", "")]
+            assert [(s.labels["reason"], s.labels["model"], s.value) for s in rejected] == [
+                ("bad_input", "", 1)
+            ]
             info = {s.labels["model"]: s.labels for s in samples["drrn_model_info"]}
             assert sorted(info) == ["fast", "quality"] and info["fast"]["default"] == "True"
             durations = {

@@ -91,8 +91,8 @@ def test_recipe_typos_are_errors(tmp_path: Path) -> None:
 
 def test_init_records_the_parents_stages(images: Path, tmp_path: Path, monkeypatch) -> None:
     """A warm-started run's weights list every stage behind them, oldest first (the card reads this)."""
+    from drrn.paths import sha256_file
     from model_export.lineage import stages_of, totals
-    from model_export.weights import sha256_file
 
     monkeypatch.setenv("DRRN_CACHE_DIR", str(tmp_path / "cache"))
     assert _train(tmp_path / "a", images, 6) == 0

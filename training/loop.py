@@ -27,10 +27,10 @@ import torch
 from tqdm import tqdm
 
 from drrn.errors import UserError
-from drrn.paths import PROJECT_ROOT
+from drrn.paths import PROJECT_ROOT, sha256_file
 from model_export.lineage import stage_summary, stages_of
 from model_export.model import DRRN, count_params
-from model_export.weights import WeightsMeta, load_weights, save_weights, sha256_file
+from model_export.weights import WeightsMeta, load_weights, save_weights
 from training.data import PatchSampler, build_patch_cache
 from training.recipe import Recipe, learning_rate, load_recipe
 
