@@ -66,6 +66,24 @@ def _convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _quantize(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from drrn.paths import datasets_dir
+    from model_export.quantize import calibration_crops, quantize_int8
+
+    if not Path(args.model).is_file():
+        raise UserError(f"model file not found: {args.model}")
+    folders = (
+        [Path(d) for d in args.calib] if args.calib else [datasets_dir() / "T91", datasets_dir() / "BSD200"]
+    )
+    quantize_int8(args.model, args.output, calibration_crops(folders, count=args.count))
+    print(
+        f"wrote {args.output} (int8 QDQ, calibrated on {args.count} crops of {', '.join(map(str, folders))})"
+    )
+    return 0
+
+
 def _export(args: argparse.Namespace) -> int:
     from model_export.cli_support import run_export
 
@@ -184,6 +202,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-o", "--output", required=True)
     s.add_argument("--fp16", action="store_true", help="float16 weights and math, float32 I/O")
     s.set_defaults(func=_export)
+
+    s = sub.add_parser("quantize", help="int8 (static QDQ) ONNX for the CPU, calibrated on training crops")
+    s.add_argument("model", help="an fp32 export, e.g. artifacts/models/fast/model.onnx")
+    s.add_argument("-o", "--output", required=True)
+    s.add_argument("--calib", nargs="+", help="calibration image folders (default: T91 and BSD200)")
+    s.add_argument("--count", type=int, default=48, help="calibration crops (96x96, x2/x3/x4 mixed)")
+    s.set_defaults(func=_quantize)
 
     s = sub.add_parser("eval", help="PSNR/SSIM under the DRRN (MATLAB) protocol")
     s.add_argument(
