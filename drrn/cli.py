@@ -221,6 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--tile", type=int, default=None, help="tile side (default: the model card's)")
     s.add_argument("--margin", type=int, default=None, help="tile margin (default: the card's, else depth)")
     s.add_argument("--root", default=None, help="model repository for NAME (default artifacts/models)")
+    s.add_argument("--ensemble", type=int, default=1, help="1, or 8: average the 8 flips/rotations (8x cost)")
     s.set_defaults(func=_eval)
 
     s = sub.add_parser("train", help="train a DRRN with a recipe (resumable)")

@@ -17,16 +17,20 @@ import numpy as np
 
 from drrn.errors import UserError
 from evaluation.core import evaluate, markdown_table
+from imaging.ensemble import ENSEMBLE_SIZES, self_ensemble
 from imaging.protocol import ImageReadError
 from imaging.tiling import run_tiled
 
 PROTOCOL = "drrn-matlab"
 
 
-def make_sr_function(model: str, tile: int | None, margin: int | None = None, root: Path | None = None):
+def make_sr_function(
+    model: str, tile: int | None, margin: int | None = None, root: Path | None = None, ensemble: int = 1
+):
     """``(sr, tile, margin)``: ``sr`` is None for bicubic, else ``sr(bicubic float64[H,W], scale) ->
     float32[H,W]`` via the tiled pipeline at that tile and margin (the card's, else the serving default
-    tile and the model depth). ``root``: the model repository (default ``artifacts/models``)."""
+    tile and the model depth), averaged over ``ensemble`` dihedral transforms (1 or 8,
+    :mod:`imaging.ensemble`). ``root``: the model repository (default ``artifacts/models``)."""
     if model == "bicubic":
         return None, None, None
     from engines.resolver import open_card, resolve_card, resolve_engine
@@ -38,8 +42,11 @@ def make_sr_function(model: str, tile: int | None, margin: int | None = None, ro
     if not 0 <= 2 * margin < engine.tile:
         raise UserError(f"margin {margin} leaves no core in tile {engine.tile}: need 0 <= 2*margin < tile")
 
+    def tiled(x: np.ndarray) -> np.ndarray:
+        return run_tiled(x, engine.run, engine.tile, margin, engine.max_batch)
+
     def sr(bicubic: np.ndarray, _scale: int) -> np.ndarray:
-        return run_tiled(bicubic.astype(np.float32), engine.run, engine.tile, margin, engine.max_batch)
+        return self_ensemble(bicubic.astype(np.float32), tiled, ensemble)
 
     return sr, engine.tile, margin
 
@@ -53,6 +60,7 @@ def run_eval(
     progress: bool = True,
     margin: int | None = None,
     root: Path | None = None,
+    ensemble: int = 1,
 ) -> dict:
     """The JSON document ``drrn eval --json`` writes; ``tile``/``margin`` None = the model's serving ones."""
     folders = [Path(d) for d in data]
@@ -62,7 +70,9 @@ def run_eval(
     bad = [s for s in scales if s < 2]
     if bad:
         raise UserError(f"scales must be integers >= 2, got {bad}")
-    sr, tile, margin = make_sr_function(model, tile, margin, root)
+    if ensemble not in ENSEMBLE_SIZES:
+        raise UserError(f"--ensemble must be one of {ENSEMBLE_SIZES}, got {ensemble}")
+    sr, tile, margin = make_sr_function(model, tile, margin, root, ensemble)
     try:
         results = evaluate(
             folders, scales, sr, progress=progress, save_dir=Path(save_images) if save_images else None
@@ -70,6 +80,7 @@ def run_eval(
     except (ImageReadError, ValueError, FileNotFoundError, OSError) as exc:
         raise UserError(str(exc)) from exc
     doc = {"protocol": PROTOCOL, "model": model, "scales": scales, "tile": tile, "margin": margin}
+    doc["ensemble"] = ensemble
     return doc | {"results": results}
 
 
@@ -82,6 +93,7 @@ def run_eval_cli(args: argparse.Namespace) -> int:
         margin=args.margin,
         root=Path(args.root) if args.root else None,
         save_images=args.save_images,
+        ensemble=args.ensemble,
     )
     label = Path(args.model).name if args.model.endswith((".onnx", ".safetensors")) else args.model
     print(markdown_table(doc["results"], label))

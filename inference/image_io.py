@@ -62,6 +62,7 @@ class ImageLimits:
     max_upload_bytes: int = 20 * 2**20
     max_input_pixels: int = 16_000_000
     max_output_pixels: int = 16_000_000
+    max_ensemble_output_pixels: int = 4_000_000  # ?ensemble=8 costs 8x the engine work and ~8x the tiles
     max_scale: float = 4.0
 
 

@@ -31,15 +31,18 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from imaging.color import rgb_to_ycbcr, ycbcr_to_rgb
+from imaging.ensemble import dihedral, undo_dihedral
 from imaging.protocol import quantize
 from imaging.resize import imresize, output_shape_for_scale
 from imaging.tiling import (
     TilePlan,
     core_bands,
+    extract_tiles,
     extract_tiles_by_band,
     plan_tiles,
     run_in_batches,
     stitch_rows,
+    stitch_tiles,
 )
 from inference.image_io import ImageError, ImageLimits, check_upload_size, decode_image, probe_image
 from inference.png import encode_png
@@ -51,6 +54,7 @@ __all__ = [
     "check_upload_size",
     "count_tiles",
     "finish",
+    "parse_ensemble",
     "parse_scale",
     "prepare",
     "probe",
@@ -94,6 +98,39 @@ def parse_scale(raw: str | None, limits: ImageLimits) -> float:
     return _check_scale(float(text), limits)
 
 
+def parse_ensemble(raw: str | None, limits: ImageLimits) -> int:
+    """The ``ensemble`` parameter: absent or ``1`` (one pass) or ``8`` (the dihedral self-ensemble).
+
+    Raises:
+        ImageError: 422 ``bad_ensemble`` for anything else.
+    """
+    if raw is None or raw.strip() == "":
+        return 1
+    if raw.strip() not in ("1", "8"):
+        raise ImageError(422, "bad_ensemble", f"ensemble must be 1 or 8, got {raw.strip()[:16]!r}")
+    return int(raw)
+
+
+def _check_ensemble(ensemble: int, output_size: tuple[int, int], limits: ImageLimits) -> None:
+    width, height = output_size
+    if ensemble > 1 and width * height > limits.max_ensemble_output_pixels:
+        limit = {"name": "max_ensemble_output_pixels", "value": limits.max_ensemble_output_pixels}
+        raise ImageError(
+            422,
+            "output_too_large_for_ensemble",
+            f"an {width}x{height} output is {width * height} pixels; with ensemble={ensemble} this server "
+            f"accepts at most {limits.max_ensemble_output_pixels} (it costs {ensemble}x the work)",
+            limit,
+        )
+
+
+def _ensemble_plans(out_shape: tuple[int, int], tile: int, margin: int, ensemble: int) -> list[TilePlan]:
+    """One tile plan per transform: the output's, and its transpose for the quarter turns."""
+    h, w = out_shape
+    upright, turned = plan_tiles(h, w, tile, margin), plan_tiles(w, h, tile, margin)
+    return [turned if k % 4 in (1, 3) else upright for k in range(ensemble)]
+
+
 @dataclass
 class Prepared:
     """A decoded request, ready for the engine.
@@ -117,6 +154,7 @@ class Prepared:
     _alpha: np.ndarray | None = field(repr=False)  # float32[h, w] input alpha in [0, 1], or None
     _dtype: type = field(repr=False)  # np.uint8 or np.uint16: output sample type
     _icc_profile: bytes | None = field(repr=False)
+    _ensemble: list[TilePlan] | None = field(default=None, repr=False)  # one plan per transform k
 
 
 def _strips(height: int, width: int) -> Iterator[slice]:
@@ -125,7 +163,9 @@ def _strips(height: int, width: int) -> Iterator[slice]:
         yield slice(start, min(start + step, height))
 
 
-def probe(data: bytes, scale: float, limits: ImageLimits) -> tuple[tuple[int, int], tuple[int, int]]:
+def probe(
+    data: bytes, scale: float, limits: ImageLimits, ensemble: int = 1
+) -> tuple[tuple[int, int], tuple[int, int]]:
     """``((width, height), (out_width, out_height))`` of ``data`` at ``scale``, from the header only.
 
     Runs the same format and limit checks :func:`prepare` starts with, without decoding pixels. Sizes
@@ -137,16 +177,19 @@ def probe(data: bytes, scale: float, limits: ImageLimits) -> tuple[tuple[int, in
     _check_scale(float(scale), limits)
     width, height = probe_image(data, scale, limits)
     out_h, out_w = output_shape_for_scale((height, width), scale)
+    _check_ensemble(ensemble, (out_w, out_h), limits)
     return (width, height), (out_w, out_h)
 
 
-def count_tiles(output_size: tuple[int, int], tile: int, margin: int) -> int:
+def count_tiles(output_size: tuple[int, int], tile: int, margin: int, ensemble: int = 1) -> int:
     """Tiles :func:`prepare` cuts for an output of ``(width, height)``: the engine runs a request costs."""
     width, height = output_size
-    return len(plan_tiles(height, width, tile, margin))
+    return sum(len(p) for p in _ensemble_plans((height, width), tile, margin, ensemble))
 
 
-def prepare(data: bytes, scale: float, limits: ImageLimits, tile: int, margin: int) -> Prepared:
+def prepare(
+    data: bytes, scale: float, limits: ImageLimits, tile: int, margin: int, ensemble: int = 1
+) -> Prepared:
     """Decode and validate ``data`` and build the engine's input tiles.
 
     Args:
@@ -154,6 +197,9 @@ def prepare(data: bytes, scale: float, limits: ImageLimits, tile: int, margin: i
         scale: scale factor in ``(1, limits.max_scale]`` (see :func:`parse_scale`).
         limits: request limits, all checked before the pixels are decoded.
         tile: tile side T; margin: context pixels per tile side (the model depth makes tiling exact).
+        ensemble: 1, or 8 for the dihedral self-ensemble (:mod:`imaging.ensemble`): the tiles of all 8
+            transforms of the upscaled Y, in order; this holds the whole upscaled Y once (the output is
+            bounded by ``max_ensemble_output_pixels``).
 
     Raises:
         ImageError: for anything wrong with the input (see :func:`inference.image_io.decode_image`).
@@ -179,8 +225,16 @@ def prepare(data: bytes, scale: float, limits: ImageLimits, tile: int, margin: i
         # Bit-identical to rows of the whole upscaled plane (imresize's window), one band of tiles at a time.
         return imresize(luma, output_shape=out_shape, window=(rows, slice(None)))
 
+    plans = None
+    if ensemble > 1:
+        _check_ensemble(ensemble, (out_shape[1], out_shape[0]), limits)
+        plans = _ensemble_plans(out_shape, tile, margin, ensemble)
+        whole = imresize(luma, output_shape=out_shape).astype(np.float32)
+        tiles = np.concatenate([extract_tiles(dihedral(whole, k), p) for k, p in enumerate(plans)])
+    else:
+        tiles = extract_tiles_by_band(upscaled_luma, plan)
     return Prepared(
-        tiles=extract_tiles_by_band(upscaled_luma, plan),
+        tiles=tiles,
         input_size=(width, height),
         output_size=(out_shape[1], out_shape[0]),
         _plan=plan,
@@ -188,6 +242,7 @@ def prepare(data: bytes, scale: float, limits: ImageLimits, tile: int, margin: i
         _alpha=alpha,
         _dtype=decoded.color.dtype.type,
         _icc_profile=decoded.icc_profile,
+        _ensemble=plans,
     )
 
 
@@ -208,9 +263,16 @@ def finish(prepared: Prepared, sr_tiles: np.ndarray) -> bytes:
     shape = (plan.height, plan.width)
     n_color = 1 if prepared._chroma is None else 3
     pixels = np.empty((*shape, n_color + (prepared._alpha is not None)), dtype=dtype)
+    if prepared._ensemble is not None:  # undo each transform and average: the whole Y, once
+        acc = np.zeros(shape, dtype=np.float64)
+        start = 0
+        for k, p in enumerate(prepared._ensemble):
+            acc += undo_dihedral(stitch_tiles(sr_tiles[start : start + len(p)], p), k)
+            start += len(p)
+        whole = (acc / len(prepared._ensemble)).astype(np.float32)
     # Band by band (the core rows of one row of tiles): only the final pixels exist at full size.
     for rows in core_bands(plan):
-        luma = stitch_rows(sr_tiles, plan, rows)
+        luma = whole[rows] if prepared._ensemble is not None else stitch_rows(sr_tiles, plan, rows)
         window = (rows, slice(None))
         if prepared._chroma is None:
             pixels[rows, :, 0] = quantize(luma, dtype)
@@ -234,6 +296,7 @@ def upscale_bytes(
     tile: int,
     margin: int,
     max_batch: int,
+    ensemble: int = 1,
 ) -> bytes:
     """Synchronous :func:`prepare` -> ``run`` on chunks of at most ``max_batch`` tiles -> :func:`finish`.
 
@@ -241,5 +304,5 @@ def upscale_bytes(
     """
     if max_batch < 1:
         raise ValueError(f"max_batch must be >= 1, got {max_batch}")
-    prepared = prepare(data, scale, limits, tile, margin)
+    prepared = prepare(data, scale, limits, tile, margin, ensemble)
     return finish(prepared, run_in_batches(prepared.tiles, run, max_batch))

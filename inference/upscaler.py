@@ -196,40 +196,52 @@ class Upscaler:
         request_id: str,
         facts: dict,
         disconnected: Callable[[], Awaitable[None]] | None = None,
+        ensemble: str | None = None,
     ) -> UpscaleResult:
         """Run one request. ``facts`` (the caller's access-log dict) is filled in as stages complete, so
         it is useful on failure too. Raises the errors of :mod:`inference.upscaler_types`, the batcher's
         and :class:`~inference.pipeline.ImageError`."""
         arrival = asyncio.get_running_loop().time()
         facts.update(scale=scale, model=model or self.default_model)
+        if ensemble is not None:
+            facts["ensemble"] = ensemble
         self._admit()
         served = self.resolve(model)
         self._enter(+1)
         try:
-            return await self._run(served, read, scale, request_id, facts, arrival, disconnected)
+            return await self._run(served, read, (scale, ensemble), request_id, facts, arrival, disconnected)
         finally:
             self._enter(-1)
 
-    async def _run(self, m, read, raw_scale, rid, facts, arrival, disconnected) -> UpscaleResult:
+    async def _run(self, m, read, raw_params, rid, facts, arrival, disconnected) -> UpscaleResult:
         loop, c = asyncio.get_running_loop(), self.config
         deadline = arrival + c.request_timeout_s
         timings: dict[str, float] = {}
         t_start, stage, cpu_wait = time.perf_counter(), "read", 0.0
         try:
             async with asyncio.timeout_at(deadline):
-                scale = pipeline.parse_scale(raw_scale, self.limits)
+                scale = pipeline.parse_scale(raw_params[0], self.limits)
+                ensemble = pipeline.parse_ensemble(raw_params[1], self.limits)
                 data = await read()
                 timings["read"] = time.perf_counter() - t_start
                 facts["bytes_in"] = len(data)
 
                 stage, t0 = "decode", time.perf_counter()
-                (w, h), (ow, oh) = pipeline.probe(data, scale, self.limits)
-                n_tiles = pipeline.count_tiles((ow, oh), m.tile, m.margin)
+                (w, h), (ow, oh) = pipeline.probe(data, scale, self.limits, ensemble)
+                n_tiles = pipeline.count_tiles((ow, oh), m.tile, m.margin, ensemble)
                 facts.update(input=f"{w}x{h}", output=f"{ow}x{oh}", tiles=n_tiles)
                 self.batcher.check_capacity(m.name, n_tiles)  # refuse before the expensive part
                 probe_s, t0 = time.perf_counter() - t0, time.perf_counter()
                 prepared, prepare_s = await loop.run_in_executor(
-                    self._cpu_pool, timed, pipeline.prepare, data, scale, self.limits, m.tile, m.margin
+                    self._cpu_pool,
+                    timed,
+                    pipeline.prepare,
+                    data,
+                    scale,
+                    self.limits,
+                    m.tile,
+                    m.margin,
+                    ensemble,
                 )
                 cpu_wait += time.perf_counter() - t0 - prepare_s
                 timings["decode"] = probe_s + prepare_s

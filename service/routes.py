@@ -135,12 +135,15 @@ async def upscale(
     request: Request,
     scale: str | None = Query(None, description="2, 3, 4 or any real in (1, max_scale]"),
     model: str | None = Query(None, description="served model name (GET /v1/models); default if absent"),
+    ensemble: str | None = Query(
+        None, description="1 (default) or 8: average the 8 flips/rotations (8x the work; own output limit)"
+    ),
 ) -> Response:
     """Body: multipart field ``image``, or the raw image with an ``image/*`` or octet-stream type."""
     rid = request_id(request)
     request.state.access = facts = {}
     result = await _upscaler(request).upscale(
-        lambda: _read(request), scale, model, rid, facts, disconnected=lambda: _disconnected(request)
+        lambda: _read(request), scale, model, rid, facts, lambda: _disconnected(request), ensemble
     )
     timing = ", ".join(f"{k};dur={_ms(v)}" for k, v in result.timings.items())
     headers = {REQUEST_ID_HEADER: rid, "Server-Timing": timing}

@@ -109,6 +109,11 @@ class Settings(BaseSettings):
     max_input_pixels: int = Field(default=16_000_000, ge=1, description="Largest decoded input (w*h).")
     max_output_pixels: int = Field(default=16_000_000, ge=1, description="Largest output (w*h) after scale.")
     max_scale: float = Field(default=4.0, gt=1, description="Largest accepted scale factor.")
+    max_ensemble_output_pixels: int = Field(
+        default=4_000_000,
+        ge=1,
+        description="Largest output (w*h) for ?ensemble=8 (8x the engine work of a plain request).",
+    )
 
     # --- logging ----------------------------------------------------------------------------------------
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = Field(
@@ -152,6 +157,7 @@ class Settings(BaseSettings):
             max_input_pixels=self.max_input_pixels,
             max_output_pixels=self.max_output_pixels,
             max_scale=self.max_scale,
+            max_ensemble_output_pixels=self.max_ensemble_output_pixels,
         )
 
     def limits_dict(self) -> dict[str, float | int]:
@@ -161,6 +167,7 @@ class Settings(BaseSettings):
             "max_input_pixels": self.max_input_pixels,
             "max_output_pixels": self.max_output_pixels,
             "max_scale": self.max_scale,
+            "max_ensemble_output_pixels": self.max_ensemble_output_pixels,
             "max_queue_tiles": self.max_queue_tiles,
             "max_inflight_requests": self.max_inflight_requests,
             "request_timeout_s": self.request_timeout_s,

@@ -159,3 +159,28 @@ def test_unknown_default_model_fails_startup(tiny_repo: Path) -> None:
 
     with pytest.raises(Exception, match="huge"):
         asyncio.run(main())
+
+
+def test_ensemble_is_a_request_option_with_its_own_limit(tiny_repo: Path) -> None:
+    async def main() -> None:
+        app = create_app(_settings(tiny_repo, max_ensemble_output_pixels=48 * 40))
+        body = png(24, 20, seed=5)
+        async with serving(app) as client:
+            one = await _post(client, "scale=2&model=quality", body)
+            eight = await _post(client, "scale=2&model=quality&ensemble=8", body)
+            assert one.status_code == eight.status_code == 200
+            assert Image.open(io.BytesIO(eight.content)).size == (48, 40)
+            assert one.content != eight.content
+            samples = _samples((await client.get("/metrics")).text)
+            tiles = {
+                s.labels["model"]: s.value for s in samples["drrn_request_tiles"] if s.name.endswith("_sum")
+            }
+            assert tiles == {"quality": 9.0}  # 1 tile plain + 8 ensembled (one per transform)
+            bad = await _post(client, "scale=2&ensemble=3", body)
+            assert bad.status_code == 422 and bad.json()["error"] == "bad_ensemble"
+            big = await _post(client, "scale=2.5&ensemble=8", body)
+            assert big.status_code == 422 and big.json()["limit"]["name"] == "max_ensemble_output_pixels"
+            limits = (await client.get("/v1/model")).json()["limits"]
+            assert limits["max_ensemble_output_pixels"] == 48 * 40
+
+    asyncio.run(main())
