@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPU benchmarks in one prepared script, for a session lent an H100/H200 (CUDA 12/13), <= ~9.5 minutes.
+# GPU benchmarks in one prepared script, for a session lent an H100/H200 (CUDA 12/13), <= ~10 minutes.
 #
 #   bash bench/gpu.sh [--quick]
 #
@@ -7,13 +7,14 @@
 # installs wheels from .whl/ (if carried: fastapi, uvicorn, pydantic-settings, python-multipart,
 # onnxruntime-gpu, ...) into /tmp/site, and prints clearly what is missing. Steps, each under `timeout`:
 #   1. environment (30 s): GPU, python, package versions, whether ORT's CUDA EP is there
-#   2. engine (330 s): python -m bench.gpu_engine -- torch CUDA fp32/TF32/bf16/fp16 (+cudnn.benchmark,
+#   2. engine (270 s): python -m bench.gpu_engine -- torch CUDA fp32/TF32/bf16/fp16 (+cudnn.benchmark,
 #      +CUDA graph) and, when onnxruntime-gpu loads, ORT CUDA EP fp32/fp16 x HEURISTIC/EXHAUSTIVE x
 #      numpy I/O vs IOBinding, + enable_cuda_graph
-#   3. service (180 s): `drrn bench service` against the real app on the GPU: `drrn serve` with
-#      DRRN_PROVIDERS=cuda when onnxruntime-gpu works, else the same app over a torch CUDA engine
+#   3. service (2 x 150 s): `drrn bench service` against the real app on the GPU, for the fast and the
+#      quality model: `drrn serve` with DRRN_PROVIDERS=cuda when onnxruntime-gpu works, else the same app
+#      over a torch CUDA engine (fast model only)
 # Results: $OUT (the device tool's output dir) if set, else docs/bench/gpu/: gpu.log, gpu_engine.json,
-# service_gpu.json, latency_throughput_gpu.png.
+# service_gpu_{fast,quality}.json, latency_throughput_gpu_{fast,quality}.png.
 set -u
 cd "$(dirname "$0")/.." || exit 1
 OUTDIR="${OUT:-docs/bench/gpu}"
@@ -71,8 +72,8 @@ except Exception as exc:
     print("onnxruntime: MISSING", exc)
 EOF
 
-step "2. engine benchmark (budget 240 s)"
-timeout 330 "$PY" -m bench.gpu_engine --out "$OUTDIR" --budget-s 240 $QUICK || echo "engine step failed or timed out (rc=$?)"
+step "2. engine benchmark (budget 180 s)"
+timeout 270 "$PY" -m bench.gpu_engine --out "$OUTDIR" --budget-s 180 $QUICK || echo "engine step failed or timed out (rc=$?)"
 
 step "3. service load test on the GPU"
 if ! "$PY" -c "import fastapi, uvicorn, pydantic_settings, multipart, httpx, PIL, prometheus_client" 2>/dev/null; then
@@ -83,11 +84,14 @@ else
   SVC="--concurrency 1,8,32 --duration 10 --engine-seconds 5"
   [ -n "$QUICK" ] && SVC="--concurrency 1,8 --requests 16"
   ORT_CUDA=$("$PY" -c "import onnxruntime as o; print(int('CUDAExecutionProvider' in o.get_available_providers()))" 2>/dev/null || echo 0)
-  # shellcheck disable=SC2086  # $SVC holds several options on purpose
   if [ "$ORT_CUDA" = "1" ]; then
-    timeout 180 "$PY" -m drrn bench service --spawn --model "$W" --set DRRN_PROVIDERS=cuda --set DRRN_TILE=256 \
-      --set DRRN_MAX_BATCH=16 $SVC --json "$OUTDIR/service_gpu.json" --plot "$OUTDIR/latency_throughput_gpu.png" \
-      || echo "service step failed or timed out (rc=$?)"
+    # Both shipped models, each alone on the GPU (the service serves both; the bench loads one at a time).
+    for M in fast quality; do
+      # shellcheck disable=SC2086  # $SVC holds several options on purpose
+      timeout 150 "$PY" -m drrn bench service --spawn --model "$M" --set DRRN_PROVIDERS=cuda --set DRRN_TILE=256 \
+        --set DRRN_MAX_BATCH=16 $SVC --json "$OUTDIR/service_gpu_$M.json" \
+        --plot "$OUTDIR/latency_throughput_gpu_$M.png" || echo "service step ($M) failed or timed out (rc=$?)"
+    done
   elif "$PY" -c "import torch; assert torch.cuda.is_available()" 2>/dev/null && [ -f "$W" ]; then
     echo "onnxruntime-gpu unavailable: serving the real app over a torch CUDA fp16 engine instead"
     DRRN_TILE=256 DRRN_MAX_BATCH=16 DRRN_LOG_LEVEL=WARNING "$PY" -m bench.gpu_engine serve-torch --weights "$W" \
