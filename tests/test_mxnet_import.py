@@ -215,11 +215,13 @@ def test_public_weights_parity_with_the_symbol_graph(public, shared: Path) -> No
     model, _ = load_weights(out)
     crops = _crops(shared)
     assert any(c.min() < 0 for c in crops), "the crops should exercise the rectified input"
+    worst = 0.0
     for c in crops:
         x = torch.from_numpy(c)[None, None]
         with torch.no_grad():
-            diff = float((model(x) - symbol_forward(graph, weights, x)).abs().max())
-        assert diff <= 1e-5, diff
+            worst = max(worst, float((model(x) - symbol_forward(graph, weights, x)).abs().max()))
+    print(f"B1U25 PyTorch module vs symbol graph on {len(crops)} real crops: max abs {worst:.2e}")
+    assert worst <= 1e-5
 
 
 def test_public_weights_onnx_parity(public, shared: Path, tmp_path: Path) -> None:
