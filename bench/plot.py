@@ -1,12 +1,12 @@
-"""Latency against throughput across concurrency levels, from a ``drrn bench service`` JSON.
+"""Latency and throughput against concurrency, from a ``drrn bench service`` JSON.
 
 Run:  python -m bench.plot docs/bench/service.json [-o docs/bench/latency_throughput.png]
 
-x: output Mpx/s (the service engine's tile rate over the window x the mix's output px per tile, which a
-CPU box's short windows measure far better than the few large requests they complete); y: p50 and p99
-latency (ms, log scale); each point is labelled with its concurrency. The knee of the curve is the
-service's useful capacity: past it, more concurrency only adds queueing delay. Uses matplotlib's Agg
-backend (no display needed).
+Two panels sharing the x-axis (concurrency, log 2): left, p50 and p99 latency of all requests and the p50
+of the smallest (64x64 x2) request (ms, log scale); right, delivered throughput as the service engine's
+output Mpx/s over each window (what a CPU box's short windows measure far better than the few large
+requests they complete) with the raw engine's ceiling as a line, its axis starting near the data so the
+differences are visible. Uses matplotlib's Agg backend (no display needed).
 """
 
 from __future__ import annotations
@@ -26,32 +26,36 @@ def plot_latency_throughput(report: dict[str, Any], out: str | Path) -> Path:
     import matplotlib.pyplot as plt
 
     levels = [lv for lv in report["levels"] if lv["ok"] > 0]
-    x = [lv.get("engine_output_mpx_per_s") or lv["output_mpx_per_s"] for lv in levels]
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    conc = [lv["concurrency"] for lv in levels]
+    fig, (lat, thr) = plt.subplots(1, 2, figsize=(9, 3.6), dpi=120)
     for key, style in (("p50", "o-"), ("p99", "s--")):
-        y = [lv["latency_ms"][key] for lv in levels]
-        ax.plot(x, y, style, label=f"{key} latency")
-    small = [(xi, lv["p50_ms_by_request"].get("crop64_x2")) for lv, xi in zip(levels, x, strict=True)]
-    small = [(xi, y) for xi, y in small if y is not None]
+        lat.plot(conc, [lv["latency_ms"][key] for lv in levels], style, label=f"{key}, all requests")
+    small = [(c, lv["p50_ms_by_request"].get("crop64_x2")) for c, lv in zip(conc, levels, strict=True)]
+    small = [(c, y) for c, y in small if y is not None]
     if small:  # the smallest request alone: how queueing behind big ones stretches a cheap request
-        ax.plot(*zip(*small, strict=True), "^:", label="p50 of 64x64 x2 requests")
-    for lv, xi in zip(levels, x, strict=True):
-        ax.annotate(f"c={lv['concurrency']} (n={lv['ok']})", (xi, lv["latency_ms"]["p50"]),
-                    textcoords="offset points", xytext=(4, -12), fontsize=8)  # fmt: skip
-    ov = report.get("overhead") or {}
-    ax.set_xlim(0, 1.1 * max([*x, ov.get("engine_output_mpx_per_s") or 0.0]))
-    ax.set_yscale("log")
-    ax.set_xlabel("throughput (output Mpx/s)")
-    ax.set_ylabel("latency (ms)")
+        lat.plot(*zip(*small, strict=True), "^:", label="p50, 64x64 x2 only")
+    lat.set_yscale("log")
+    lat.set_ylabel("latency (ms)")
+    lat.set_title("latency", fontsize=10)
+    x = [lv.get("engine_output_mpx_per_s") or lv["output_mpx_per_s"] for lv in levels]
+    thr.plot(conc, x, "o-", label="service (engine tile rate)")
+    ceiling = (report.get("overhead") or {}).get("engine_output_mpx_per_s")
+    if ceiling:
+        thr.axhline(ceiling, color="grey", linestyle=":", label="raw engine ceiling")
+    top = max([*x, ceiling or 0.0])
+    thr.set_ylim(0.8 * min(x), 1.1 * top)
+    thr.set_ylabel("output Mpx/s")
+    thr.set_title("throughput", fontsize=10)
+    for ax in (lat, thr):
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(conc, [str(c) for c in conc])
+        ax.set_xlabel("concurrent requests")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
     model = report.get("model", {}).get("name") or "model"
     serving = report.get("serving", {})
-    ax.set_title(f"{model}: tile {serving.get('tile')}, max_batch {serving.get('max_batch')}, "
+    fig.suptitle(f"{model}: tile {serving.get('tile')}, max_batch {serving.get('max_batch')}, "
                  f"{report.get('machine', {}).get('cpu_count')} CPUs", fontsize=10)  # fmt: skip
-    ov = report.get("overhead")
-    if ov:
-        ax.axvline(ov["engine_output_mpx_per_s"], color="grey", linestyle=":", label="raw engine")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend()
     fig.tight_layout()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
