@@ -259,3 +259,19 @@ def resolve_engine(
 
         engine.tile = serving_defaults(engine.depth)["tile"]
     return engine
+
+
+def resolve_tiled(
+    spec: str, *, root: Path | None = None, margin: int | None = None, **options: object
+) -> tuple[Engine, int]:
+    """``(engine, margin)`` for running ``spec`` tiled as the service would: a repository model at its
+    card's tile and margin (overridable), a file at the serving default tile and its depth. ``options``
+    are :func:`resolve_engine`'s (tile, max_batch, providers, ORT threads). Raises :class:`UserError` when
+    the margin leaves no core in the tile."""
+    card = resolve_card(spec, root)
+    engine = open_card(card, **options) if card else resolve_engine(spec, root=root, **options)  # type: ignore[arg-type]
+    if margin is None:
+        margin = card.margin if card else engine.depth
+    if not 0 <= 2 * margin < engine.tile:
+        raise UserError(f"margin {margin} leaves no core in tile {engine.tile}: need 0 <= 2*margin < tile")
+    return engine, margin

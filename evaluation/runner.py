@@ -33,14 +33,9 @@ def make_sr_function(
     :mod:`imaging.ensemble`). ``root``: the model repository (default ``artifacts/models``)."""
     if model == "bicubic":
         return None, None, None
-    from engines.resolver import open_card, resolve_card, resolve_engine
+    from engines.resolver import resolve_tiled
 
-    card = resolve_card(model, root)
-    engine = open_card(card, tile=tile, providers="cpu") if card else resolve_engine(model, tile=tile)
-    if margin is None:
-        margin = card.margin if card else engine.depth
-    if not 0 <= 2 * margin < engine.tile:
-        raise UserError(f"margin {margin} leaves no core in tile {engine.tile}: need 0 <= 2*margin < tile")
+    engine, margin = resolve_tiled(model, root=root, tile=tile, margin=margin, providers="cpu")
 
     def tiled(x: np.ndarray) -> np.ndarray:
         return run_tiled(x, engine.run, engine.tile, margin, engine.max_batch)

@@ -51,7 +51,7 @@ def upscale_file(
     """
     # Lazy imports: the CLI imports this module for every `drrn upscale`, and the engine may pull in torch.
     from drrn.errors import UserError
-    from engines.resolver import open_card, resolve_card, resolve_engine
+    from engines.resolver import resolve_tiled
     from inference.pipeline import ImageError, ImageLimits, parse_scale, upscale_bytes
 
     limits = limits or ImageLimits()
@@ -72,12 +72,7 @@ def upscale_file(
         "inter_op_threads": inter_op_threads,
         "graph_optimization": graph_optimization,
     }
-    card = resolve_card(model, root)
-    engine = open_card(card, **options) if card else resolve_engine(model, **options)
-    if margin is None:
-        margin = card.margin if card else engine.depth
-    if not 0 <= 2 * margin < engine.tile:
-        raise UserError(f"margin {margin} leaves no core in tile {engine.tile}: need 2*margin < tile")
+    engine, margin = resolve_tiled(model, root=root, margin=margin, **options)
     try:
         png = upscale_bytes(data, value, engine.run, limits, engine.tile, margin, engine.max_batch)
     except ImageError as exc:
