@@ -1,4 +1,4 @@
-"""``drrn bench {engine,service,scaling,cost,margins}``: dispatch to the benchmark modules (imported lazily).
+"""``drrn bench {engine,service,scaling,cost,margins,tiles}``: dispatch to the benchmark modules (lazily).
 
 - ``engine``: :func:`bench.engine.run_engine_bench` (backends x tiles x batches, peaks, headline ratio).
 - ``service``: :func:`bench.service_load.run_service_bench` (closed-loop HTTP load, overhead ratio), or with
@@ -6,6 +6,7 @@
 - ``scaling``: :func:`bench.scaling.run_scaling` (time and peak RSS against output megapixels).
 - ``cost``: :func:`bench.cost.run_cost` (a 1-Mpx output per served model, at its serving defaults).
 - ``margins``: :func:`bench.margins.run_margins` (tiled vs whole-image quality against the tile margin).
+- ``tiles``: :func:`bench.tiles.run_tiles` (tile-size sweep per model; tiling overhead across shapes).
 
 Nothing in ``bench`` imports this module (option-value parsing lives in :mod:`bench.options`).
 """
@@ -41,6 +42,12 @@ def run_bench_cli(args: argparse.Namespace) -> int:
 
         models = None if args.model in (None, "default") else args.model.split(",")
         run_cost(models, args.json_out, quick=args.quick)
+        return 0
+    if args.target == "tiles":
+        from bench.tiles import run_tiles
+
+        models = None if args.model in (None, "default") else args.model.split(",")
+        run_tiles(models, args.json_out, quick=args.quick, tiles=int_list(getattr(args, "tiles", None)))
         return 0
     if args.target == "margins":
         from bench.margins import run_margins

@@ -59,7 +59,7 @@ def measure_model(card: ModelCard, repeats: int, max_batch: int, side: int = SID
         upscale_bytes(data, SCALE, engine.run, limits, tile, margin, max_batch)
         times.append(time.perf_counter() - t0)
     seconds = float(np.median(times))
-    tiles = len(plan_tiles(out, out, tile, margin))
+    plan = plan_tiles(out, out, tile, margin)
     mpx = out * out / 1e6
     return {
         "model": card.name,
@@ -67,8 +67,9 @@ def measure_model(card: ModelCard, repeats: int, max_batch: int, side: int = SID
         "mflop_per_pixel": card.mflop_per_pixel,
         "tile": tile,
         "margin": margin,
-        "tiles": tiles,
-        "computed_over_output_px": tiles * tile * tile / (out * out),
+        "tiles": len(plan),
+        "tile_shape": list(plan.tile_shape),
+        "computed_over_output_px": plan.computed_pixels / (out * out),
         "output_mpx": mpx,
         "seconds": seconds,
         "seconds_per_mpx": seconds / mpx,

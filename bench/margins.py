@@ -66,7 +66,8 @@ def run_margins(
     from imaging.tiling import plan_tiles, run_tiled
 
     card = ModelRepository(root).card(model) if root else resolve_card(model)
-    engine = open_card(card, tile=tile, max_batch=8, providers="cpu")
+    # fp32: the study isolates what the margin costs (int8 rounding would blur it).
+    engine = open_card(card, tile=tile, max_batch=8, providers="cpu", precision="fp32")
     tile = engine.tile
     margins = margins or default_margins(card.depth, tile)
     folders = [Path(d) for d in data]
@@ -97,7 +98,7 @@ def run_margins(
             "max_grey_levels": cell["max_grey"],
         })  # fmt: skip
     out = 1024
-    overhead = {m: len(plan_tiles(out, out, tile, m)) * tile * tile / (out * out) for m in margins}
+    overhead = {m: plan_tiles(out, out, tile, m).computed_pixels / (out * out) for m in margins}
     ok = [
         m for m in margins
         if all(abs(r["dpsnr_db"]) <= MAX_DPSNR_DB and r["max_grey_levels"] <= MAX_GREY_LEVELS

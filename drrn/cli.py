@@ -70,17 +70,21 @@ def _quantize(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from drrn.paths import datasets_dir
-    from model_export.quantize import calibration_crops, quantize_int8
+    from model_export.quantize import calibration_crops, quantize_int8, write_recipe
 
     if not Path(args.model).is_file():
         raise UserError(f"model file not found: {args.model}")
     folders = (
         [Path(d) for d in args.calib] if args.calib else [datasets_dir() / "T91", datasets_dir() / "BSD200"]
     )
-    quantize_int8(args.model, args.output, calibration_crops(folders, count=args.count))
-    print(
-        f"wrote {args.output} (int8 QDQ, calibrated on {args.count} crops of {', '.join(map(str, folders))})"
-    )
+    crops = calibration_crops(folders, count=args.count)
+    about = f"{args.count} crops of 96x96, x2/x3/x4, seed 0, from {', '.join(f.name for f in folders)}"
+    if args.recipe:
+        write_recipe(args.model, args.output, args.recipe, crops, about, args.cpu_default)
+        print(f"wrote {args.recipe} (cpu_default={args.cpu_default}); `drrn models build` uses it")
+    else:
+        quantize_int8(args.model, args.output, crops)
+    print(f"wrote {args.output} (int8 QDQ, calibrated on {about})")
     return 0
 
 
@@ -208,6 +212,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-o", "--output", required=True)
     s.add_argument("--calib", nargs="+", help="calibration image folders (default: T91 and BSD200)")
     s.add_argument("--count", type=int, default=48, help="calibration crops (96x96, x2/x3/x4 mixed)")
+    s.add_argument("--recipe", help="also write the recipe (calibration ranges) `drrn models build` reuses")
+    s.add_argument(
+        "--cpu-default", action="store_true", help="recipe: serve int8 on the CPU (only after measuring it)"
+    )
     s.set_defaults(func=_quantize)
 
     s = sub.add_parser("eval", help="PSNR/SSIM under the DRRN (MATLAB) protocol")
@@ -222,6 +230,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--margin", type=int, default=None, help="tile margin (default: the card's, else depth)")
     s.add_argument("--root", default=None, help="model repository for NAME (default artifacts/models)")
     s.add_argument("--ensemble", type=int, default=1, help="1, or 8: average the 8 flips/rotations (8x cost)")
+    s.add_argument(
+        "--precision",
+        choices=["auto", "fp32", "fp16", "int8"],
+        default="auto",
+        help="a repository model's file (default auto: what the service runs on the CPU)",
+    )
     s.set_defaults(func=_eval)
 
     s = sub.add_parser("train", help="train a DRRN with a recipe (resumable)")
@@ -260,13 +274,13 @@ def build_parser() -> argparse.ArgumentParser:
     a.set_defaults(func=_models)
 
     s = sub.add_parser("bench", help="benchmarks (engine, service, scaling); see BENCHMARKS.md")
-    s.add_argument("target", choices=["engine", "service", "scaling", "cost", "margins"])
+    s.add_argument("target", choices=["engine", "service", "scaling", "cost", "margins", "tiles"])
     s.add_argument("--model", default="default", help="default | b1u25 | FILE.onnx | FILE.safetensors")
     s.add_argument("--json", dest="json_out")
     s.add_argument("--quick", action="store_true", help="a few iterations only (smoke test)")
     s.add_argument("--url", default="http://127.0.0.1:8000")
     g = s.add_argument_group("engine")
-    g.add_argument("--tiles", help="comma list, default 64,128,192,256")
+    g.add_argument("--tiles", help="comma list, default 64,128,192,256 (tiles: 128..512 / 256..640)")
     g.add_argument("--batches", help="comma list, default 1,2,4,8")
     g.add_argument("--backends", help="comma list of torch-fp32,torch-bf16,ort-fp32-1t,ort-fp32,ort-fp16")
     g.add_argument("--b1u25", action=argparse.BooleanOptionalAction, default=True, help="also DRRN B1U25")

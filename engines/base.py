@@ -1,7 +1,8 @@
-"""The engine seam: fixed-size tile batches in, super-resolved tiles out. No HTTP, no asyncio, no torch.
+"""The engine seam: tile batches in, super-resolved tiles out. No HTTP, no asyncio, no torch.
 
-Contract of :meth:`Engine.run`: ``float32[N, 1, T, T]`` bicubic-upscaled luminance in [0, 1] ->
-``float32[N, 1, T, T]`` (not clipped), with ``1 <= N <= max_batch`` and ``T == tile``. Backends:
+Contract of :meth:`Engine.run`: ``float32[N, 1, th, tw]`` bicubic-upscaled luminance in [0, 1] ->
+``float32[N, 1, th, tw]`` (not clipped), with ``1 <= N <= max_batch`` and ``th * tw <= tile**2`` (tiles
+fit each image's shape, :func:`imaging.tiling.plan_tiles`; ``tile`` bounds their memory). Backends:
 :mod:`engines.ort_engine` (ONNX Runtime, what the service runs) and :mod:`engines.torch_engine` (PyTorch,
 for ``drrn eval``/``upscale`` on weight files).
 """
@@ -31,7 +32,8 @@ class ProviderUnavailableError(UserError):
 
 
 class Engine(ABC):
-    """A model that maps tile batches ``float32[N, 1, tile, tile]`` to the same shape, ``N <= max_batch``.
+    """A model that maps tile batches ``float32[N, 1, th, tw]`` (``th * tw <= tile**2``) to the same shape,
+    ``N <= max_batch``.
 
     Subclasses implement :meth:`run`, :meth:`info` and :attr:`depth`. Instances are used from one thread
     at a time (the batcher's single-thread executor), so implementations need not be re-entrant.
@@ -45,7 +47,7 @@ class Engine(ABC):
 
     @abstractmethod
     def run(self, batch: np.ndarray) -> np.ndarray:
-        """``float32[N, 1, T, T]`` in [0, 1] -> ``float32[N, 1, T, T]``; may raise on backend failure."""
+        """``float32[N, 1, th, tw]`` in [0, 1] -> the same shape; may raise on backend failure."""
 
     @abstractmethod
     def info(self) -> dict[str, Any]:

@@ -53,13 +53,8 @@ def select_providers(
     return [(CUDA, cuda_opts), CPU]
 
 
-def choose_model_path(model_path: Path, fp16_model_path: Path | None, on_cuda: bool) -> Path:
-    """The fp16 model on CUDA when it exists (half the memory traffic), else the fp32 one.
-
-    Raises :class:`ModelNotFoundError` with the build command when the chosen file is missing.
-    """
-    if on_cuda and fp16_model_path is not None and Path(fp16_model_path).is_file():
-        return Path(fp16_model_path)
+def choose_model_path(model_path: Path) -> Path:
+    """``model_path``, or :class:`ModelNotFoundError` with the build command when it is missing."""
     path = Path(model_path)
     if not path.is_file():
         raise ModelNotFoundError(f"ONNX model {path} not found; " + BUILD_HINT.format(path=path))
@@ -144,7 +139,7 @@ class OrtEngine(Engine):
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         if batch.ndim != 4 or batch.shape[1] != 1 or not 1 <= batch.shape[0] <= self.max_batch:
-            raise ValueError(f"batch {batch.shape} is not [1..{self.max_batch}, 1, T, T]")
+            raise ValueError(f"batch {batch.shape} is not [1..{self.max_batch}, 1, H, W]")
         x = np.ascontiguousarray(batch, dtype=np.float32)
         return self.session.run([OUTPUT_NAME], {INPUT_NAME: x})[0]
 

@@ -57,9 +57,9 @@ _FIELDS: dict[str, type | tuple[type, ...]] = {
 class ModelCard:
     """One model of the repository: its ``card.json`` fields plus the folder holding its files.
 
-    ``serving`` is ``{"tile": T, "margin": M}``: the engine sees ``float32[N, 1, T, T]`` tiles with M
-    context pixels around each core. ``files`` maps ``"fp32"`` (and ``"fp16"`` when built) to file names
-    inside ``folder``.
+    ``serving`` is ``{"tile": T, "margin": M}``: the engine sees ``float32[N, 1, th, tw]`` tiles
+    (``th * tw <= T**2``) with M context pixels around each core. ``files`` maps ``"fp32"`` (and ``"fp16"``
+    when built) to file names inside ``folder``.
     """
 
     format: str
@@ -92,6 +92,20 @@ class ModelCard:
         """The fp16 file (which may be absent: not built) or the fp32 one."""
         key, default = ("fp16", c.REPO_ONNX_FP16) if fp16 else ("fp32", c.REPO_ONNX)
         return self.folder / self.files.get(key, default)
+
+    def precision_for(self, requested: str, on_cuda: bool) -> str:
+        """The precision to serve: ``requested`` (fp32, fp16 or int8) when its file is built, else fp32;
+        ``auto``: fp16 on CUDA when built, and on the CPU the card's ``serving.cpu_precision`` (int8 only
+        for a model whose int8 met the ship rule, see :mod:`model_export.quantize`)."""
+        if requested == "auto":
+            requested = "fp16" if on_cuda else self.serving.get("cpu_precision", "fp32")
+        if requested != "fp32" and (self.folder / self.files.get(requested, "")).is_file():
+            return requested
+        return "fp32"
+
+    def precision_path(self, precision: str) -> Path:
+        """The ONNX file of ``precision`` (fp32, fp16 or int8) as the card names it."""
+        return self.folder / self.files.get(precision, c.REPO_ONNX)
 
     def to_dict(self) -> dict[str, Any]:
         """The card as JSON-ready data for the API (no local paths)."""

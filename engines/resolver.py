@@ -12,7 +12,7 @@ service opens its repository models with :func:`open_card`. A spec is one of:
 - ``*.safetensors``: that weight file on PyTorch (:class:`engines.torch_engine.TorchEngine`, imported
   lazily: the service never imports torch).
 
-Engines map ``float32[N, 1, T, T]`` tiles to the same shape (:class:`engines.base.Engine`).
+Engines map ``float32[N, 1, th, tw]`` tiles to the same shape (:class:`engines.base.Engine`).
 """
 
 from __future__ import annotations
@@ -179,15 +179,18 @@ def open_card(
     graph_optimization: str = "all",
     cuda_device_id: int = 0,
     cudnn_conv_algo_search: str = "HEURISTIC",
+    precision: str = "auto",
 ) -> OrtEngine:
-    """An ONNX Runtime engine over a repository model: the fp16 file on CUDA when it exists, else fp32.
+    """An ONNX Runtime engine over a repository model, in ``precision``: ``auto`` = the fp16 file on CUDA
+    and the card's CPU precision (int8 where it was measured worth it) on the CPU, when built; else fp32
+    (:meth:`engines.repository.ModelCard.precision_for`).
 
     ``providers``: ``auto`` (CUDA when onnxruntime offers it), ``cpu`` or ``cuda``; ``tile`` defaults to
     the card's. Raises :class:`engines.base.ModelNotFoundError` when the ONNX file is missing.
     """
     chosen = select_providers(providers, cuda_device_id, cudnn_conv_algo_search)
     on_cuda = chosen[0] != CPU
-    path = choose_model_path(card.onnx_path(False), card.onnx_path(True), on_cuda)
+    path = choose_model_path(card.precision_path(card.precision_for(precision, on_cuda)))
     return OrtEngine(
         path,
         tile=tile or card.tile,
@@ -211,12 +214,14 @@ def resolve_engine(
     graph_optimization: str = "all",
     cuda_device_id: int = 0,
     cudnn_conv_algo_search: str = "HEURISTIC",
+    precision: str = "auto",
 ) -> Engine:
     """An :class:`engines.base.Engine` for ``spec`` (see the module docstring).
 
     ``tile`` defaults to the card's for a name, else to the serving default for the model's depth
-    (:func:`model_export.repository_build.serving_defaults`). ``providers`` and the ORT options apply to
-    ONNX models; a ``*.safetensors`` runs on PyTorch on the CPU.
+    (:func:`model_export.repository_build.serving_defaults`). ``providers``, ``precision`` (a repository
+    model's file: :func:`open_card`) and the ORT options apply to ONNX models; a ``*.safetensors`` runs on
+    PyTorch on the CPU.
     """
     card = resolve_card(spec, root)
     if card is not None:
@@ -230,6 +235,7 @@ def resolve_engine(
             graph_optimization=graph_optimization,
             cuda_device_id=cuda_device_id,
             cudnn_conv_algo_search=cudnn_conv_algo_search,
+            precision=precision,
         )
     path = Path(spec)
     if not path.is_file():

@@ -25,17 +25,25 @@ PROTOCOL = "drrn-matlab"
 
 
 def make_sr_function(
-    model: str, tile: int | None, margin: int | None = None, root: Path | None = None, ensemble: int = 1
+    model: str,
+    tile: int | None,
+    margin: int | None = None,
+    root: Path | None = None,
+    ensemble: int = 1,
+    precision: str = "auto",
 ):
     """``(sr, tile, margin)``: ``sr`` is None for bicubic, else ``sr(bicubic float64[H,W], scale) ->
     float32[H,W]`` via the tiled pipeline at that tile and margin (the card's, else the serving default
     tile and the model depth), averaged over ``ensemble`` dihedral transforms (1 or 8,
-    :mod:`imaging.ensemble`). ``root``: the model repository (default ``artifacts/models``)."""
+    :mod:`imaging.ensemble`). ``root``: the model repository (default ``artifacts/models``);
+    ``precision``: which of a repository model's files (``auto`` = what the service runs on the CPU)."""
     if model == "bicubic":
         return None, None, None
     from engines.resolver import resolve_tiled
 
-    engine, margin = resolve_tiled(model, root=root, tile=tile, margin=margin, providers="cpu")
+    engine, margin = resolve_tiled(
+        model, root=root, tile=tile, margin=margin, providers="cpu", precision=precision
+    )
 
     def tiled(x: np.ndarray) -> np.ndarray:
         return run_tiled(x, engine.run, engine.tile, margin, engine.max_batch)
@@ -56,6 +64,7 @@ def run_eval(
     margin: int | None = None,
     root: Path | None = None,
     ensemble: int = 1,
+    precision: str = "auto",
 ) -> dict:
     """The JSON document ``drrn eval --json`` writes; ``tile``/``margin`` None = the model's serving ones."""
     folders = [Path(d) for d in data]
@@ -67,7 +76,7 @@ def run_eval(
         raise UserError(f"scales must be integers >= 2, got {bad}")
     if ensemble not in ENSEMBLE_SIZES:
         raise UserError(f"--ensemble must be one of {ENSEMBLE_SIZES}, got {ensemble}")
-    sr, tile, margin = make_sr_function(model, tile, margin, root, ensemble)
+    sr, tile, margin = make_sr_function(model, tile, margin, root, ensemble, precision)
     try:
         results = evaluate(
             folders, scales, sr, progress=progress, save_dir=Path(save_images) if save_images else None
@@ -75,7 +84,7 @@ def run_eval(
     except (ImageReadError, ValueError, FileNotFoundError, OSError) as exc:
         raise UserError(str(exc)) from exc
     doc = {"protocol": PROTOCOL, "model": model, "scales": scales, "tile": tile, "margin": margin}
-    doc["ensemble"] = ensemble
+    doc["ensemble"], doc["precision"] = ensemble, precision
     return doc | {"results": results}
 
 
@@ -89,6 +98,7 @@ def run_eval_cli(args: argparse.Namespace) -> int:
         root=Path(args.root) if args.root else None,
         save_images=args.save_images,
         ensemble=args.ensemble,
+        precision=args.precision,
     )
     label = Path(args.model).name if args.model.endswith((".onnx", ".safetensors")) else args.model
     print(markdown_table(doc["results"], label))

@@ -16,8 +16,8 @@ import numpy as np
 class Lane:
     """One model's queue on the device: its engine call, tile side and batch bound."""
 
-    run: Callable[[np.ndarray], np.ndarray]  # float32[N, 1, T, T] -> same shape
-    tile: int  # T: every tile submitted to this lane is TxT (all tiles of a run must stack)
+    run: Callable[[np.ndarray], np.ndarray]  # float32[N, 1, th, tw] -> same shape
+    tile: int  # T: a tile submitted to this lane has at most T**2 pixels (a run stacks one shape only)
     max_batch: int  # at most this many tiles per engine run
 
     def __post_init__(self) -> None:
@@ -88,7 +88,7 @@ class BatcherObserver:
 
 @dataclass
 class BatchResult:
-    """Outputs ``float32[N, 1, T, T]`` in submission order, plus where the request's time went."""
+    """Outputs ``float32[N, 1, th, tw]`` in submission order, plus where the request's time went."""
 
     outputs: np.ndarray
     queue_wait_s: float  # submit -> first of its tiles started running

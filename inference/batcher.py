@@ -2,7 +2,8 @@
 numpy; no HTTP, no metrics library).
 
 Each model is a :class:`Lane` (engine call, tile side T, ``max_batch``); a request names one and its tiles
-(``float32[N, 1, T, T]``) join that lane's queue. A single worker task takes the next ready lane's batch
+(``float32[N, 1, th, tw]``, at most T**2 pixels each, one shape per request) join that lane's queue; a run
+stacks tiles of one shape only. A single worker task takes the next ready lane's batch
 (:mod:`inference.scheduling`: rotation over lanes with a full batch or whose oldest tile waited
 ``max_delay_ms``, so one model's backlog delays another's ready request by at most one run; round-robin
 over requests within a lane), stacks it, runs the lane's engine once in a single-thread executor (one
@@ -187,8 +188,8 @@ class TileBatcher:
             raise QueueFullError(n_tiles, queued, self.max_queue_tiles, self.retry_after_s)
 
     async def submit(self, model: str, tiles: np.ndarray, deadline: float, request_id: str) -> BatchResult:
-        """Run ``tiles`` (``float32[N, 1, T, T]``, N >= 1, T = the lane's tile) through ``model``'s engine by
-        ``deadline`` (loop.time()).
+        """Run ``tiles`` (``float32[N, 1, th, tw]``, N >= 1, ``th * tw <= T**2`` for the lane's tile T)
+        through ``model``'s engine by ``deadline`` (loop.time()).
 
         The outputs are written over ``tiles`` in place (``result.outputs is tiles``): each tile's output
         replaces it after the engine run that read it, so a large request costs one tile buffer, not two.
@@ -203,13 +204,15 @@ class TileBatcher:
         """
         lane = self._lane(model)
         if tiles.ndim != 4 or tiles.shape[0] < 1 or tiles.shape[1] != 1 or tiles.dtype != np.float32:
-            raise ValueError(f"tiles must be float32[N>=1, 1, T, T], got {tiles.dtype}{tiles.shape}")
+            raise ValueError(f"tiles must be float32[N>=1, 1, th, tw], got {tiles.dtype}{tiles.shape}")
         if not (tiles.flags.writeable and tiles.flags.c_contiguous):
             # Outputs are written over the tiles: a read-only or self-overlapping array (broadcast_to,
             # as_strided, frombuffer) would fail or corrupt later in the worker, for every request.
             raise ValueError("tiles must be a writeable, C-contiguous array (outputs are written in place)")
-        if tiles.shape[2:] != (lane.tile, lane.tile):
-            raise ValueError(f"tiles are {tiles.shape[2:]}, model {model!r} runs {lane.tile}x{lane.tile}")
+        if tiles.shape[2] * tiles.shape[3] > lane.tile * lane.tile:
+            raise ValueError(
+                f"tiles are {tiles.shape[2:]}, model {model!r} runs at most {lane.tile}**2 pixels"
+            )
         self.check_capacity(model, len(tiles))
         loop = asyncio.get_running_loop()
         job = Job(request_id, tiles, loop.create_future(), loop.time(), model)

@@ -125,9 +125,10 @@ def _check_ensemble(ensemble: int, output_size: tuple[int, int], limits: ImageLi
 
 
 def _ensemble_plans(out_shape: tuple[int, int], tile: int, margin: int, ensemble: int) -> list[TilePlan]:
-    """One tile plan per transform: the output's, and its transpose for the quarter turns."""
+    """One tile plan per transform: the output's, and its transpose for the quarter turns. Square tiles, so
+    the tiles of all 8 transforms stack into one batchable array."""
     h, w = out_shape
-    upright, turned = plan_tiles(h, w, tile, margin), plan_tiles(w, h, tile, margin)
+    upright, turned = plan_tiles(h, w, tile, margin, "square"), plan_tiles(w, h, tile, margin, "square")
     return [turned if k % 4 in (1, 3) else upright for k in range(ensemble)]
 
 
@@ -136,7 +137,8 @@ class Prepared:
     """A decoded request, ready for the engine.
 
     Attributes:
-        tiles: ``float32[N, 1, T, T]`` bicubic-upscaled Y in [0, 1] (unclipped bicubic overshoot, as
+        tiles: ``float32[N, 1, th, tw]`` (``th * tw <= T**2``, :func:`imaging.tiling.plan_tiles`)
+            bicubic-upscaled Y in [0, 1] (unclipped bicubic overshoot, as
             in training), cut by ``imaging.tiling``; the engine returns the same shape.
         input_size: ``(width, height)`` of the upright input (after EXIF orientation).
         output_size: ``(width, height)`` = ``(ceil(w * s), ceil(h * s))``.
@@ -181,14 +183,24 @@ def probe(
     return (width, height), (out_w, out_h)
 
 
-def count_tiles(output_size: tuple[int, int], tile: int, margin: int, ensemble: int = 1) -> int:
+def count_tiles(
+    output_size: tuple[int, int], tile: int, margin: int, ensemble: int = 1, shape: str = "fit"
+) -> int:
     """Tiles :func:`prepare` cuts for an output of ``(width, height)``: the engine runs a request costs."""
     width, height = output_size
-    return sum(len(p) for p in _ensemble_plans((height, width), tile, margin, ensemble))
+    if ensemble > 1:
+        return sum(len(p) for p in _ensemble_plans((height, width), tile, margin, ensemble))
+    return len(plan_tiles(height, width, tile, margin, shape))
 
 
 def prepare(
-    data: bytes, scale: float, limits: ImageLimits, tile: int, margin: int, ensemble: int = 1
+    data: bytes,
+    scale: float,
+    limits: ImageLimits,
+    tile: int,
+    margin: int,
+    ensemble: int = 1,
+    shape: str = "fit",
 ) -> Prepared:
     """Decode and validate ``data`` and build the engine's input tiles.
 
@@ -196,7 +208,9 @@ def prepare(
         data: the uploaded file (JPEG, PNG, WebP, BMP or TIFF).
         scale: scale factor in ``(1, limits.max_scale]`` (see :func:`parse_scale`).
         limits: request limits, all checked before the pixels are decoded.
-        tile: tile side T; margin: context pixels per tile side (the model depth makes tiling exact).
+        tile: tile side T (tiles hold at most T**2 pixels and fit the image's shape); margin: context pixels
+            per tile side (the model depth makes tiling exact); ``shape``: the tile shapes, ``fit``,
+            ``uniform`` or ``square`` (:func:`imaging.tiling.plan_tiles`; the ensemble is always square).
         ensemble: 1, or 8 for the dihedral self-ensemble (:mod:`imaging.ensemble`): the tiles of all 8
             transforms of the upscaled Y, in order; this holds the whole upscaled Y once (the output is
             bounded by ``max_ensemble_output_pixels``).
@@ -219,7 +233,7 @@ def prepare(
             ycc[rows] = rgb_to_ycbcr(decoded.color[rows].astype(np.float32) * inv_max)
         luma, chroma = ycc[..., 0], ycc[..., 1:]
     alpha = None if decoded.alpha is None else decoded.alpha.astype(np.float32) * inv_max
-    plan = plan_tiles(out_shape[0], out_shape[1], tile, margin)
+    plan = plan_tiles(out_shape[0], out_shape[1], tile, margin, shape)
 
     def upscaled_luma(rows: slice) -> np.ndarray:
         # Bit-identical to rows of the whole upscaled plane (imresize's window), one band of tiles at a time.
@@ -251,7 +265,7 @@ def finish(prepared: Prepared, sr_tiles: np.ndarray) -> bytes:
 
     Args:
         prepared: from :func:`prepare`.
-        sr_tiles: ``float32[N, 1, T, T]`` model output for ``prepared.tiles`` in the same order; Y in
+        sr_tiles: ``float32[N, 1, th, tw]`` model output for ``prepared.tiles`` in the same order; Y in
             [0, 1] (values outside are clipped, NaN becomes 0).
 
     Returns:
@@ -300,7 +314,7 @@ def upscale_bytes(
 ) -> bytes:
     """Synchronous :func:`prepare` -> ``run`` on chunks of at most ``max_batch`` tiles -> :func:`finish`.
 
-    ``run`` maps ``float32[n, 1, T, T] -> float32[n, 1, T, T]`` (an engine's ``run``).
+    ``run`` maps ``float32[n, 1, th, tw] -> float32[n, 1, th, tw]`` (an engine's ``run``).
     """
     if max_batch < 1:
         raise ValueError(f"max_batch must be >= 1, got {max_batch}")

@@ -10,8 +10,9 @@ after the quality batch that is running, or the next one). While no lane is read
 until the earliest time one becomes ready (:meth:`LaneRotation.wake_at`) or a new request arrives; a lane
 waiting for its partial batch to fill never holds up a lane that is ready.
 
-**Within a lane** (:class:`RoundRobinQueue`): a batch takes one tile from each request with queued tiles,
-in turn, until it holds ``max_batch`` tiles; the rotation carries over from one batch to the next, and a
+**Within a lane** (:class:`RoundRobinQueue`): a batch takes one tile from each request with queued tiles
+of the same shape as the first in turn (tiles fit each image's shape, and a run stacks one shape), until
+it holds ``max_batch`` tiles; the rotation carries over from one batch to the next, and a
 new request joins the end of it. Within a request, tiles run in order. So a 1-tile request that arrives
 behind a 2,000-tile one runs in the next batch of its lane instead of after all 2,000 tiles, and k
 concurrent requests each get about 1/k of the lane. (Strict FIFO by tile would make every later request
@@ -88,15 +89,27 @@ class RoundRobinQueue:
         return min((job.submitted for job in self._jobs), default=None)
 
     def take(self, n: int) -> list[tuple[Job, int]]:
-        """Up to ``n`` ``(job, tile index)`` pairs, one per request in turn; removes them from the queue."""
+        """Up to ``n`` ``(job, tile index)`` pairs, one per request in turn; removes them from the queue.
+
+        A batch stacks tiles of one shape: the shape of the request whose turn it is. Requests with other
+        shapes are passed over and keep their place at the front of the rotation."""
         batch: list[tuple[Job, int]] = []
+        if not self._jobs:
+            return batch
+        shape = self._jobs[0].tiles.shape[2:]
+        passed: deque[Job] = deque()
         while self._jobs and len(batch) < n:
             job = self._jobs.popleft()
+            if job.tiles.shape[2:] != shape:
+                passed.append(job)
+                continue
             batch.append((job, job.next_tile))
             job.next_tile += 1
             self._tiles -= 1
             if job.queued:
                 self._jobs.append(job)
+        passed.extend(self._jobs)
+        self._jobs = passed
         return batch
 
 

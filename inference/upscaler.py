@@ -228,7 +228,7 @@ class Upscaler:
 
                 stage, t0 = "decode", time.perf_counter()
                 (w, h), (ow, oh) = pipeline.probe(data, scale, self.limits, ensemble)
-                n_tiles = pipeline.count_tiles((ow, oh), m.tile, m.margin, ensemble)
+                n_tiles = pipeline.count_tiles((ow, oh), m.tile, m.margin, ensemble, m.tile_shape)
                 facts.update(input=f"{w}x{h}", output=f"{ow}x{oh}", tiles=n_tiles)
                 self.batcher.check_capacity(m.name, n_tiles)  # refuse before the expensive part
                 probe_s, t0 = time.perf_counter() - t0, time.perf_counter()
@@ -242,6 +242,7 @@ class Upscaler:
                     m.tile,
                     m.margin,
                     ensemble,
+                    m.tile_shape,
                 )
                 cpu_wait += time.perf_counter() - t0 - prepare_s
                 timings["decode"] = probe_s + prepare_s

@@ -66,13 +66,16 @@ class ClientGoneError(UpscalerError):
 
 @dataclass(frozen=True)
 class ServedModel:
-    """A loaded model and how it is tiled: ``tile``-sided tiles with ``margin`` context pixels."""
+    """A loaded model and how it is tiled: tiles of at most ``tile**2`` pixels shaped per ``tile_shape``
+    (``fit`` each image, or ``uniform`` T x T where the image allows, so tiles of different requests stack:
+    GPU batching), with ``margin`` context pixels (:func:`imaging.tiling.plan_tiles`)."""
 
     name: str
     engine: Engine
     tile: int
     margin: int
     card: Mapping[str, Any] = field(default_factory=dict)  # public description (API, metrics)
+    tile_shape: str = "fit"
 
     def __post_init__(self) -> None:
         if 2 * self.margin >= self.tile:

@@ -4,6 +4,8 @@ Layout (file names in :mod:`drrn.contract`; read back by :mod:`engines.repositor
 
     ROOT/<name>/model.onnx        fp32 export, float32[N, 1, H, W] -> same
     ROOT/<name>/model.fp16.onnx   fp16 weights and math, float32 I/O (used on CUDA)
+    ROOT/<name>/model.int8.onnx   int8 QDQ (the CPU default when its recipe says so; built only from a
+                                  recipe, weights/<name>.int8.json, see model_export.quantize)
     ROOT/<name>/card.json         CARD_FORMAT: config, cost, quality, provenance, serving defaults
 
 Both exports go through :func:`model_export.onnx_export.export_onnx`, which refuses a file that ONNX Runtime
@@ -32,14 +34,38 @@ log = logging.getLogger(__name__)
 
 
 def serving_defaults(depth: int) -> dict[str, int]:
-    """Tile side T and margin M the service uses for a model of ``depth`` conv layers.
+    """Tile size T (tiles hold at most T*T pixels) and margin M the service uses for a model of ``depth``
+    conv layers.
 
-    M = depth makes tiled output equal whole-image output. T is PROVISIONAL: 128 for shallow models
-    (depth <= 24), 256 for deeper ones so the margin does not eat most of each tile (at T = 128 and
-    M = 52 only a 24-pixel core would remain). A performance study of tile size per model replaces these
-    numbers; the card is where they live, so only this function changes.
+    M = depth makes tiled output equal whole-image output (the margin study in BENCHMARKS.md found no
+    smaller margin within 1 grey level everywhere). T is the smallest size whose tiling overhead stays
+    <= 1.5x on every image shape (``drrn bench tiles``: 256 at M = 20 computes at most 1.42x the output,
+    640 at M = 52 at most 1.38x) and whose throughput is within a few percent of the best measured.
     """
-    return {"tile": 128 if depth <= 24 else 256, "margin": depth}
+    return {"tile": 256 if depth <= 24 else 640, "margin": depth}
+
+
+def int8_recipe_path(weights: Path | str) -> Path:
+    """``weights/<name>.int8.json`` for ``weights/<name>.safetensors`` (it may not exist)."""
+    weights = Path(weights)
+    return weights.with_name(weights.stem + c.INT8_RECIPE_SUFFIX)
+
+
+def _build_int8(weights: Path, folder: Path, name: str) -> dict[str, Any]:
+    """Build ``model.int8.onnx`` from the weights' recipe, if there is one; the card fields it adds."""
+    recipe = int8_recipe_path(weights)
+    (folder / c.REPO_ONNX_INT8).unlink(missing_ok=True)
+    if not recipe.is_file():
+        return {}
+    from model_export.quantize import quantize_from_recipe, read_recipe
+
+    doc = read_recipe(recipe, sha256_file(weights))
+    quantize_from_recipe(folder / c.REPO_ONNX, folder / c.REPO_ONNX_INT8, doc)
+    log.info("model %r: int8 file built from %s (CPU default: %s)", name, recipe, doc["cpu_default"])
+    return {
+        "int8_recipe_sha256": sha256_file(recipe),
+        "cpu_precision": "int8" if doc["cpu_default"] else "fp32",
+    }
 
 
 def is_up_to_date(weights: Path | str, folder: Path | str, fp16: bool = True) -> bool:
@@ -56,6 +82,9 @@ def is_up_to_date(weights: Path | str, folder: Path | str, fp16: bool = True) ->
         return False  # asked for fp32 only: rebuild so no stale fp16 file is served
     if fp16 and c.REPO_ONNX_FP16 not in files.values() and card.get("fp16_export") != "parity_miss":
         return False  # built fp32-only on purpose, now asked for fp16 (a parity miss is not retried)
+    recipe = int8_recipe_path(weights)
+    if card.get("int8_recipe_sha256") != (sha256_file(recipe) if recipe.is_file() else None):
+        return False  # a recipe was added, changed or removed
     return (
         version == c.EXPORT_VERSION
         and recorded == sha256_file(weights)
@@ -174,7 +203,12 @@ def build_model(weights: Path, root: Path, name: str | None = None, fp16: bool =
             except ExportParityError as exc:  # CUDA then runs the fp32 file; the card says which exist
                 log.warning("model %r: no fp16 file (%s); the card lists fp32 only", name, exc)
                 fp16, fp16_export = False, "parity_miss"
+        int8 = _build_int8(weights, folder, name)
         card = card_document(weights, name, fp16) | {"fp16_export": fp16_export}
+        if int8:
+            card["files"]["int8"] = c.REPO_ONNX_INT8
+            card["serving"]["cpu_precision"] = int8.pop("cpu_precision")
+            card |= int8
     except (WeightsError, ExportParityError) as exc:
         raise UserError(f"cannot build model {name!r} from {weights}: {exc}") from exc
     _write_atomically(folder / c.REPO_CARD, json.dumps(card, indent=2, sort_keys=True) + "\n")

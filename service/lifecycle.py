@@ -27,6 +27,7 @@ from typing import Any
 
 from drrn.errors import UserError
 from engines.base import Engine
+from inference.pipeline import count_tiles
 from inference.upscaler import Loader, Upscaler
 from inference.upscaler_types import ServedModel
 from service.settings import Settings
@@ -38,9 +39,19 @@ class ModelLoadError(UserError):
     """A served model could not be loaded; the message names it (startup fails)."""
 
 
-def _served(name: str, engine: Engine, card: Mapping[str, Any], tile: int, margin: int) -> ServedModel:
+def _tile_shape(setting: str, engine: Engine) -> str:
+    """``auto``: uniform tiles on CUDA, where batching tiles of many requests pays; tiles that fit each
+    image on the CPU, where a run's cost is its pixels and batching buys nothing."""
+    if setting == "auto":
+        return "uniform" if "CUDAExecutionProvider" in (getattr(engine, "providers", None) or ()) else "fit"
+    return setting
+
+
+def _served(
+    name: str, engine: Engine, card: Mapping[str, Any], tile: int, margin: int, tile_shapes: str
+) -> ServedModel:
     try:
-        return ServedModel(name, engine, tile, margin, card)
+        return ServedModel(name, engine, tile, margin, card, _tile_shape(tile_shapes, engine))
     except ValueError as exc:
         raise ModelLoadError(f"model {name!r}: {exc} (set DRRN_TILE/DRRN_MARGIN)") from exc
 
@@ -53,7 +64,9 @@ def model_loader(settings: Settings, engines: Mapping[str, Engine] | None = None
     def load_given() -> dict[str, ServedModel]:
         assert engines is not None
         return {
-            name: _served(name, e, e.info(), e.tile, s.margin if s.margin is not None else e.depth)
+            name: _served(
+                name, e, e.info(), e.tile, s.margin if s.margin is not None else e.depth, s.tile_shapes
+            )
             for name, e in engines.items()
         }
 
@@ -72,13 +85,14 @@ def model_loader(settings: Settings, engines: Mapping[str, Engine] | None = None
                 graph_optimization=s.graph_optimization,
                 cuda_device_id=s.cuda_device_id,
                 cudnn_conv_algo_search=s.cudnn_conv_algo_search,
+                precision=s.precision,
             )
         except Exception as exc:
             raise ModelLoadError(f"model {name!r} failed to load: {exc}") from exc
         info = {**card.to_dict(), **engine.info(), "architecture": card.architecture}
         margin = s.margin if s.margin is not None else card.margin
         try:
-            return _served(name, engine, info, engine.tile, margin)
+            return _served(name, engine, info, engine.tile, margin, s.tile_shapes)
         except ModelLoadError:
             engine.close()
             raise
@@ -106,18 +120,16 @@ def warn_on_config_conflicts(settings: Settings, upscaler: Upscaler) -> None:
     s = settings
     side = math.isqrt(s.max_output_pixels)
     for m in upscaler.models.values():
-        core = m.tile - 2 * m.margin
-        worst = math.ceil(side / core) ** 2
+        # A square output at the pixel limit: about the most tiles a request can need.
+        worst = count_tiles((side, side), m.tile, m.margin, shape=m.tile_shape)
         if worst > s.max_queue_tiles:
             log.warning(
-                "model %r: max_output_pixels=%d needs up to %d tiles of core %d > max_queue_tiles=%d: "
-                "outputs above ~%.1f MP will be refused with 413 too_many_tiles",
+                "model %r: max_output_pixels=%d needs up to %d tiles > max_queue_tiles=%d: the largest "
+                "outputs will be refused with 413 too_many_tiles",
                 m.name,
                 s.max_output_pixels,
                 worst,
-                core,
                 s.max_queue_tiles,
-                s.max_queue_tiles * core * core / 1e6,
             )
     if s.shutdown_grace_s < s.request_timeout_s:
         log.warning(

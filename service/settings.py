@@ -49,6 +49,12 @@ class Settings(BaseSettings):
         description="CUDA provider cuDNN conv algorithm search. EXHAUSTIVE benchmarks per shape "
         "(slow warmup, sometimes faster steady state); HEURISTIC is fast to warm up.",
     )
+    precision: Literal["auto", "fp32", "fp16", "int8"] = Field(
+        default="auto",
+        description="Which of a model's ONNX files to run: auto = fp16 on CUDA, and on the CPU the card's "
+        "choice (int8 for a model whose int8 file measured >= 1.5x faster within 0.02 dB, else fp32). A "
+        "precision a model was not built in falls back to fp32.",
+    )
     intra_op_threads: int = Field(default=0, ge=0, description="ORT intra-op threads; 0 = ORT default.")
     inter_op_threads: int = Field(default=0, ge=0, description="ORT inter-op threads; 0 = ORT default.")
     graph_optimization: Literal["disable", "basic", "extended", "all"] = Field(
@@ -59,13 +65,21 @@ class Settings(BaseSettings):
     tile: int | None = Field(
         default=None,
         ge=8,
-        description="Tile side T in pixels for every model; empty = each model's card default.",
+        description="Tile size T for every model: a tile holds at most T*T pixels; "
+        "empty = each model's card default.",
     )
     margin: int | None = Field(
         default=None,
         ge=0,
         description="Context pixels around each tile core for every model; empty = each model's card "
         "default (its depth: tiled output equals whole-image output). Must satisfy 2*margin < tile.",
+    )
+    tile_shapes: Literal["auto", "fit", "uniform"] = Field(
+        default="auto",
+        description="fit: each image's tiles take the shape that computes the fewest pixels (at most "
+        "tile**2 each; thin and small images waste nothing). uniform: tile x tile wherever the image is at "
+        "least tile on both axes, so tiles of different requests batch together. Both are exact. auto = "
+        "uniform on CUDA, fit on the CPU.",
     )
     max_batch: int = Field(default=8, ge=1, description="Most tiles per engine run.")
     max_delay_ms: float = Field(

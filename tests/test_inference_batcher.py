@@ -483,8 +483,8 @@ def test_bad_tiles_are_refused() -> None:
     async def body(b: TileBatcher, rec: Recorder) -> None:
         with pytest.raises(ValueError, match="float32"):
             await b.submit("m", tiles(1, 1).astype(np.float64), far(), "f64")
-        with pytest.raises(ValueError, match="4x4"):
-            await b.submit("m", np.zeros((1, 1, 5, 5), np.float32), far(), "wrong tile")
+        with pytest.raises(ValueError, match=r"at most 4\*\*2 pixels"):
+            await b.submit("m", np.zeros((1, 1, 5, 4), np.float32), far(), "too big a tile")
         with pytest.raises(ValueError):
             await b.submit("m", np.zeros((0, 1, T, T), np.float32), far(), "empty")
 
@@ -632,8 +632,8 @@ def test_unknown_model_is_refused_with_the_lane_names() -> None:
             b.check_capacity("huge", 1)
         with pytest.raises(UnknownModelError):
             b.queued("huge")
-        with pytest.raises(ValueError, match="6x6"):  # a quality tile sent to the fast lane
-            await b.submit("fast", tiles(1, 1, TQ), far(), "wrong side")
+        with pytest.raises(ValueError, match=r"at most 4\*\*2"):  # a fast tile too big for the quality lane
+            await b.submit("quality", tiles(1, 1, TF), far(), "too big")
         assert b.inflight == 0
 
     rec = run_lanes(lanes, body)

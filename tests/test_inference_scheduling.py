@@ -22,9 +22,12 @@ def loop() -> Iterator[asyncio.AbstractEventLoop]:
     loop.close()
 
 
-def make_job(loop: asyncio.AbstractEventLoop, lane: str, request: int, n: int, at: float = 0.0) -> Job:
-    """Request ``request``: ``n`` tiles in ``lane`` queued at ``at``; tile i holds ``100 request + i``."""
-    x = np.stack([np.full((1, 2, 2), 100 * request + i, np.float32) for i in range(n)])
+def make_job(
+    loop: asyncio.AbstractEventLoop, lane: str, request: int, n: int, at: float = 0.0, shape: tuple = (2, 2)
+) -> Job:
+    """Request ``request``: ``n`` tiles of ``shape`` in ``lane`` queued at ``at``; tile i holds
+    ``100 request + i``."""
+    x = np.stack([np.full((1, *shape), 100 * request + i, np.float32) for i in range(n)])
     return Job(f"r{request}", x, loop.create_future(), at, lane)
 
 
@@ -52,6 +55,18 @@ def test_round_robin_within_a_lane_carries_over_between_batches(loop: asyncio.Ab
     assert ids(q.take(3)) == [201, 102, 300]
     assert q.remove(big) == 2 and len(q) == 0 and q.take(3) == []
     assert q.remove(big) == 0
+
+
+def test_a_batch_stacks_one_tile_shape_and_passed_over_requests_keep_their_turn(
+    loop: asyncio.AbstractEventLoop,
+) -> None:
+    q = RoundRobinQueue()
+    a, thin, b = make_job(loop, "m", 1, 3), make_job(loop, "m", 2, 2, shape=(1, 4)), make_job(loop, "m", 3, 2)
+    for job in (a, thin, b):
+        q.add(job)
+    assert ids(q.take(4)) == [100, 300, 101, 301]  # the 1x4 request is passed over, not dropped
+    assert ids(q.take(4)) == [200, 201]  # ... and its turn comes before a's last tile
+    assert ids(q.take(4)) == [102] and len(q) == 0
 
 
 def test_a_lane_is_ready_with_a_full_batch_or_once_its_oldest_tile_waited_max_delay(

@@ -189,7 +189,7 @@ def test_upscale_returns_png_with_headers(tiny_repo: Path, caplog: pytest.LogCap
     assert first["status"] == 200 and first["input"] == "23x17" and first["output"] == "46x34"
     assert first["scale"] == "2" and first["bytes_in"] > 0 and first["bytes_out"] > 0
     stages = {"read_ms", "decode_ms", "queue_ms", "infer_ms", "encode_ms", "cpu_wait_ms", "total_ms"}
-    assert stages <= first.keys() and first["tiles"] == 6
+    assert stages <= first.keys() and first["tiles"] == 3  # 46x34 as 3 tiles of 24x34 (<= 32**2 px)
 
 
 BAD_REQUESTS: list[tuple[str, dict[str, Any], int, str, str | None]] = [
@@ -246,7 +246,8 @@ def test_bad_requests_get_json_errors_and_the_service_keeps_serving(tiny_repo: P
 
 def test_concurrent_requests_share_engine_runs(tiny_onnx: Path) -> None:
     app, engine = gated(tiny_onnx, max_delay_ms=0.0)
-    images = [png(12 + i % 3, 10, seed=i) for i in range(16)]  # each output fits one 32x32 tile
+    # Each output is one 24x20 tile: one shape, so tiles of different requests stack into one run.
+    images = [png(12, 10, seed=i) for i in range(16)]
 
     async def main() -> None:
         async with serving(app) as client:
@@ -348,13 +349,13 @@ def test_overload_deadline_and_oversized_requests(tiny_onnx: Path) -> None:
             engine.hold_next = True
             running = asyncio.create_task(up(client, png(10, 10)))  # 1 tile, holds the engine
             await asyncio.to_thread(engine.run_entered.wait, 30)
-            queued = asyncio.create_task(up(client, png(20, 10)))  # 40x20 output: 2 tiles
+            queued = asyncio.create_task(up(client, png(40, 10)))  # 80x20 output: 2 tiles of 48x20
             await until(lambda: batcher.queue_depth == 2)
             decoded_before = decode_count(await client.get("/metrics"))
-            full = await up(client, png(20, 10))
+            full = await up(client, png(40, 10))
             assert full.status_code == 503 and full.headers["retry-after"] == "2"
             assert full.json()["error"] == "queue_full" and full.json()["limit"]["name"] == "max_queue_tiles"
-            huge = await up(client, png(20, 20))  # 4 tiles can never fit a queue of 3
+            huge = await up(client, png(30, 20))  # 4 tiles can never fit a queue of 3
             assert huge.status_code == 413 and huge.json()["limit"] == {"name": "max_queue_tiles", "value": 3}
             # Both were refused from the image header, before any decode/bicubic/tiling work.
             assert decode_count(await client.get("/metrics")) == decoded_before
@@ -517,7 +518,7 @@ def test_dead_batcher_worker_fails_pending_requests_and_health(tiny_onnx: Path) 
             engine.hold_next = True
             first = asyncio.create_task(up(client, png(10, 10)))
             await asyncio.to_thread(engine.run_entered.wait, 30)
-            queued = asyncio.create_task(up(client, png(20, 10)))  # 2 tiles behind the held run
+            queued = asyncio.create_task(up(client, png(40, 10)))  # 2 tiles behind the held run
             await until(lambda: st.batcher.queue_depth == 2)
             engine.run_gate.set()
             for r in await asyncio.gather(first, queued):  # failed now, not at their 30 s deadline

@@ -1,5 +1,6 @@
-"""imaging.tiling: plan/extract/stitch geometry, and tiled inference against a whole-image run of the real
-tiny ONNX model (exact for images of at least one tile per axis; a too-small margin must break that)."""
+"""imaging.tiling: plan/extract/stitch geometry, the tile-shape choice (against a brute-force search, and
+the overhead on thin, small and large images), and tiled inference against a whole-image run of the real
+tiny ONNX model (exact for every image shape; a too-small margin must break that)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import numpy as np
 import pytest
 
 from imaging.tiling import (
+    QUANTUM,
+    _axis,
     core_bands,
     extract_tiles,
     extract_tiles_by_band,
@@ -31,29 +34,75 @@ def image(shape: tuple[int, int], seed: int = 0) -> np.ndarray:
     return np.clip(smooth + rng.normal(0, 0.05, shape), 0, 1).astype(np.float32)
 
 
+@pytest.mark.parametrize("kind", ["fit", "uniform", "square"])
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("margin", [0, 6, 15])
-def test_cores_partition_the_image_and_round_trip(shape: tuple[int, int], margin: int) -> None:
+def test_cores_partition_the_image_and_round_trip(shape: tuple[int, int], margin: int, kind: str) -> None:
     h, w = shape
-    plan = plan_tiles(h, w, TILE, margin)
+    plan = plan_tiles(h, w, TILE, margin, kind)
+    th, tw = plan.tile_shape
+    expected = {"square": (TILE, TILE), "uniform": (min(TILE, h), min(TILE, w))}.get(kind, (th, tw))
+    assert th * tw <= TILE * TILE and (th, tw) == expected and (kind == "square" or (th <= h and tw <= w))
     owners = np.zeros(shape, int)
     for tl in plan.tiles:
         (y0, y1), (x0, x1) = tl.core_y, tl.core_x
         owners[y0:y1, x0:x1] += 1
         # The core lies inside its tile window, which lies inside the (padded) image.
-        assert tl.y0 <= y0 < y1 <= tl.y0 + TILE and tl.x0 <= x0 < x1 <= tl.x0 + TILE
-        assert tl.y0 + TILE <= plan.padded_shape[0] and tl.x0 + TILE <= plan.padded_shape[1]
+        assert tl.y0 <= y0 < y1 <= tl.y0 + th and tl.x0 <= x0 < x1 <= tl.x0 + tw
+        assert tl.y0 + th <= plan.padded_shape[0] and tl.x0 + tw <= plan.padded_shape[1]
         # Every core pixel has `margin` pixels of context inside the tile, unless that side is the image edge.
         assert y0 - tl.y0 >= margin or tl.y0 == 0
-        assert tl.y0 + TILE - y1 >= margin or tl.y0 + TILE >= h
+        assert tl.y0 + th - y1 >= margin or tl.y0 + th >= h
         assert x0 - tl.x0 >= margin or tl.x0 == 0
-        assert tl.x0 + TILE - x1 >= margin or tl.x0 + TILE >= w
+        assert tl.x0 + tw - x1 >= margin or tl.x0 + tw >= w
     assert (owners == 1).all()  # each output pixel comes from exactly one tile
     img = image(shape)
     tiles = extract_tiles(img, plan)
-    assert tiles.shape == (len(plan), 1, TILE, TILE) and tiles.dtype == np.float32
+    assert tiles.shape == (len(plan), 1, th, tw) and tiles.dtype == np.float32
     np.testing.assert_array_equal(stitch_tiles(tiles, plan), img)
     np.testing.assert_array_equal(run_tiled(img, lambda t: t.copy(), TILE, margin, 3), img)
+
+
+def brute_force_cost(h: int, w: int, tile: int, margin: int) -> int:
+    """Fewest computed pixels over every allowed tile shape: per axis the whole axis, or a multiple of
+    QUANTUM shorter than it and longer than 2 * margin; at most tile**2 pixels."""
+
+    def lengths(n: int) -> list[int]:
+        return [n] + [t for t in range(QUANTUM, n, QUANTUM) if t > 2 * margin]
+
+    costs = [
+        len(_axis(h, th, margin)) * th * len(_axis(w, tw, margin)) * tw
+        for th in lengths(h)
+        for tw in lengths(w)
+        if th * tw <= tile * tile
+    ]
+    return min(costs)
+
+
+@pytest.mark.parametrize(("tile", "margin"), [(24, 3), (24, 7), (48, 6), (48, 20)])
+def test_the_chosen_shape_computes_the_fewest_pixels(tile: int, margin: int) -> None:
+    """Against every allowed shape, on a grid of sizes and aspect ratios. (With margin 0 more tiles cost
+    nothing, so many tiny tiles could shave the rounding to QUANTUM; the search does not chase that.)"""
+    for h, w in itertools.product(range(1, 200, 11), range(1, 260, 13)):
+        plan = plan_tiles(h, w, tile, margin)
+        assert plan.computed_pixels == brute_force_cost(h, w, tile, margin), (h, w)
+
+
+@pytest.mark.parametrize(
+    ("shape", "bound"),
+    [
+        ((64, 64), 1.0),  # smaller than a tile: one tile of exactly the image
+        ((4, 16000), 1.0),  # 1:4000 and within the area: one tile
+        ((16, 64000), 1.05),  # the thin x4 output that used to run out its deadline: 16 x 1024 tiles
+        ((1000, 1000), 1.45),
+        ((4000, 4000), 1.45),  # large: about (1 + 2m / (T - 2m))^2 = 1.40
+        ((300, 260), 1.2),  # just over a tile: split evenly, not a full tile plus a sliver
+    ],
+)
+def test_computed_pixels_stay_close_to_the_output(shape: tuple[int, int], bound: float) -> None:
+    plan = plan_tiles(*shape, 256, 20)
+    assert plan.computed_pixels / (shape[0] * shape[1]) <= bound
+    assert plan.tile_h * plan.tile_w <= 256 * 256
 
 
 def mirror_padded(img: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -71,7 +120,7 @@ def mirror_padded(img: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 def test_band_by_band_equals_whole_image(shape: tuple[int, int]) -> None:
     """Tiles cut from bands equal tiles cut from the whole padded image; stitching by rows equals stitching
     it all; no band is taller than a tile and each is asked for once, top to bottom."""
-    img, plan = image(shape, seed=3), plan_tiles(*shape, TILE, 6)
+    img, plan = image(shape, seed=3), plan_tiles(*shape, TILE, 6, "square")
     asked: list[slice] = []
 
     def rows_of(rows: slice) -> np.ndarray:
@@ -80,10 +129,11 @@ def test_band_by_band_equals_whole_image(shape: tuple[int, int]) -> None:
 
     tiles = extract_tiles_by_band(rows_of, plan)
     padded = mirror_padded(img, plan.padded_shape)
+    th, tw = plan.tile_shape
     for tl, tile in zip(plan.tiles, tiles, strict=True):
-        np.testing.assert_array_equal(tile[0], padded[tl.y0 : tl.y0 + TILE, tl.x0 : tl.x0 + TILE])
+        np.testing.assert_array_equal(tile[0], padded[tl.y0 : tl.y0 + th, tl.x0 : tl.x0 + tw])
     assert [r.start for r in asked] == sorted({tl.y0 for tl in plan.tiles})
-    assert all(0 < r.stop - r.start <= TILE for r in asked)
+    assert all(0 < r.stop - r.start <= th for r in asked)
 
     bands = core_bands(plan)
     assert bands[0].start == 0 and bands[-1].stop == shape[0]
@@ -97,9 +147,9 @@ def test_band_by_band_equals_whole_image(shape: tuple[int, int]) -> None:
         extract_tiles_by_band(lambda rows: img[rows][:, :-1] if shape[1] > 1 else img[rows][:0], plan)
 
 
-def test_short_axes_are_mirror_padded() -> None:
+def test_short_axes_of_square_tiles_are_mirror_padded() -> None:
     img = image((5, 3))
-    (tile,) = extract_tiles(img, plan_tiles(5, 3, TILE, 6))
+    (tile,) = extract_tiles(img, plan_tiles(5, 3, TILE, 6, "square"))
     np.testing.assert_array_equal(tile[0, :5, :3], img)
     np.testing.assert_array_equal(tile[0, :5, 3:6], img[:, ::-1])  # "symmetric": the edge pixel repeats
 
@@ -129,13 +179,17 @@ def model(tiny_runner):
     return tiny_runner
 
 
-@pytest.mark.parametrize("shape", [(32, 32), (48, 70), (97, 64)])
-def test_tiled_equals_whole_image_for_images_of_at_least_one_tile(model, shape: tuple[int, int]) -> None:
+@pytest.mark.parametrize("kind", ["fit", "uniform"])
+@pytest.mark.parametrize("shape", [(32, 32), (48, 70), (97, 64), (48, 20), (5, 3), (12, 300), (200, 9)])
+def test_tiled_equals_whole_image_for_every_shape(model, shape: tuple[int, int], kind: str) -> None:
+    """Thin and small images too: an axis with one tile is the whole axis, so nothing is padded."""
     run, depth = model
     img = image(shape, seed=shape[0])
     whole = run(img[None, None])[0, 0]
     assert np.abs(whole - img).max() > 100 * ATOL  # the model really changes the image
-    np.testing.assert_allclose(run_tiled(img, run, TILE, depth, 8), whole, rtol=0, atol=ATOL)
+    plan = plan_tiles(*shape, TILE, depth, kind)
+    tiled = stitch_tiles(run_in_batches(extract_tiles(img, plan), run, 8), plan)
+    np.testing.assert_allclose(tiled, whole, rtol=0, atol=ATOL)
 
 
 @pytest.mark.parametrize("margin_below_depth", [1, 4])
@@ -148,12 +202,13 @@ def test_a_margin_below_the_depth_breaks_exactness(model, margin_below_depth: in
     assert np.abs(tiled - whole).max() > ATOL
 
 
-def test_a_short_axis_differs_only_near_its_padded_border(model) -> None:
-    """Width 20 < tile: the tile sees mirrored pixels past column 20 where the whole image sees zero
-    padding, so the last `depth` columns differ; everything else is still exact (see the module doc)."""
+def test_a_short_axis_of_square_tiles_differs_only_near_its_padded_border(model) -> None:
+    """Square tiles (the x8 ensemble): width 20 < tile, so the tile sees mirrored pixels past column 20 where
+    the whole image sees zero padding; the last `depth` columns differ, everything else is exact."""
     run, depth = model
     img = image((48, 20), seed=3)
     whole = run(img[None, None])[0, 0]
-    tiled = run_tiled(img, run, TILE, depth, 8)
+    plan = plan_tiles(48, 20, TILE, depth, "square")
+    tiled = stitch_tiles(run_in_batches(extract_tiles(img, plan), run, 8), plan)
     np.testing.assert_allclose(tiled[:, : 20 - depth], whole[:, : 20 - depth], rtol=0, atol=ATOL)
     assert np.abs(tiled[:, 20 - depth :] - whole[:, 20 - depth :]).max() > ATOL
