@@ -46,7 +46,9 @@ class Job:
     next_tile: int = 0  # first tile not yet taken into a batch
     started: float | None = None  # when its first tile was taken into a batch
     infer_s: float = 0.0
+    engine_s: float = 0.0  # its share of the runs that held its tiles (seconds x its tiles / run size)
     runs: int = 0
+    expired: bool = False  # ended past its deadline (engine time spent on it after that is wasted)
 
     def __post_init__(self) -> None:
         self.remaining = len(self.tiles)
@@ -82,6 +84,10 @@ class RoundRobinQueue:
         self._jobs.remove(job)
         self._tiles -= job.queued
         return job.queued
+
+    def per_request(self) -> tuple[int, ...]:
+        """Queued tiles of each request with any, in rotation order."""
+        return tuple(job.queued for job in self._jobs)
 
     def oldest_arrival(self) -> float | None:
         """Arrival time of the longest-waiting queued tile, or None when nothing is queued."""
@@ -122,6 +128,10 @@ class LaneRotation:
     def queued(self, lane: str) -> int:
         """Queued tiles of one lane."""
         return len(self._queues[lane])
+
+    def queued_per_request(self, lane: str) -> tuple[int, ...]:
+        """Queued tiles of each request in one lane."""
+        return self._queues[lane].per_request()
 
     def add(self, job: Job) -> None:
         """Queue ``job``'s tiles in its lane (``job.lane``)."""
