@@ -132,7 +132,7 @@ class GuardedHTTPProtocol(CoalescingHTTPProtocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         self._head_timer: asyncio.TimerHandle | None = None
-        self._in_head, self._head_bytes, self._header_count = True, 0, 0
+        self._in_head, self._head_bytes, self._header_count, self._head_size = True, 0, 0, 0
         self._rejection: tuple[int, str, str, dict[str, Any]] | None = None
         super().connection_made(transport)
         self._arm_head_timer()
@@ -154,17 +154,30 @@ class GuardedHTTPProtocol(CoalescingHTTPProtocol):
     # httptools parser callbacks
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        self._header_count = 0
+        self._header_count = self._head_size = 0
         if self._head_timer is None:
             self._arm_head_timer()
 
+    def on_url(self, url: bytes) -> None:
+        self._head_size += len(url)
+        self._check_head_size()
+        super().on_url(url)
+
     def on_header(self, name: bytes, value: bytes) -> None:
         self._header_count += 1
+        self._head_size += len(name) + len(value) + 4
         if self._header_count > self.limits.max_headers:
             n = self.limits.max_headers
             self._reject(431, "too_many_headers", f"more than {n} header fields", "max_headers")
             raise _HeadRejected
+        self._check_head_size()
         super().on_header(name, value)
+
+    def _check_head_size(self) -> None:
+        if self._head_size > self.limits.max_header_bytes:
+            n = self.limits.max_header_bytes
+            self._reject(431, "header_too_large", f"request head over {n} bytes", "max_header_bytes")
+            raise _HeadRejected
 
     def on_headers_complete(self) -> None:
         self._in_head = False
@@ -187,11 +200,12 @@ class GuardedHTTPProtocol(CoalescingHTTPProtocol):
         """Every parser-level refusal as the service's JSON error shape (uvicorn sends plain text)."""
         status, code, detail, limit = self._rejection or (400, "bad_http_request", msg or "invalid HTTP", {})
         self._cancel_head_timer()
-        body = json.dumps(
-            {"error": code, "detail": detail, "limit": limit or None, "request_id": uuid.uuid4().hex}
-        ).encode()
+        rid = uuid.uuid4().hex  # the request never reached the app: a fresh id, as for any bad one
+        body = json.dumps({"error": code, "detail": detail, "limit": limit or None, "request_id": rid})
+        body = body.encode()
         reason = {400: b"Bad Request", 408: b"Request Timeout", 431: b"Request Header Fields Too Large"}
         head = b"HTTP/1.1 %d %s\r\n" % (status, reason[status])
+        head += b"x-request-id: %s\r\n" % rid.encode()
         head += b"content-type: application/json\r\ncontent-length: %d\r\nconnection: close\r\n\r\n" % len(
             body
         )
