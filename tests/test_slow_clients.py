@@ -106,10 +106,13 @@ def until_gauge(url: str, name: str, value: float) -> None:
 
 def nothing_received(conn: socket.socket) -> bool:
     """No byte (and no close) has arrived on ``conn`` yet."""
+    conn.setblocking(False)
     try:
-        conn.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        conn.recv(1, socket.MSG_PEEK)
     except BlockingIOError:
         return True
+    finally:
+        conn.settimeout(60)
     return False
 
 
