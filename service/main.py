@@ -14,6 +14,7 @@ JSON 503 before uvicorn cancels anything.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import logging.config
@@ -92,6 +93,7 @@ class _Server(uvicorn.Server):
         super().__init__(config)
         self._app = app
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._exit_scheduled = False
 
     async def serve(self, sockets: list[socket.socket] | None = None) -> None:
         self._loop = asyncio.get_running_loop()
@@ -102,10 +104,17 @@ class _Server(uvicorn.Server):
         # the middle of loop code, so only a plain attribute write and call_soon_threadsafe (made for
         # this: a deque append plus a wake-up byte) happen here; the drain itself runs on the loop, and
         # it marks the service unready in its first step.
-        lifecycle = self._app.state.lifecycle
-        if lifecycle is not None and self._loop is not None and not self._loop.is_closed():
-            self._loop.call_soon_threadsafe(lifecycle.begin_shutdown)
-        super().handle_exit(sig, frame)
+        # uvicorn closes its listener at once; connections still in the accept queue then are reset, and
+        # a client sees a request lost. So the listener stays open for shutdown_linger_s, answering 503
+        # shutting_down (which a client or load balancer retries elsewhere), before uvicorn is told.
+        lifecycle, loop = self._app.state.lifecycle, self._loop
+        if self._exit_scheduled or lifecycle is None or loop is None or loop.is_closed():
+            super().handle_exit(sig, frame)  # a second signal, or nothing to drain: uvicorn's own way
+            return
+        self._exit_scheduled = True
+        loop.call_soon_threadsafe(lifecycle.begin_shutdown)
+        exit_later = functools.partial(uvicorn.Server.handle_exit, self, sig, frame)
+        loop.call_soon_threadsafe(loop.call_later, self._app.state.settings.shutdown_linger_s, exit_later)
 
 
 def serve(host: str = "127.0.0.1", port: int = 8000) -> None:

@@ -153,6 +153,14 @@ class Settings(BaseSettings):
         "not). The process can take ceil(this) + 2 s to exit: keep the orchestrator's kill timeout above.",
     )
 
+    shutdown_linger_s: float = Field(
+        default=1.0,
+        ge=0,
+        description="After SIGTERM the listener stays open this long, answering new requests with 503 "
+        "shutting_down, so that connections racing the close are answered instead of reset (lost). Adds "
+        "to the exit time: keep the orchestrator's kill timeout above shutdown_grace_s + this + 2 s.",
+    )
+
     # --- input limits -----------------------------------------------------------------------------------
     max_upload_bytes: int = Field(default=20 * MiB, ge=1, description="Largest accepted image upload.")
     max_input_pixels: int = Field(default=16_000_000, ge=1, description="Largest decoded input (w*h).")
