@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import Executor, ThreadPoolExecutor
@@ -57,7 +56,7 @@ from inference.batch_types import (
     RequestTooLargeError,
     ShuttingDownError,
 )
-from inference.pacing import LaneLoad, RunCost, finish_estimate
+from inference.pacing import LaneLoad, RunCost, deadline_refusal
 from inference.scheduling import Job, LaneRotation
 
 __all__ = [
@@ -220,16 +219,12 @@ class TileBatcher:
             name: LaneLoad(lane.max_batch, self._sched.queued_per_request(name), self.costs[name])
             for name, lane in self.lanes.items()
         }
-        est = finish_estimate(model, n_tiles, loads, busy_left)
-        budget = self.deadline_budget_s
-        if est is None or est.total_s <= deadline - now:
-            return
-        if est.alone_s > budget:
-            self.observer.on_reject(model, "too_slow")
-            raise DeadlineUnreachableError(n_tiles, est.alone_s, budget)
-        self.observer.on_reject(model, "backlog")
-        retry = max(1, math.ceil(est.total_s - budget))  # when the work ahead fits a fresh deadline
-        raise BacklogError(n_tiles, est.total_s, deadline - now, retry)
+        refusal = deadline_refusal(model, n_tiles, loads, busy_left, deadline - now, self.deadline_budget_s)
+        if refusal is not None:
+            self.observer.on_reject(
+                model, "too_slow" if isinstance(refusal, DeadlineUnreachableError) else "backlog"
+            )
+            raise refusal
 
     async def submit(self, model: str, tiles: np.ndarray, deadline: float, request_id: str) -> BatchResult:
         """Run ``tiles`` (``float32[N, 1, T, T]``, N >= 1, T = the lane's tile) through ``model``'s engine by

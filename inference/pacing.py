@@ -26,6 +26,8 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from inference.batch_types import BacklogError, DeadlineUnreachableError
+
 ALPHA = 0.2  # weight of the newest run: ~the last 10 runs count
 _MIN_SIZE_VARIANCE = 0.25  # below this (tiles^2) the sizes seen are too alike to fit a slope
 
@@ -96,3 +98,23 @@ def finish_estimate(
         per_run = other.cost.seconds(min(queued, other.max_batch)) or 0.0
         total += min(runs, math.ceil(queued / other.max_batch)) * per_run
     return Estimate(total, alone_s)
+
+
+def deadline_refusal(
+    lane: str,
+    n_tiles: int,
+    lanes: Mapping[str, LaneLoad],
+    busy_left_s: float,
+    remaining_s: float,
+    budget_s: float,
+) -> DeadlineUnreachableError | BacklogError | None:
+    """Why a request of ``n_tiles`` tiles on ``lane`` with ``remaining_s`` left of its ``budget_s`` deadline
+    must be refused now, or None to admit it: :class:`DeadlineUnreachableError` when it alone needs more
+    than the whole budget, :class:`BacklogError` when the work ahead is the reason (its Retry-After is
+    when the work ahead should have drained enough for a fresh deadline)."""
+    est = finish_estimate(lane, n_tiles, lanes, busy_left_s)
+    if est is None or est.total_s <= remaining_s:
+        return None
+    if est.alone_s > budget_s:
+        return DeadlineUnreachableError(n_tiles, est.alone_s, budget_s)
+    return BacklogError(n_tiles, est.total_s, remaining_s, max(1, math.ceil(est.total_s - budget_s)))
