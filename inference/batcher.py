@@ -216,7 +216,12 @@ class TileBatcher:
             lane, size, started = self._running
             busy_left = max(0.0, (self.costs[lane].seconds(size) or 0.0) - (now - started))
         loads = {
-            name: LaneLoad(lane.max_batch, self._sched.queued_per_request(name), self.costs[name])
+            name: LaneLoad(
+                lane.max_batch,
+                self._sched.queued_per_request(name),
+                self.costs[name],
+                tuple(d - now for d in self._sched.queued_deadlines(name)),
+            )
             for name, lane in self.lanes.items()
         }
         refusal = deadline_refusal(model, n_tiles, loads, busy_left, deadline - now, self.deadline_budget_s)
@@ -252,7 +257,7 @@ class TileBatcher:
             raise ValueError(f"tiles are {tiles.shape[2:]}, model {model!r} runs {lane.tile}x{lane.tile}")
         self.check_capacity(model, len(tiles), deadline)
         loop = asyncio.get_running_loop()
-        job = Job(request_id, tiles, loop.create_future(), loop.time(), model)
+        job = Job(request_id, tiles, loop.create_future(), loop.time(), model, deadline=deadline)
         if deadline <= job.submitted:
             self.observer.on_reject(model, "deadline")
             raise DeadlineExceededError(f"request {request_id} reached its deadline before queueing")

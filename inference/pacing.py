@@ -67,6 +67,7 @@ class LaneLoad:
     max_batch: int
     queued_per_request: tuple[int, ...]
     cost: RunCost
+    time_left_s: tuple[float, ...] = ()  # seconds to each queued request's deadline (same order)
 
 
 @dataclass(frozen=True)
@@ -113,8 +114,27 @@ def deadline_refusal(
     than the whole budget, :class:`BacklogError` when the work ahead is the reason (its Retry-After is
     when the work ahead should have drained enough for a fresh deadline)."""
     est = finish_estimate(lane, n_tiles, lanes, busy_left_s)
-    if est is None or est.total_s <= remaining_s:
+    if est is None or (
+        est.total_s <= remaining_s and not _pushes_past_deadline(lanes[lane], n_tiles, busy_left_s)
+    ):
         return None
     if est.alone_s > budget_s:
         return DeadlineUnreachableError(n_tiles, est.alone_s, budget_s)
     return BacklogError(n_tiles, est.total_s, remaining_s, max(1, math.ceil(est.total_s - budget_s)))
+
+
+def _pushes_past_deadline(own: LaneLoad, n_tiles: int, busy_left_s: float) -> bool:
+    """Whether admitting ``n_tiles`` more tiles would make a queued request of this lane, which would
+    finish in time without them, miss its deadline: round-robin gives the newcomer a tile in each of the
+    queued requests' turns, so admitting it delays every one of them (by up to ``n_tiles`` tiles)."""
+    full_run = own.cost.seconds(own.max_batch)
+    if full_run is None or not own.time_left_s:
+        return False
+    queued = own.queued_per_request
+    for q_j, left in zip(queued, own.time_left_s, strict=True):
+        before = sum(min(q, q_j) for q in queued)
+        without = busy_left_s + math.ceil(before / own.max_batch) * full_run
+        with_new = busy_left_s + math.ceil((before + min(n_tiles, q_j)) / own.max_batch) * full_run
+        if without <= left < with_new:
+            return True
+    return False

@@ -48,6 +48,7 @@ class Job:
     infer_s: float = 0.0
     engine_s: float = 0.0  # its share of the runs that held its tiles (seconds x its tiles / run size)
     runs: int = 0
+    deadline: float = float("inf")  # loop.time() by which it must be done
     expired: bool = False  # ended past its deadline (engine time spent on it after that is wasted)
 
     def __post_init__(self) -> None:
@@ -88,6 +89,10 @@ class RoundRobinQueue:
     def per_request(self) -> tuple[int, ...]:
         """Queued tiles of each request with any, in rotation order."""
         return tuple(job.queued for job in self._jobs)
+
+    def deadlines(self) -> tuple[float, ...]:
+        """The deadline of each request with queued tiles, in the order of :meth:`per_request`."""
+        return tuple(job.deadline for job in self._jobs)
 
     def oldest_arrival(self) -> float | None:
         """Arrival time of the longest-waiting queued tile, or None when nothing is queued."""
@@ -132,6 +137,10 @@ class LaneRotation:
     def queued_per_request(self, lane: str) -> tuple[int, ...]:
         """Queued tiles of each request in one lane."""
         return self._queues[lane].per_request()
+
+    def queued_deadlines(self, lane: str) -> tuple[float, ...]:
+        """Deadlines of the requests of :meth:`queued_per_request`, in the same order."""
+        return self._queues[lane].deadlines()
 
     def add(self, job: Job) -> None:
         """Queue ``job``'s tiles in its lane (``job.lane``)."""
