@@ -9,7 +9,7 @@ import asyncio
 import pytest
 
 from inference.batcher import BacklogError, DeadlineUnreachableError, Lane, TileBatcher
-from inference.pacing import LaneLoad, RunCost, finish_estimate
+from inference.pacing import LaneLoad, RunCost, deadline_refusal, finish_estimate
 from service.app import create_app
 from tests.conftest import until
 from tests.fake_engines import ToneEngine
@@ -45,6 +45,19 @@ def test_finish_estimate_follows_round_robin_and_the_lane_rotation() -> None:
     lanes["q"] = LaneLoad(4, (8,), cost)  # another lane with 2 runs queued interleaves with ours
     assert finish_estimate("m", 40, lanes, 0.0).total_s == pytest.approx(22.0)
     assert finish_estimate("m", 40, {"m": LaneLoad(4, (), RunCost())}, 0.0) is None  # nothing measured
+
+
+def test_a_newcomer_that_would_push_an_admitted_request_past_its_deadline_is_refused() -> None:
+    cost = RunCost()
+    cost.observe(4, 0.08)  # 20 ms per tile
+    # 36 tiles queued, due in 1 s: alone they take 0.72 s; a 36-tile newcomer shares every run (1.44 s)
+    lanes = {"m": LaneLoad(4, (36,), cost, time_left_s=(1.0,))}
+    refusal = deadline_refusal("m", 36, lanes, busy_left_s=0.0, remaining_s=10.0, budget_s=10.0)
+    assert isinstance(refusal, BacklogError)
+    # the same newcomer is fine when the queued request has time to spare, or is doomed anyway
+    for left in (2.0, 0.5):
+        lanes = {"m": LaneLoad(4, (36,), cost, time_left_s=(left,))}
+        assert deadline_refusal("m", 36, lanes, 0.0, 10.0, 10.0) is None
 
 
 def run_paced(body, engine: FakeEngine, budget_s: float, rec: Recorder | None = None) -> Recorder:
