@@ -46,6 +46,34 @@ class RequestTooLargeError(BatcherError):
         self.n_tiles, self.max_queue_tiles = n_tiles, max_queue_tiles
 
 
+class DeadlineUnreachableError(BatcherError):
+    """At the measured engine speed the request alone needs more than the whole deadline: it never fits."""
+
+    def __init__(self, n_tiles: int, alone_s: float, budget_s: float) -> None:
+        super().__init__(
+            f"{n_tiles} tiles need about {alone_s:.1f}s of engine time at the measured speed, more than "
+            f"the {budget_s:g}s deadline"
+        )
+        self.n_tiles, self.alone_s, self.budget_s = n_tiles, alone_s, budget_s
+
+
+class BacklogError(BatcherError):
+    """The queue ahead would make the request miss its deadline now; ``retry_after_s`` is when enough of the
+    queue should have drained for it to fit a fresh deadline."""
+
+    def __init__(self, n_tiles: int, estimate_s: float, remaining_s: float, retry_after_s: int) -> None:
+        super().__init__(
+            f"{n_tiles} tiles behind the queue would finish in about {estimate_s:.1f}s, after the request's "
+            f"deadline ({remaining_s:.1f}s left)"
+        )
+        self.n_tiles, self.estimate_s, self.remaining_s = n_tiles, estimate_s, remaining_s
+        self.retry_after_s = retry_after_s
+
+
+class EngineStalledError(BatcherError):
+    """The watchdog saw one engine call run past ``engine_stall_s``: the process should be replaced."""
+
+
 class DeadlineExceededError(BatcherError):
     """The request's deadline passed before all its tiles ran; its pending tiles were dropped."""
 
@@ -73,7 +101,15 @@ class BatcherObserver:
         """The number of queued (not yet running) tiles of lane ``model`` changed to ``tiles``."""
 
     def on_reject(self, model: str, reason: str) -> None:
-        """A request was refused or abandoned: queue_full, too_large, deadline, shutting_down, cancelled."""
+        """A request was refused or abandoned: queue_full, too_large, too_slow (its deadline is out of
+        reach), backlog (the queue ahead would make it miss its deadline), deadline, shutting_down,
+        cancelled."""
+
+    def on_deadline_work(self, model: str, seconds: float) -> None:
+        """``seconds`` of engine time went to tiles of a request that then ended past its deadline."""
+
+    def on_engine_stall(self, model: str, seconds: float) -> None:
+        """An engine call of lane ``model`` has been running for ``seconds`` (> the stall bound)."""
 
     def on_first_dispatch(self, model: str, queue_wait_s: float) -> None:
         """A request's first tile was taken into a batch ``queue_wait_s`` after it was submitted (once per

@@ -19,6 +19,13 @@ model's backlog never refuses another's requests) and full means an immediate re
 itself dies (a bug), every pending request fails with :class:`EngineError` at once and
 :attr:`TileBatcher.failure` says why (the service then reports itself unhealthy).
 
+Deadline-aware admission (``deadline_budget_s`` set): a request the measured engine speed cannot finish by
+its deadline is refused before it is queued (:mod:`inference.pacing`): :class:`DeadlineUnreachableError`
+when it alone needs more than the whole budget, :class:`BacklogError` (with a Retry-After computed from the
+queue) when the work ahead of it is the reason. A watchdog (``engine_stall_s``) notices an engine call that
+hangs: the call cannot be interrupted, so the batcher stops accepting work, sets :attr:`TileBatcher.failure`
+(the service reports itself unhealthy) and lets the stuck requests end at their deadlines.
+
 Admission is all-or-nothing per request: a request needs room for all of its tiles at once. Under a
 sustained load of small requests that keeps a lane near ``max_queue_tiles``, a very large request can be
 refused (queue_full) again and again while small ones slip in. Size ``max_queue_tiles`` well above the
@@ -37,24 +44,31 @@ import numpy as np
 
 from engines.repository import UnknownModelError
 from inference.batch_types import (
+    BacklogError,
     BatcherError,
     BatcherObserver,
     BatchResult,
     DeadlineExceededError,
+    DeadlineUnreachableError,
     EngineError,
+    EngineStalledError,
     Lane,
     QueueFullError,
     RequestTooLargeError,
     ShuttingDownError,
 )
+from inference.pacing import LaneLoad, RunCost, deadline_refusal
 from inference.scheduling import Job, LaneRotation
 
 __all__ = [
+    "BacklogError",
     "BatchResult",
     "BatcherError",
     "BatcherObserver",
     "DeadlineExceededError",
+    "DeadlineUnreachableError",
     "EngineError",
+    "EngineStalledError",
     "Lane",
     "QueueFullError",
     "RequestTooLargeError",
@@ -78,6 +92,8 @@ class TileBatcher:
         executor: Executor | None = None,
         observer: BatcherObserver | None = None,
         retry_after_s: float = 1.0,
+        deadline_budget_s: float | None = None,
+        engine_stall_s: float | None = None,
     ) -> None:
         if not lanes or max_queue_tiles < 1 or max_delay_ms < 0:
             raise ValueError("need >= 1 lane, max_queue_tiles >= 1 and max_delay_ms >= 0")
@@ -86,6 +102,9 @@ class TileBatcher:
         self.max_queue_tiles, self.retry_after_s = max_queue_tiles, retry_after_s
         self._own_executor, self._executor = executor is None, executor
         self.observer = observer or BatcherObserver()
+        self.deadline_budget_s, self.engine_stall_s = deadline_budget_s, engine_stall_s
+        self.costs = {name: RunCost() for name in self.lanes}  # measured engine seconds per run, per lane
+        self._running: tuple[str, int, float] | None = None  # (lane, tiles, loop.time() at start)
         self._sched = LaneRotation({n: lane.max_batch for n, lane in self.lanes.items()}, self.max_delay_s)
         self._jobs: set[Job] = set()
         self._wakeup: asyncio.Event | None = None
@@ -170,11 +189,15 @@ class TileBatcher:
             raise UnknownModelError(model, list(self.lanes))
         return lane
 
-    def check_capacity(self, model: str, n_tiles: int) -> None:
+    def check_capacity(
+        self, model: str, n_tiles: int, deadline: float | None = None, tile_pixels: int | None = None
+    ) -> None:
         """Raise what :meth:`submit` would for ``n_tiles`` tiles of ``model`` right now (and count the
         rejection): :class:`UnknownModelError` (not counted), :class:`ShuttingDownError`,
-        :class:`RequestTooLargeError` or :class:`QueueFullError` (the bound is per lane). Lets a caller
-        refuse before preparing the tiles; :meth:`submit` checks again."""
+        :class:`RequestTooLargeError` or :class:`QueueFullError` (the bound is per lane), and with a
+        ``deadline`` (loop.time()) and deadline-aware admission on, :class:`DeadlineUnreachableError` or
+        :class:`BacklogError`. Lets a caller refuse before preparing the tiles; :meth:`submit` checks
+        again."""
         self._lane(model)
         if not self.running:
             self.observer.on_reject(model, "shutting_down")
@@ -186,6 +209,33 @@ class TileBatcher:
         if queued + n_tiles > self.max_queue_tiles:
             self.observer.on_reject(model, "queue_full")
             raise QueueFullError(n_tiles, queued, self.max_queue_tiles, self.retry_after_s)
+        if deadline is not None and self.deadline_budget_s is not None:
+            # Deadline estimates count work in full tiles (T*T pixels): tiles fit each image, so a small
+            # image's one tile is a fraction of a full one (tile_pixels None = full tiles).
+            full = self.lanes[model].tile ** 2
+            self._check_deadline(model, n_tiles * (tile_pixels or full) / full, deadline)
+
+    def _check_deadline(self, model: str, n_tiles: float, deadline: float) -> None:
+        now = asyncio.get_running_loop().time()
+        busy_left = 0.0
+        if self._running is not None:
+            lane, size, started = self._running
+            busy_left = max(0.0, (self.costs[lane].seconds(size) or 0.0) - (now - started))
+        loads = {
+            name: LaneLoad(
+                lane.max_batch,
+                tuple(px / lane.tile**2 for px in self._sched.queued_per_request(name)),
+                self.costs[name],
+                tuple(d - now for d in self._sched.queued_deadlines(name)),
+            )
+            for name, lane in self.lanes.items()
+        }
+        refusal = deadline_refusal(model, n_tiles, loads, busy_left, deadline - now, self.deadline_budget_s)
+        if refusal is not None:
+            self.observer.on_reject(
+                model, "too_slow" if isinstance(refusal, DeadlineUnreachableError) else "backlog"
+            )
+            raise refusal
 
     async def submit(self, model: str, tiles: np.ndarray, deadline: float, request_id: str) -> BatchResult:
         """Run ``tiles`` (``float32[N, 1, th, tw]``, N >= 1, ``th * tw <= T**2`` for the lane's tile T)
@@ -213,9 +263,9 @@ class TileBatcher:
             raise ValueError(
                 f"tiles are {tiles.shape[2:]}, model {model!r} runs at most {lane.tile}**2 pixels"
             )
-        self.check_capacity(model, len(tiles))
+        self.check_capacity(model, len(tiles), deadline)
         loop = asyncio.get_running_loop()
-        job = Job(request_id, tiles, loop.create_future(), loop.time(), model)
+        job = Job(request_id, tiles, loop.create_future(), loop.time(), model, deadline=deadline)
         if deadline <= job.submitted:
             self.observer.on_reject(model, "deadline")
             raise DeadlineExceededError(f"request {request_id} reached its deadline before queueing")
@@ -234,7 +284,12 @@ class TileBatcher:
             fut = job.future
             delivered = fut.done() and not fut.cancelled() and fut.exception() is None
             if not fut.done() or delivered:  # a failed future was counted where it failed
-                self.observer.on_reject(model, "deadline" if loop.time() >= deadline else "cancelled")
+                late = loop.time() >= deadline
+                self.observer.on_reject(model, "deadline" if late else "cancelled")
+                if late:
+                    job.expired = True
+                    if job.engine_s:
+                        self.observer.on_deadline_work(model, job.engine_s)
             if not job.future.done():
                 self._fail(job, None)
             raise
@@ -244,6 +299,9 @@ class TileBatcher:
     def _expire(self, job: Job) -> None:
         if not job.future.done():
             self.observer.on_reject(job.lane, "deadline")
+            job.expired = True
+            if job.engine_s:
+                self.observer.on_deadline_work(job.lane, job.engine_s)
             self._fail(job, DeadlineExceededError(f"request {job.request_id} exceeded its deadline"))
 
     def _fail(self, job: Job, exc: BaseException | None) -> None:
@@ -281,6 +339,19 @@ class TileBatcher:
         self.observer.on_queue_depth(model, self._sched.queued(model))
         return picked
 
+    def _stalled(self, model: str) -> None:
+        """Watchdog: the engine call started ``engine_stall_s`` ago is still running. It cannot be stopped,
+        so accept nothing more and report the failure; pending requests end at their own deadlines."""
+        if self._running is None or self.failure is not None:
+            return
+        seconds = asyncio.get_running_loop().time() - self._running[2]
+        log.error("%s engine call running for %.1fs: marking the service unhealthy", model, seconds)
+        self.failure = EngineStalledError(
+            f"{model} engine call running for more than engine_stall_s={self.engine_stall_s:g}s"
+        )
+        self._accepting = False
+        self.observer.on_engine_stall(model, seconds)
+
     @staticmethod
     def _timed_run(run: Callable[[np.ndarray], np.ndarray], x: np.ndarray) -> tuple[np.ndarray, float]:
         t0 = time.perf_counter()
@@ -300,7 +371,17 @@ class TileBatcher:
             try:
                 x = np.stack([job.tiles[i] for job, i in batch])
                 run = self.lanes[model].run
-                y, seconds = await loop.run_in_executor(self._executor, self._timed_run, run, x)
+                full_tiles = len(batch) * x.shape[2] * x.shape[3] / self.lanes[model].tile ** 2
+                self._running = (model, full_tiles, loop.time())
+                watchdog = None
+                if self.engine_stall_s is not None:
+                    watchdog = loop.call_later(self.engine_stall_s, self._stalled, model)
+                try:
+                    y, seconds = await loop.run_in_executor(self._executor, self._timed_run, run, x)
+                finally:
+                    self._running = None
+                    if watchdog is not None:
+                        watchdog.cancel()
                 if not isinstance(y, np.ndarray) or y.shape != x.shape:
                     raise RuntimeError(f"engine returned {getattr(y, 'shape', type(y))} for {x.shape}")
             except asyncio.CancelledError:
@@ -313,9 +394,17 @@ class TileBatcher:
                     self._fail(job, EngineError(f"engine failed: {exc}", job.request_id))
                 continue
             self.observer.on_batch(model, len(batch), len(jobs), seconds)
+            self.costs[model].observe(
+                x.shape[0] * x.shape[2] * x.shape[3] / self.lanes[model].tile ** 2, seconds
+            )
+            share = seconds / len(batch)
             for job in jobs:
                 job.infer_s += seconds
                 job.runs += 1
+            for job, _ in batch:
+                job.engine_s += share
+                if job.expired:  # its deadline passed while this run held its tiles: work thrown away
+                    self.observer.on_deadline_work(model, share)
             for row, (job, i) in enumerate(batch):
                 if job.future.done():  # expired or cancelled while its tiles ran: discard
                     continue

@@ -58,6 +58,7 @@ __all__ = [
     "parse_scale",
     "prepare",
     "probe",
+    "tile_load",
     "upscale_bytes",
 ]
 
@@ -187,10 +188,19 @@ def count_tiles(
     output_size: tuple[int, int], tile: int, margin: int, ensemble: int = 1, shape: str = "fit"
 ) -> int:
     """Tiles :func:`prepare` cuts for an output of ``(width, height)``: the engine runs a request costs."""
+    return tile_load(output_size, tile, margin, ensemble, shape)[0]
+
+
+def tile_load(
+    output_size: tuple[int, int], tile: int, margin: int, ensemble: int = 1, shape: str = "fit"
+) -> tuple[int, int]:
+    """``(tiles, pixels per tile)`` :func:`prepare` cuts for an output of ``(width, height)``."""
     width, height = output_size
     if ensemble > 1:
-        return sum(len(p) for p in _ensemble_plans((height, width), tile, margin, ensemble))
-    return len(plan_tiles(height, width, tile, margin, shape))
+        plans = _ensemble_plans((height, width), tile, margin, ensemble)
+        return sum(len(p) for p in plans), tile * tile
+    plan = plan_tiles(height, width, tile, margin, shape)
+    return len(plan), plan.tile_h * plan.tile_w
 
 
 def prepare(

@@ -47,7 +47,10 @@ class Job:
     next_tile: int = 0  # first tile not yet taken into a batch
     started: float | None = None  # when its first tile was taken into a batch
     infer_s: float = 0.0
+    engine_s: float = 0.0  # its share of the runs that held its tiles (seconds x its tiles / run size)
     runs: int = 0
+    deadline: float = float("inf")  # loop.time() by which it must be done
+    expired: bool = False  # ended past its deadline (engine time spent on it after that is wasted)
 
     def __post_init__(self) -> None:
         self.remaining = len(self.tiles)
@@ -83,6 +86,15 @@ class RoundRobinQueue:
         self._jobs.remove(job)
         self._tiles -= job.queued
         return job.queued
+
+    def per_request(self) -> tuple[int, ...]:
+        """Queued pixels (tiles x tile pixels) of each request with any, in rotation order: tiles fit
+        each image, so a tile is not a unit of work, its pixels are."""
+        return tuple(job.queued * job.tiles.shape[2] * job.tiles.shape[3] for job in self._jobs)
+
+    def deadlines(self) -> tuple[float, ...]:
+        """The deadline of each request with queued tiles, in the order of :meth:`per_request`."""
+        return tuple(job.deadline for job in self._jobs)
 
     def oldest_arrival(self) -> float | None:
         """Arrival time of the longest-waiting queued tile, or None when nothing is queued."""
@@ -135,6 +147,14 @@ class LaneRotation:
     def queued(self, lane: str) -> int:
         """Queued tiles of one lane."""
         return len(self._queues[lane])
+
+    def queued_per_request(self, lane: str) -> tuple[int, ...]:
+        """Queued pixels of each request in one lane (:meth:`RoundRobinQueue.per_request`)."""
+        return self._queues[lane].per_request()
+
+    def queued_deadlines(self, lane: str) -> tuple[float, ...]:
+        """Deadlines of the requests of :meth:`queued_per_request`, in the same order."""
+        return self._queues[lane].deadlines()
 
     def add(self, job: Job) -> None:
         """Queue ``job``'s tiles in its lane (``job.lane``)."""

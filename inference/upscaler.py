@@ -6,10 +6,13 @@ nothing of HTTP: the caller hands it an async ``read`` (the body, with its own b
 ``disconnected`` awaitable, and maps the domain errors of :mod:`inference.upscaler_types` to status codes
 in one place (``service.errors``).
 
-A request, all under one deadline (arrival + ``request_timeout_s``): admission (ready? in-flight bound?)
--> model and scale checks -> read -> ``probe`` (header only; refused early when the model's queue cannot
-take that many tiles) -> ``prepare`` on a CPU thread (decode, bicubic, tiles) -> batcher (one model per
-batch; cancelled when the client goes away) -> ``finish`` on a CPU thread (stitch, colour, PNG).
+A request, all under one deadline (arrival + ``request_timeout_s``): admission (ready? bounds not
+reached?) -> model and scale checks -> read, within ``upload_timeout_s`` of arrival (408 past it), counted
+against ``max_uploads`` only -> an in-flight slot (``max_inflight``: clients that stall or trickle their
+bodies never hold the slots that bound decode and compute) -> ``probe`` (header only; refused early when
+the model's queue cannot take that many tiles, or the measured engine speed cannot finish them by the
+deadline) -> ``prepare`` on a CPU thread (decode, bicubic, tiles) -> batcher (one model per batch;
+cancelled when the client goes away) -> ``finish`` on a CPU thread (stitch, colour, PNG).
 A deadline that passes while a CPU-pool step runs ends the request at once; the thread finishes that step
 in the background (a running thread cannot be interrupted) and its result is dropped.
 
@@ -29,7 +32,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from engines.repository import UnknownModelError
 from inference import pipeline
-from inference.batcher import DeadlineExceededError, Lane, TileBatcher
+from inference.batcher import DeadlineExceededError, EngineStalledError, Lane, TileBatcher
 from inference.pipeline import ImageLimits
 from inference.upscaler_types import (
     NotReadyError,
@@ -37,6 +40,7 @@ from inference.upscaler_types import (
     Phase,
     ServedModel,
     StageDeadlineError,
+    UploadTimeoutError,
     UpscalerConfig,
     UpscaleResult,
     UpscalerObserver,
@@ -63,7 +67,8 @@ class Upscaler:
         self.models: dict[str, ServedModel] = {}
         self.phase = Phase.STARTING
         self.failure: str | None = None  # why the phase is FAILED
-        self.inflight = 0
+        self.inflight = 0  # admitted requests whose body has arrived
+        self.uploading = 0  # admitted requests whose body is arriving
         self.batcher: TileBatcher | None = None
         # One thread owns every model: loading, warmup and each batch run happen on it, one at a time.
         self._engine_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="drrn-engine")
@@ -85,9 +90,16 @@ class Upscaler:
         """Why this process can never serve (failed warmup, dead batcher worker), else None."""
         if self.phase is Phase.FAILED:
             return self.failure
+        if self.engine_stalled:
+            return str(self.batcher.failure)
         if self.batcher is not None and self.batcher.failure is not None:
             return f"batcher worker crashed: {self.batcher.failure!r}"
         return None
+
+    @property
+    def engine_stalled(self) -> bool:
+        """The watchdog saw an engine call hang (its thread may never come back)."""
+        return self.batcher is not None and isinstance(self.batcher.failure, EngineStalledError)
 
     # --- lifecycle --------------------------------------------------------------------------------------
     async def load(self, loader: Loader) -> None:
@@ -124,6 +136,8 @@ class Upscaler:
             executor=self._engine_pool,
             observer=self.observer,
             retry_after_s=c.retry_after_s,
+            deadline_budget_s=c.request_timeout_s if c.deadline_admission else None,
+            engine_stall_s=c.engine_stall_s,
         )
         self.batcher.start()
         self._set_phase(Phase.READY)
@@ -139,7 +153,7 @@ class Upscaler:
         self.begin_drain()
         loop = asyncio.get_running_loop()
         end = loop.time() + grace_s
-        if self.inflight:
+        if self.inflight or self.uploading:
             try:
                 await asyncio.wait_for(self._idle.wait(), timeout=grace_s)
             except TimeoutError:
@@ -152,10 +166,15 @@ class Upscaler:
         self.begin_drain()
         if self.batcher is not None:
             await self.batcher.stop(0)
-        # Join first: a batch or warmup still running on the engine thread must not see its session closed.
-        await asyncio.get_running_loop().run_in_executor(None, self._join_pools)
-        for m in self.models.values():
-            m.engine.close()
+        if self.engine_stalled:  # its thread is stuck in the engine: neither join it nor close under it
+            log.error("engine stalled: leaving its thread and sessions to the process exit")
+            self._engine_pool.shutdown(wait=False, cancel_futures=True)
+            self._cpu_pool.shutdown(wait=False, cancel_futures=True)
+        else:
+            # Join first: a batch or warmup running on the engine thread must not see its session closed.
+            await asyncio.get_running_loop().run_in_executor(None, self._join_pools)
+            for m in self.models.values():
+                m.engine.close()
         if self.phase is not Phase.FAILED:
             self._set_phase(Phase.STOPPED)
 
@@ -177,13 +196,22 @@ class Upscaler:
                 raise NotReadyError("shutting_down", "service is shutting down; retry (another replica)")
             why = self.unhealthy
             raise NotReadyError("not_ready", f"service failed: {why}" if why else "service is starting up")
-        if self.inflight >= self.config.max_inflight:
-            raise OverloadedError(self.config.max_inflight)
+        self._check_inflight()
+        if self.uploading >= self.config.max_uploads:
+            raise OverloadedError("max_uploads", self.config.max_uploads)
 
-    def _enter(self, delta: int) -> None:
-        self.inflight += delta
-        self.observer.on_inflight(self.inflight)
-        if self.inflight:
+    def _check_inflight(self) -> None:
+        if self.inflight >= self.config.max_inflight:
+            raise OverloadedError("max_inflight_requests", self.config.max_inflight)
+
+    def _count(self, uploading: int = 0, inflight: int = 0) -> None:
+        if uploading:
+            self.uploading += uploading
+            self.observer.on_uploading(self.uploading)
+        if inflight:
+            self.inflight += inflight
+            self.observer.on_inflight(self.inflight)
+        if self.inflight or self.uploading:
             self._idle.clear()
         else:
             self._idle.set()
@@ -207,30 +235,47 @@ class Upscaler:
             facts["ensemble"] = ensemble
         self._admit()
         served = self.resolve(model)
-        self._enter(+1)
+        params = pipeline.parse_scale(scale, self.limits), pipeline.parse_ensemble(ensemble, self.limits)
+        self._count(uploading=+1)
         try:
-            return await self._run(served, read, (scale, ensemble), request_id, facts, arrival, disconnected)
+            data = await self._receive(read, request_id, facts, arrival)
         finally:
-            self._enter(-1)
+            self._count(uploading=-1)
+        self._check_inflight()  # the slot is taken only now that the body is in
+        self._count(inflight=+1)
+        try:
+            return await self._run(served, data, params, request_id, facts, arrival, disconnected)
+        finally:
+            self._count(inflight=-1)
 
-    async def _run(self, m, read, raw_params, rid, facts, arrival, disconnected) -> UpscaleResult:
+    async def _receive(self, read: Callable[[], Awaitable[bytes]], rid: str, facts: dict, arrival: float):
+        """The body, within ``upload_timeout_s`` (408) and the request's deadline (504) of ``arrival``."""
+        c, t0 = self.config, time.perf_counter()
+        upload_end, deadline = arrival + c.upload_timeout_s, arrival + c.request_timeout_s
+        try:
+            async with asyncio.timeout_at(min(upload_end, deadline)):
+                data = await read()
+        except TimeoutError:
+            facts["timed_out_in"] = "read"
+            if upload_end < deadline:
+                raise UploadTimeoutError(c.upload_timeout_s) from None
+            raise StageDeadlineError("read", rid) from None
+        facts["bytes_in"], facts["read_ms"] = len(data), round((time.perf_counter() - t0) * 1000, 3)
+        return data
+
+    async def _run(self, m, data, params, rid, facts, arrival, disconnected) -> UpscaleResult:
         loop, c = asyncio.get_running_loop(), self.config
         deadline = arrival + c.request_timeout_s
-        timings: dict[str, float] = {}
-        t_start, stage, cpu_wait = time.perf_counter(), "read", 0.0
+        timings: dict[str, float] = {"read": facts["read_ms"] / 1000}
+        stage, cpu_wait, (scale, ensemble) = "decode", 0.0, params
         try:
             async with asyncio.timeout_at(deadline):
-                scale = pipeline.parse_scale(raw_params[0], self.limits)
-                ensemble = pipeline.parse_ensemble(raw_params[1], self.limits)
-                data = await read()
-                timings["read"] = time.perf_counter() - t_start
-                facts["bytes_in"] = len(data)
-
-                stage, t0 = "decode", time.perf_counter()
+                t0 = time.perf_counter()
                 (w, h), (ow, oh) = pipeline.probe(data, scale, self.limits, ensemble)
-                n_tiles = pipeline.count_tiles((ow, oh), m.tile, m.margin, ensemble, m.tile_shape)
+                n_tiles, tile_px = pipeline.tile_load((ow, oh), m.tile, m.margin, ensemble, m.tile_shape)
                 facts.update(input=f"{w}x{h}", output=f"{ow}x{oh}", tiles=n_tiles)
-                self.batcher.check_capacity(m.name, n_tiles)  # refuse before the expensive part
+                # Refuse before the expensive part.
+                self.batcher.check_capacity(m.name, n_tiles, deadline, tile_pixels=tile_px)
                 probe_s, t0 = time.perf_counter() - t0, time.perf_counter()
                 prepared, prepare_s = await loop.run_in_executor(
                     self._cpu_pool,

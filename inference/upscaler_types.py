@@ -40,11 +40,21 @@ class NotReadyError(UpscalerError):
 
 
 class OverloadedError(UpscalerError):
-    """``max_inflight`` requests are already being handled."""
+    """A concurrency bound is reached: ``limit`` (``max_inflight_requests``: requests past their upload;
+    ``max_uploads``: bodies being received) is ``value``."""
 
-    def __init__(self, max_inflight: int) -> None:
-        super().__init__("too many requests in flight; retry later")
-        self.max_inflight = max_inflight
+    def __init__(self, limit: str = "max_inflight_requests", value: int = 0) -> None:
+        what = "bodies being received" if limit == "max_uploads" else "requests in flight"
+        super().__init__(f"too many {what} ({limit}={value}); retry later")
+        self.limit, self.value = limit, value
+
+
+class UploadTimeoutError(UpscalerError):
+    """The request body did not arrive within ``upload_timeout_s`` of the request's arrival."""
+
+    def __init__(self, upload_timeout_s: float) -> None:
+        super().__init__(f"the request body did not arrive within upload_timeout_s={upload_timeout_s:g}s")
+        self.upload_timeout_s = upload_timeout_s
 
 
 class StageDeadlineError(DeadlineExceededError):
@@ -92,6 +102,10 @@ class UpscalerConfig:
     request_timeout_s: float = 30.0
     retry_after_s: int = 1
     cpu_workers: int = 2
+    upload_timeout_s: float = 20.0  # its own bound on receiving the body (inside request_timeout_s)
+    max_uploads: int = 128  # bodies being received at once (they hold no in-flight slot)
+    deadline_admission: bool = True  # refuse what the measured engine speed cannot finish in time
+    engine_stall_s: float | None = 120.0  # watchdog bound on one engine call; None = no watchdog
 
 
 class UpscalerObserver(BatcherObserver):
@@ -104,7 +118,10 @@ class UpscalerObserver(BatcherObserver):
         """A result was stitched and encoded."""
 
     def on_inflight(self, requests: int) -> None:
-        """The number of admitted, unfinished requests changed."""
+        """The number of admitted, unfinished requests (body received) changed."""
+
+    def on_uploading(self, requests: int) -> None:
+        """The number of requests whose body is being received changed."""
 
     def on_phase(self, phase: Phase) -> None:
         """Readiness changed."""

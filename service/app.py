@@ -132,6 +132,10 @@ def create_app(settings: Settings | None = None, engines: Mapping[str, Engine] |
         request_timeout_s=settings.request_timeout_s,
         retry_after_s=settings.retry_after_s,
         cpu_workers=settings.cpu_workers or min(4, os.cpu_count() or 1),
+        upload_timeout_s=settings.upload_timeout_s,
+        max_uploads=settings.max_uploads,
+        deadline_admission=settings.deadline_admission,
+        engine_stall_s=settings.engine_stall_s,
     )
     loader = model_loader(settings, engines)
 

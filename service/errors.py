@@ -23,8 +23,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from engines.repository import UnknownModelError
 from inference.batcher import (
+    BacklogError,
     BatcherError,
     DeadlineExceededError,
+    DeadlineUnreachableError,
     EngineError,
     QueueFullError,
     RequestTooLargeError,
@@ -36,6 +38,7 @@ from inference.upscaler_types import (
     NotReadyError,
     OverloadedError,
     StageDeadlineError,
+    UploadTimeoutError,
 )
 
 log = logging.getLogger("drrn.service")
@@ -108,6 +111,14 @@ def from_batcher_error(exc: BatcherError, request_timeout_s: float, retry_after_
     if isinstance(exc, RequestTooLargeError):
         limit = {"name": "max_queue_tiles", "value": exc.max_queue_tiles}
         return ServiceError(413, "too_many_tiles", f"image too large for this server: {exc}", limit)
+    if isinstance(exc, DeadlineUnreachableError):
+        limit = {"name": "request_timeout_s", "value": request_timeout_s}
+        detail = f"image too large to finish in time on this server: {exc}; send a smaller image or scale"
+        return ServiceError(413, "deadline_unreachable", detail, limit)
+    if isinstance(exc, BacklogError):
+        limit = {"name": "request_timeout_s", "value": request_timeout_s}
+        headers = {"Retry-After": str(exc.retry_after_s)}
+        return ServiceError(503, "backlog", f"server busy: {exc}; retry later", limit, headers)
     if isinstance(exc, DeadlineExceededError):
         limit = {"name": "request_timeout_s", "value": request_timeout_s}
         reason = "deadline" if isinstance(exc, StageDeadlineError) else None
@@ -132,8 +143,12 @@ def to_service_error(exc: Exception, request_timeout_s: float, retry_after_s: in
     if isinstance(exc, NotReadyError):
         return ServiceError(503, exc.code, str(exc), headers=retry, reason=exc.code)
     if isinstance(exc, OverloadedError):
-        limit = {"name": "max_inflight_requests", "value": exc.max_inflight}
+        limit = {"name": exc.limit, "value": exc.value}
         return ServiceError(503, "overloaded", str(exc), limit, retry, reason="overloaded")
+    if isinstance(exc, UploadTimeoutError):
+        limit = {"name": "upload_timeout_s", "value": exc.upload_timeout_s}
+        headers = {"Connection": "close"}  # the rest of the body is not wanted
+        return ServiceError(408, "upload_timeout", str(exc), limit, headers, reason="upload_timeout")
     if isinstance(exc, UnknownModelError):
         limit = {"name": "model", "value": exc.valid}
         return ServiceError(422, "unknown_model", str(exc), limit, reason="bad_input")
@@ -144,7 +159,7 @@ def to_service_error(exc: Exception, request_timeout_s: float, retry_after_s: in
 
 
 DOMAIN_ERRORS = (ServiceError, ImageError, BatcherError, NotReadyError, OverloadedError, UnknownModelError)
-DOMAIN_ERRORS += (ClientGoneError,)
+DOMAIN_ERRORS += (ClientGoneError, UploadTimeoutError)
 
 
 def install_exception_handlers(app: FastAPI) -> None:

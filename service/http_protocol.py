@@ -1,4 +1,6 @@
-"""uvicorn's HTTP protocol, with each response's head and body leaving the process in one write.
+"""uvicorn's HTTP protocol, with each response's head and body leaving the process in one write
+(:class:`CoalescingHTTPProtocol`), and bounds on what a connection may hold before its request reaches the
+app (:class:`GuardedHTTPProtocol`, what ``drrn serve`` runs).
 
 Why: uvicorn writes a response's status line and headers (``http.response.start``) and its body
 (``http.response.body``) with two ``transport.write`` calls, i.e. two ``send()`` syscalls. A replica that
@@ -15,6 +17,9 @@ bodies a crash mid-body still truncates, which the client sees as a Content-Leng
 from __future__ import annotations
 
 import asyncio
+import json
+import uuid
+from dataclasses import dataclass
 from typing import Any
 
 from uvicorn.protocols.http.auto import AutoHTTPProtocol
@@ -94,3 +99,154 @@ class CoalescingHTTPProtocol(AutoHTTPProtocol):  # type: ignore[misc, valid-type
         if isinstance(transport, CoalescingTransport):
             transport.flush()
         return super().eof_received()
+
+
+@dataclass(frozen=True)
+class ConnectionLimits:
+    """What one connection may take before its request reaches the app (``DRRN_*`` settings)."""
+
+    header_timeout_s: float = 10.0  # connect (or a keep-alive request's first byte) -> end of headers
+    max_header_bytes: int = 16 * 1024  # request line + header fields
+    max_headers: int = 64  # header fields per request
+
+
+class _HeadRejected(Exception):
+    """Raised from a parser callback to stop parsing; :meth:`GuardedHTTPProtocol.send_400_response` then
+    answers with the status and code it carries."""
+
+
+class GuardedHTTPProtocol(CoalescingHTTPProtocol):
+    """:class:`CoalescingHTTPProtocol` that bounds each request head in time, bytes and header count.
+
+    Why: uvicorn arms no timer until a first response is complete, and httptools (llhttp) sets no size
+    limit, so a client that connects and sends nothing, or trickles its headers a byte at a time, or sends
+    megabytes of headers, holds a connection and memory for as long as it likes (slowloris). Each
+    connection here must finish every request head within ``header_timeout_s`` of connecting (or of its
+    first byte after a keep-alive pause; idle keep-alive connections are uvicorn's ``timeout_keep_alive``),
+    else it gets 408; a head over ``max_header_bytes`` or ``max_headers`` gets 431; a malformed one 400.
+    All three as the service's JSON error body, then the connection closes. (The body has its own bound,
+    ``upload_timeout_s``, enforced by the app.) Build one with :func:`guarded_protocol`.
+    """
+
+    limits = ConnectionLimits()
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        self._head_timer: asyncio.TimerHandle | None = None
+        self._in_head, self._head_bytes, self._header_count, self._head_size = True, 0, 0, 0
+        self._rejection: tuple[int, str, str, dict[str, Any]] | None = None
+        super().connection_made(transport)
+        self._arm_head_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_head_timer()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self._in_head:
+            self._head_bytes += len(data)
+        super().data_received(data)
+        limit = self.limits.max_header_bytes
+        if self._in_head and self._head_bytes > limit and not self.transport.is_closing():
+            # llhttp buffers a partial header itself: stop feeding it once the head outgrows the bound
+            self._reject(431, "header_too_large", f"request head over {limit} bytes", "max_header_bytes")
+            self.send_400_response("")
+
+    # httptools parser callbacks
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._header_count = self._head_size = 0
+        if self._head_timer is None:
+            self._arm_head_timer()
+
+    def on_url(self, url: bytes) -> None:
+        self._head_size += len(url)
+        self._check_head_size()
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._header_count += 1
+        self._head_size += len(name) + len(value) + 4
+        if self._header_count > self.limits.max_headers:
+            n = self.limits.max_headers
+            self._reject(431, "too_many_headers", f"more than {n} header fields", "max_headers")
+            raise _HeadRejected
+        self._check_head_size()
+        super().on_header(name, value)
+
+    def _check_head_size(self) -> None:
+        if self._head_size > self.limits.max_header_bytes:
+            n = self.limits.max_header_bytes
+            self._reject(431, "header_too_large", f"request head over {n} bytes", "max_header_bytes")
+            raise _HeadRejected
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        self._cancel_head_timer()
+        super().on_headers_complete()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if self.cycle is not None and self.cycle.more_body and not self.transport.is_closing():
+            # answered before its body was read (413 on Content-Length, 408, 404): the rest of the body
+            # is read and dropped, but it must not trickle in for ever
+            self._arm_head_timer()
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        self._in_head, self._head_bytes = True, 0  # what follows is the next request's head
+        self._cancel_head_timer()  # armed again by its first byte; idle time is timeout_keep_alive's
+
+    def send_400_response(self, msg: str) -> None:
+        """Every parser-level refusal as the service's JSON error shape (uvicorn sends plain text)."""
+        status, code, detail, limit = self._rejection or (400, "bad_http_request", msg or "invalid HTTP", {})
+        self._cancel_head_timer()
+        rid = uuid.uuid4().hex  # the request never reached the app: a fresh id, as for any bad one
+        body = json.dumps({"error": code, "detail": detail, "limit": limit or None, "request_id": rid})
+        body = body.encode()
+        reason = {400: b"Bad Request", 408: b"Request Timeout", 431: b"Request Header Fields Too Large"}
+        head = b"HTTP/1.1 %d %s\r\n" % (status, reason[status])
+        head += b"x-request-id: %s\r\n" % rid.encode()
+        head += b"content-type: application/json\r\ncontent-length: %d\r\nconnection: close\r\n\r\n" % len(
+            body
+        )
+        if not self.transport.is_closing():
+            self.transport.write(head + body)
+            self.transport.close()
+
+    def _reject(self, status: int, code: str, detail: str, limit_name: str) -> None:
+        value = getattr(self.limits, limit_name)
+        self._rejection = (
+            status,
+            code,
+            f"{detail} ({limit_name}={value})",
+            {"name": limit_name, "value": value},
+        )
+
+    def _arm_head_timer(self) -> None:
+        self._cancel_head_timer()
+        self._head_timer = asyncio.get_running_loop().call_later(
+            self.limits.header_timeout_s, self._head_timeout
+        )
+
+    def _cancel_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_timeout(self) -> None:
+        self._head_timer = None
+        if self.transport.is_closing():
+            return
+        if not self._in_head:  # the unread rest of an answered request's body never came
+            self.transport.close()
+        else:
+            t = self.limits.header_timeout_s
+            self._reject(
+                408, "header_timeout", f"request head not received within {t:g}s", "header_timeout_s"
+            )
+            self.send_400_response("")
+
+
+def guarded_protocol(limits: ConnectionLimits) -> type[GuardedHTTPProtocol]:
+    """A :class:`GuardedHTTPProtocol` class with ``limits`` (pass it as ``uvicorn.Config(http=...)``)."""
+    return type("GuardedHTTPProtocol", (GuardedHTTPProtocol,), {"limits": limits})

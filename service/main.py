@@ -14,10 +14,12 @@ JSON 503 before uvicorn cancels anything.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import logging.config
 import math
+import os
 import socket
 from datetime import UTC, datetime
 from types import FrameType
@@ -30,10 +32,11 @@ from drrn.errors import UserError
 from drrn.paths import WEIGHTS_DIR
 from engines.repository import ModelRepository
 from service.app import create_app
-from service.http_protocol import CoalescingHTTPProtocol
+from service.http_protocol import ConnectionLimits, guarded_protocol
 from service.settings import Settings
 
 UVICORN_SHUTDOWN_SLACK_S = 2  # uvicorn's graceful timeout beyond the drain grace, for the last responses
+EXIT_ENGINE_STALLED = 70  # exit status after a shutdown with an engine call still hung (EX_SOFTWARE)
 
 
 class JsonFormatter(logging.Formatter):
@@ -90,6 +93,7 @@ class _Server(uvicorn.Server):
         super().__init__(config)
         self._app = app
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._exit_scheduled = False
 
     async def serve(self, sockets: list[socket.socket] | None = None) -> None:
         self._loop = asyncio.get_running_loop()
@@ -100,10 +104,17 @@ class _Server(uvicorn.Server):
         # the middle of loop code, so only a plain attribute write and call_soon_threadsafe (made for
         # this: a deque append plus a wake-up byte) happen here; the drain itself runs on the loop, and
         # it marks the service unready in its first step.
-        lifecycle = self._app.state.lifecycle
-        if lifecycle is not None and self._loop is not None and not self._loop.is_closed():
-            self._loop.call_soon_threadsafe(lifecycle.begin_shutdown)
-        super().handle_exit(sig, frame)
+        # uvicorn closes its listener at once; connections still in the accept queue then are reset, and
+        # a client sees a request lost. So the listener stays open for shutdown_linger_s, answering 503
+        # shutting_down (which a client or load balancer retries elsewhere), before uvicorn is told.
+        lifecycle, loop = self._app.state.lifecycle, self._loop
+        if self._exit_scheduled or lifecycle is None or loop is None or loop.is_closed():
+            super().handle_exit(sig, frame)  # a second signal, or nothing to drain: uvicorn's own way
+            return
+        self._exit_scheduled = True
+        loop.call_soon_threadsafe(lifecycle.begin_shutdown)
+        exit_later = functools.partial(uvicorn.Server.handle_exit, self, sig, frame)
+        loop.call_soon_threadsafe(loop.call_later, self._app.state.settings.shutdown_linger_s, exit_later)
 
 
 def serve(host: str = "127.0.0.1", port: int = 8000) -> None:
@@ -123,18 +134,33 @@ def serve(host: str = "127.0.0.1", port: int = 8000) -> None:
         raise UserError(f"DRRN_DEFAULT_MODEL={settings.default_model!r} is not served (serving {names})")
     _warn_if_stale(repo, names)
     app = create_app(settings)
-    config = uvicorn.Config(
+    _Server(uvicorn_config(app, settings, host, port), app).run()
+    if app.state.upscaler is not None and app.state.upscaler.engine_stalled:
+        # The hung engine call's thread cannot be stopped, and the interpreter would join it for ever at
+        # exit: leave now, so the orchestrator's restart is not held up until its kill timeout.
+        logging.getLogger("drrn.service").error("exiting with the engine call still hung")
+        logging.shutdown()
+        os._exit(EXIT_ENGINE_STALLED)
+
+
+def uvicorn_config(app: FastAPI, settings: Settings, host: str, port: int) -> uvicorn.Config:
+    """uvicorn's settings for the service: one worker, the guarded protocol (each response in one write,
+    request heads bounded in time, bytes and count) and the connection limits from ``settings``."""
+    limits = ConnectionLimits(settings.header_timeout_s, settings.max_header_bytes, settings.max_headers)
+    return uvicorn.Config(
         app,
         host=host,
         port=port,
         workers=1,
-        http=CoalescingHTTPProtocol,  # head + body in one write: nginx can fail over a crash (see module)
+        http=guarded_protocol(limits),  # head + body in one write: nginx can fail over a crash (see module)
         lifespan="on",
         log_config=None,  # keep the dictConfig above
         access_log=False,  # drrn.access logs each request with timings instead
         timeout_graceful_shutdown=math.ceil(settings.shutdown_grace_s) + UVICORN_SHUTDOWN_SLACK_S,
+        timeout_keep_alive=settings.keep_alive_timeout_s,
+        limit_concurrency=settings.max_connections,
+        h11_max_incomplete_event_size=settings.max_header_bytes,  # the h11 parser's own bound, if used
     )
-    _Server(config, app).run()
 
 
 def _warn_if_stale(repo: ModelRepository, names: list[str]) -> None:

@@ -26,6 +26,8 @@ METRICS: tuple[tuple[str, str], ...] = (
     ("drrn_input_megapixels", "histogram"),
     ("drrn_queue_depth_tiles", "gauge"),
     ("drrn_inflight_requests", "gauge"),
+    ("drrn_uploading_requests", "gauge"),
+    ("drrn_deadline_engine_seconds", "counter"),
     ("drrn_ready", "gauge"),
     ("drrn_rejections_total", "counter"),
     ("drrn_errors_total", "counter"),
@@ -38,12 +40,15 @@ REJECTION_REASONS = (
     "queue_full",
     "overloaded",
     "deadline",
+    "too_slow",
+    "backlog",
+    "upload_timeout",
     "shutting_down",
     "not_ready",
     "cancelled",
     "client_disconnected",
 )
-ERROR_KINDS = ("engine", "internal", "warmup", "worker")
+ERROR_KINDS = ("engine", "internal", "warmup", "worker", "engine_stall")
 # Sample names per family type, from the name without its type suffix (prometheus_client adds ``_created``).
 _SUFFIXES = {
     "histogram": ("_bucket", "_sum", "_count", "_created"),
@@ -132,7 +137,19 @@ class ServiceMetrics(UpscalerObserver):
         self.queue_depth = Gauge(
             "drrn_queue_depth_tiles", "Tiles waiting for an engine run.", ["model"], registry=r
         )
-        self.inflight = Gauge("drrn_inflight_requests", "Upscale requests being handled.", registry=r)
+        self.inflight = Gauge(
+            "drrn_inflight_requests", "Upscale requests being handled (body received).", registry=r
+        )
+        self.uploading = Gauge(
+            "drrn_uploading_requests", "Admitted upscale requests whose body is still arriving.", registry=r
+        )
+        self.deadline_engine = Counter(
+            "drrn_deadline_engine_seconds",
+            "Engine seconds spent on tiles of requests that then ended past their deadline (504): "
+            "compute thrown away (each run's time shared by its tiles).",
+            ["model"],
+            registry=r,
+        )
         self.ready = Gauge(
             "drrn_ready", "1 when the service is ready (model warm, batcher running).", registry=r
         )
@@ -156,6 +173,7 @@ class ServiceMetrics(UpscalerObserver):
         keys = ("name", "provider", "precision", "tile", "margin", "max_batch", "default")
         self.model.labels(model=model).info({k: str(info.get(k, "")) for k in keys})
         self.queue_depth.labels(model=model)
+        self.deadline_engine.labels(model=model)
         for reason in REJECTION_REASONS:
             self.rejections.labels(reason=reason, model=model)
 
@@ -199,6 +217,16 @@ class ServiceMetrics(UpscalerObserver):
 
     def on_inflight(self, requests: int) -> None:
         self.inflight.set(requests)
+
+    def on_uploading(self, requests: int) -> None:
+        self.uploading.set(requests)
+
+    def on_deadline_work(self, model: str, seconds: float) -> None:
+        self.deadline_engine.labels(model=model).inc(seconds)
+
+    def on_engine_stall(self, model: str, seconds: float) -> None:
+        self.errors.labels(kind="engine_stall").inc()
+        self.ready.set(0)
 
     def on_phase(self, phase: Phase) -> None:
         self.ready.set(1 if phase is Phase.READY else 0)

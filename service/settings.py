@@ -110,12 +110,69 @@ class Settings(BaseSettings):
         default=30.0, gt=0, description="Per-request deadline from arrival; past it the request gets 504."
     )
     retry_after_s: int = Field(default=1, ge=0, description="Retry-After seconds sent with 503 responses.")
+    upload_timeout_s: float = Field(
+        default=20.0,
+        gt=0,
+        description="Most seconds a request body may take to arrive, from the request's arrival (its own "
+        "bound, inside request_timeout_s): a client that stalls or trickles its body gets 408. Bodies being "
+        "received do not count against max_inflight_requests.",
+    )
+    max_uploads: int = Field(
+        default=128,
+        ge=1,
+        description="Bound on request bodies being received at once (each holds up to max_upload_bytes); "
+        "beyond it requests get 503 with Retry-After.",
+    )
+    deadline_admission: bool = Field(
+        default=True,
+        description="Refuse at admission, before any engine work, a request the measured engine speed "
+        "cannot finish by its deadline: 413 if it never could, 503 with Retry-After if the queue ahead is "
+        "the reason.",
+    )
+    engine_stall_s: float = Field(
+        default=120.0,
+        gt=0,
+        description="Watchdog: one engine call running longer than this marks the process unhealthy "
+        "(/healthz 503) so the orchestrator replaces it; the call's requests end at their deadline (504).",
+    )
+    # --- connections (uvicorn) --------------------------------------------------------------------------
+    header_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="Most seconds a connection may take to send a request's headers (from connecting, or "
+        "from its first byte after a keep-alive pause); then 408 and the connection closes.",
+    )
+    keep_alive_timeout_s: int = Field(
+        default=5, ge=1, description="Idle keep-alive connections are closed after this many seconds."
+    )
+    max_header_bytes: int = Field(
+        default=16 * 1024,
+        ge=1024,
+        description="Largest request head (request line + headers); a bigger one gets 431 and a close.",
+    )
+    max_headers: int = Field(
+        default=64, ge=8, description="Most header fields per request; more gets 431 and a close."
+    )
+    max_connections: int | None = Field(
+        default=2048,
+        ge=1,
+        description="uvicorn limit_concurrency: beyond this many open connections (or running requests) "
+        "new requests get uvicorn's plain-text 503; empty = no limit.",
+    )
     shutdown_grace_s: float = Field(
         default=30.0,
         ge=0,
         description="On SIGTERM, how long admitted requests may take to finish (new ones get 503 at once); "
         "those still running then get 503. Set it >= request_timeout_s (a startup warning says when it is "
         "not). The process can take ceil(this) + 2 s to exit: keep the orchestrator's kill timeout above.",
+    )
+
+    shutdown_linger_s: float = Field(
+        default=1.0,
+        ge=0,
+        description="After SIGTERM the listener stays open this long, answering new requests with 503 "
+        "shutting_down, so that connections racing the close are answered instead of reset (lost). Adds "
+        "to the exit time: keep the orchestrator's kill timeout above shutdown_grace_s + this + 2 s.",
     )
 
     # --- input limits -----------------------------------------------------------------------------------
@@ -134,7 +191,7 @@ class Settings(BaseSettings):
         default="INFO", description="Root log level (JSON lines on stderr)."
     )
 
-    @field_validator("tile", "margin", "models", mode="before")
+    @field_validator("tile", "margin", "models", "max_connections", mode="before")
     @classmethod
     def _empty_is_none(cls, value: object) -> object:
         # DRRN_MARGIN="" means the card default; DRRN_MODELS="" means every model.

@@ -678,6 +678,7 @@ def test_sigterm_drains_admitted_requests_and_answers_json_to_the_last(tiny_onnx
         "DRRN_INTRA_OP_THREADS": "1",
         "DRRN_CPU_WORKERS": "1",
         "DRRN_REQUEST_TIMEOUT_S": "120",  # the deadline must not end the held requests first
+        "DRRN_UPLOAD_TIMEOUT_S": "120",
         "DRRN_SHUTDOWN_GRACE_S": "10",  # ample for a 20x16 image on a loaded box; uvicorn cancels at 10 + 2 s
     }
     body = png(20, 16)
@@ -693,7 +694,7 @@ def test_sigterm_drains_admitted_requests_and_answers_json_to_the_last(tiny_onnx
                 conn.sendall(head + body[:40])
             with httpx.Client(base_url=svc.url, timeout=30) as client:
                 for _ in range(3000):  # until the route admitted both (they are now reading their bodies)
-                    if gauge(client.get("/metrics"), "drrn_inflight_requests") == 2:
+                    if gauge(client.get("/metrics"), "drrn_uploading_requests") == 2:
                         break
                     time.sleep(0.01)
                 else:

@@ -1,0 +1,201 @@
+"""Deadline-aware admission: the run-cost fit and finish estimate (pure), the batcher refusing what its
+measured engine speed cannot finish in time (a fake engine of known speed; engine calls are counted, no
+duration is asserted), and the HTTP answers (413 / 503 with a Retry-After computed from the queue)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from inference.batcher import BacklogError, DeadlineUnreachableError, Lane, TileBatcher
+from inference.pacing import LaneLoad, RunCost, deadline_refusal, finish_estimate
+from service.app import create_app
+from tests.conftest import until
+from tests.fake_engines import ToneEngine
+from tests.test_inference_batcher import FakeEngine, Recorder, T, tiles
+from tests.test_service_http import png, rejections, serving, settings
+
+
+def test_run_cost_fits_fixed_and_per_tile_costs() -> None:
+    cpu = RunCost()  # cost proportional to tiles
+    for k in (1, 4, 2, 4, 1, 3):
+        cpu.observe(k, 0.5 * k)
+    assert cpu.seconds(8) == pytest.approx(4.0)
+    gpu = RunCost()  # a fixed cost per run
+    for k in (1, 4, 2, 4, 1, 3):
+        gpu.observe(k, 0.2)
+    assert gpu.seconds(8) == pytest.approx(0.2)
+    same = RunCost()  # only 1-tile runs seen: no slope to fit, taken as proportional
+    for _ in range(5):
+        same.observe(1, 0.3)
+    assert same.seconds(4) == pytest.approx(1.2)
+    assert RunCost().seconds(4) is None
+
+
+def test_finish_estimate_follows_round_robin_and_the_lane_rotation() -> None:
+    cost = RunCost()
+    cost.observe(4, 1.0)  # 1 s per full run of 4, proportional
+    lanes = {"m": LaneLoad(4, (100,), cost), "q": LaneLoad(4, (), cost)}
+    small = finish_estimate("m", 1, lanes, busy_left_s=0.5)
+    # a 1-tile request behind a 100-tile one: round-robin takes 1 of theirs + its own = 1 run
+    assert small is not None and small.total_s == pytest.approx(1.5) and small.alone_s == pytest.approx(0.25)
+    big = finish_estimate("m", 40, lanes, busy_left_s=0.0)
+    assert big is not None and big.total_s == pytest.approx(20.0)  # (40 + 40) tiles / 4 per run
+    lanes["q"] = LaneLoad(4, (8,), cost)  # another lane with 2 runs queued interleaves with ours
+    assert finish_estimate("m", 40, lanes, 0.0).total_s == pytest.approx(22.0)
+    assert finish_estimate("m", 40, {"m": LaneLoad(4, (), RunCost())}, 0.0) is None  # nothing measured
+
+
+def test_a_newcomer_that_would_push_an_admitted_request_past_its_deadline_is_refused() -> None:
+    cost = RunCost()
+    cost.observe(4, 0.08)  # 20 ms per tile
+    # 36 tiles queued, due in 1 s: alone they take 0.72 s; a 36-tile newcomer shares every run (1.44 s)
+    lanes = {"m": LaneLoad(4, (36,), cost, time_left_s=(1.0,))}
+    refusal = deadline_refusal("m", 36, lanes, busy_left_s=0.0, remaining_s=10.0, budget_s=10.0)
+    assert isinstance(refusal, BacklogError)
+    # the same newcomer is fine when the queued request has time to spare, or is doomed anyway
+    for left in (2.0, 0.5):
+        lanes = {"m": LaneLoad(4, (36,), cost, time_left_s=(left,))}
+        assert deadline_refusal("m", 36, lanes, 0.0, 10.0, 10.0) is None
+
+
+def run_paced(body, engine: FakeEngine, budget_s: float, rec: Recorder | None = None) -> Recorder:
+    rec = rec or Recorder()
+
+    async def main() -> None:
+        b = TileBatcher(
+            {"m": Lane(engine, T, 4)}, max_queue_tiles=20_000, observer=rec, deadline_budget_s=budget_s
+        )
+        b.start()
+        try:
+            await body(b)
+        finally:
+            engine.gate.set()
+            await b.stop(grace_s=30)
+
+    asyncio.run(main())
+    return rec
+
+
+class PacedEngine(FakeEngine):
+    """:class:`FakeEngine` whose runs take a known time per tile (so the batcher measures that speed)."""
+
+    def __init__(self, per_tile_s: float, gated: bool = False) -> None:
+        super().__init__(gated=gated)
+        self.per_tile_s = per_tile_s
+
+    def __call__(self, x):
+        import time
+
+        time.sleep(self.per_tile_s * len(x))
+        return super().__call__(x)
+
+
+def test_requests_that_cannot_finish_in_time_never_reach_the_engine() -> None:
+    engine = PacedEngine(per_tile_s=0.01)
+
+    async def body(b: TileBatcher) -> None:
+        loop = asyncio.get_running_loop()
+        for r in range(3):  # measure the engine: 3 full runs of 4 tiles (~0.04 s each)
+            await b.submit("m", tiles(r, 4), loop.time() + 60, f"warm{r}")
+        calls = len(engine.calls)
+        # 4000 tiles need ~10 s alone: more than the whole 2-s budget, now or ever
+        with pytest.raises(DeadlineUnreachableError) as never:
+            await b.submit("m", tiles(9, 4000), loop.time() + 2, "huge")
+        assert never.value.budget_s == 2 and never.value.alone_s > 2
+        assert len(engine.calls) == calls  # refused before any of its tiles ran
+        # what fits is admitted and runs
+        out = await b.submit("m", tiles(8, 8), loop.time() + 2, "fits")
+        assert out.engine_runs == 2
+
+    rec = run_paced(body, engine, budget_s=2.0)
+    assert ("m", "too_slow") in rec.rejects
+
+
+def test_a_request_behind_too_much_queued_work_gets_backlog_with_a_retry_after() -> None:
+    engine = PacedEngine(per_tile_s=0.01, gated=True)
+
+    async def body(b: TileBatcher) -> None:
+        loop = asyncio.get_running_loop()
+        held = asyncio.create_task(b.submit("m", tiles(0, 4), loop.time() + 600, "held"))
+        await asyncio.to_thread(engine.entered.wait, 30)
+        engine.gate.set()
+        await held  # one measured run of 4 tiles (>= 0.04 s)
+        engine.gate.clear()
+        engine.calls.clear()
+        engine.gated, engine.entered = True, type(engine.entered)()
+        blocker = asyncio.create_task(b.submit("m", tiles(1, 4), loop.time() + 600, "blocker"))
+        await asyncio.to_thread(engine.entered.wait, 30)
+        # ~100 s of work queued behind it (10,000 tiles in 250-tile requests), deadlines far away
+        queued = [
+            asyncio.create_task(b.submit("m", tiles(2, 250), loop.time() + 600, f"q{i}")) for i in range(40)
+        ]
+        await until(lambda: b.queue_depth == 10_000)
+        # a 40-tile request alone needs ~0.4 s, well within its 10 s; round-robin takes 40 tiles of each
+        # queued request before its last one: 1,640 tiles, ~16 s at the measured speed
+        with pytest.raises(BacklogError) as busy:
+            await b.submit("m", tiles(3, 40), loop.time() + 10, "late")
+        assert busy.value.estimate_s > 10 and busy.value.retry_after_s >= 1
+        assert b.queue_depth == 10_000
+        # a 1-tile request gets its turn in the next run: admitted (and cancelled again here)
+        small = asyncio.create_task(b.submit("m", tiles(4, 1), loop.time() + 10, "small"))
+        await until(lambda: b.queue_depth == 10_001)  # the refused request was never queued
+        small.cancel()
+        for task in [*queued, small]:
+            task.cancel()
+        await asyncio.gather(*queued, small, return_exceptions=True)
+        engine.gate.set()
+        await blocker
+        assert len(engine.calls) == 1  # only the blocker ran: neither the refused nor the cancelled
+
+    rec = run_paced(body, engine, budget_s=10.0)
+    assert ("m", "backlog") in rec.rejects and ("m", "too_slow") not in rec.rejects
+
+
+async def post(client, body: bytes):
+    return await client.post("/upscale?scale=2", content=body, headers={"content-type": "image/png"})
+
+
+def test_http_answers_413_for_never_and_503_with_retry_after_for_not_now(tiny_onnx) -> None:
+    engine = ToneEngine(32, 4, sleep_per_tile_s=0.02)
+    app = create_app(
+        settings(tiny_onnx, request_timeout_s=2.0, max_upload_bytes=10_000_000), {"fast": engine}
+    )
+
+    async def main() -> None:
+        async with serving(app) as client:
+            ok = await client.post(
+                "/upscale?scale=2", content=png(40, 40), headers={"content-type": "image/png"}
+            )
+            assert ok.status_code == 200  # measures the engine: ~0.02 s per tile
+            runs = len(engine.runs)
+            # 1000x1000 output = 37^2 tiles of core 28: ~27 s of engine time > the 2-s deadline
+            r = await client.post(
+                "/upscale?scale=2", content=png(500, 500), headers={"content-type": "image/png"}
+            )
+            body = r.json()
+            assert r.status_code == 413 and body["error"] == "deadline_unreachable"
+            assert body["limit"] == {"name": "request_timeout_s", "value": 2.0}
+            assert len(engine.runs) == runs
+            # hold the engine and send 8 requests of 25 tiles (~0.5 s each): the first few fit the 2-s
+            # deadline, then the queue ahead is too long and the rest are refused at once
+            engine.hang = True
+            held = asyncio.create_task(post(client, png(10, 10)))
+            await asyncio.to_thread(engine.hanging.wait, 30)
+            runs = len(engine.runs)
+            sent = [asyncio.create_task(post(client, png(60, 60, seed=i))) for i in range(8)]
+            await until(lambda: sum(t.done() for t in sent) >= 1)
+            engine.release.set()
+            answers = await asyncio.gather(held, *sent)
+            busy = [r for r in answers if r.status_code == 503]
+            assert busy and all(r.json()["error"] == "backlog" for r in busy)
+            assert all(int(r.headers["retry-after"]) >= 1 for r in busy)
+            admitted = len(sent) - len(busy)
+            assert admitted >= 1
+            # the refused requests' tiles never ran: every run after the held one is an admitted tile
+            assert sum(engine.runs[runs:]) <= 25 * admitted
+            counts = rejections(await client.get("/metrics"))
+            assert counts["too_slow"] == 1 and counts["backlog"] == len(busy)
+
+    asyncio.run(main())
