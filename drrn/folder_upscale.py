@@ -46,13 +46,15 @@ class Job:
 
 @dataclass
 class Summary:
-    """``written`` new outputs, ``skipped`` existing ones, ``failed`` (rel, message), output pixels."""
+    """``written`` new outputs, ``skipped`` existing ones, ``failed`` (rel, message), output pixels written,
+    wall seconds, client retries."""
 
     written: int = 0
     skipped: int = 0
     failed: list[tuple[str, str]] = field(default_factory=list)
     out_pixels: int = 0
     seconds: float = 0.0
+    retries: int | None = None  # requests the client re-sent (503, lost connection); None: local run
 
     def line(self) -> str:
         rate = self.written / self.seconds if self.seconds else 0.0
@@ -61,6 +63,7 @@ class Summary:
             f"{self.written + self.skipped + len(self.failed)} images: {self.written} written, "
             f"{self.skipped} skipped (output exists), {len(self.failed)} failed; "
             f"{self.seconds:.1f} s, {rate:.1f} images/s, {mpx:.2f} output Mpx/s"
+            + ("" if self.retries is None else f", {self.retries} requests retried")
         )
 
 
@@ -200,14 +203,7 @@ def local_upscaler(scale: float, model: str, options: dict) -> Callable[[Job], t
 def run_folder_cli(args: argparse.Namespace, local_options: dict | None = None) -> int:
     """``drrn upscale INPUT... -o OUTDIR``: find the images, run them (``args.url``: on that server, else
     locally with ``local_options``), print the summary; 1 if any file failed."""
-    inputs, out_dir, scale, model, url, jobs = (
-        args.inputs,
-        args.out_dir,
-        args.scale,
-        args.model,
-        args.url,
-        args.jobs,
-    )
+    inputs, out_dir, url, jobs = args.inputs, args.out_dir, args.url, max(1, args.jobs)
     todo = find_jobs(inputs, Path(out_dir))
     if not todo:
         raise UserError(f"no images found in {', '.join(inputs)}")
@@ -215,12 +211,14 @@ def run_folder_cli(args: argparse.Namespace, local_options: dict | None = None) 
     if url:
         from drrn.client import Client
 
-        with Client(url, max_connections=max(jobs, 1)) as client:
+        retries: list = []  # one RetryEvent per retry (list.append is atomic across the worker threads)
+        with Client(url, max_connections=jobs, on_retry=retries.append) as client:
             if not client.ready():
                 print(f"warning: {url}/readyz is not 200 yet; requests will be retried", file=sys.stderr)
-            name = None if model in ("default", "") else model
-            summary = run_jobs(todo, remote_upscaler(client, scale, name), jobs)
+            model = None if args.model in ("default", "") else args.model
+            summary = run_jobs(todo, remote_upscaler(client, args.scale, model), jobs)
+        summary.retries = len(retries)
     else:
-        summary = run_jobs(todo, local_upscaler(scale, model, local_options or {}), 1)
+        summary = run_jobs(todo, local_upscaler(args.scale, args.model, local_options or {}), 1)
     print(summary.line())  # each failure was printed when it happened
     return 1 if summary.failed else 0

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -249,3 +250,15 @@ def test_gives_up_after_the_retry_count(full_server: SpawnedService) -> None:
     finally:
         held.release()
     assert info.value.attempts == 2 and [e.attempt for e in log] == [1]
+
+
+def test_readme_example_runs(server: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The README's example, as written, against the test server (its URL swapped in)."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("## Python client", 1)[1]
+    example = section.split("```python\n", 1)[1].split("```", 1)[0]
+    assert len(example.strip().splitlines()) <= 6
+    monkeypatch.chdir(tmp_path)
+    Image.fromarray(np.full((12, 10, 3), 128, np.uint8)).save("photo.jpg")
+    exec(compile(example.replace("http://127.0.0.1:8000", server), "README.md", "exec"), {})
+    assert size_of((tmp_path / "photo_x4.png").read_bytes()) == (40, 48)
