@@ -28,7 +28,8 @@ class RetryPolicy:
     """When to retry. ``retries``: most retries after the first attempt; ``budget_s``: no retry starts
     later than this many seconds after the call began; ``backoff_s`` doubling up to ``max_backoff_s``: the
     wait without ``Retry-After``; ``jitter``: the wait for a ``Retry-After`` of R is uniform in
-    ``[R, R * (1 + jitter)]``."""
+    ``[R, R * (1 + jitter)]`` (or the backoff, when that is longer: a ``Retry-After: 0`` is no licence to
+    hammer)."""
 
     retries: int = 4
     budget_s: float = 120.0

@@ -87,6 +87,8 @@ def find_jobs(inputs: Sequence[str | Path], out_dir: Path) -> list[Job]:
     found: list[tuple[Path, Path]] = []  # (source, path relative to its input)
     for item in map(Path, inputs):
         if item.is_dir():
+            if item.resolve() == out_abs or out_abs in item.resolve().parents:
+                raise UserError(f"the input {item} is inside the output folder {out_dir}; choose another -o")
             for src in sorted(item.rglob("*")):
                 rel = src.relative_to(item)
                 if any(p.startswith(".") for p in rel.parts) or out_abs in src.resolve().parents:

@@ -192,5 +192,7 @@ def test_find_jobs(tmp_path: Path) -> None:
     }
     with pytest.raises(UserError, match="written twice"):
         find_jobs([src / "sub", src / "sub"], out)
+    with pytest.raises(UserError, match="inside the output folder"):
+        find_jobs([src / "sub"], src)
     with pytest.raises(UserError, match="no such file"):
         find_jobs([tmp_path / "missing"], out)
