@@ -114,7 +114,12 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _upscale(args: argparse.Namespace) -> int:
-    from inference.local import upscale_file
+    if args.out_dir is None and (len(args.inputs) != 2 or args.url):
+        raise UserError("give INPUT OUTPUT (one file, locally), or INPUT... -o OUTDIR [--url URL]")
+    from drrn.folder_upscale import run_folder_cli  # httpx and tqdm only, until it runs locally
+
+    if args.url:
+        return run_folder_cli(args)
     from service.settings import Settings
 
     # The service's DRRN_* settings apply; the tile only when set (else the model card's, as served).
@@ -122,20 +127,21 @@ def _upscale(args: argparse.Namespace) -> int:
         s = Settings()
     except ValueError as exc:  # pydantic's ValidationError: a bad DRRN_* variable
         raise UserError(f"invalid DRRN_* setting: {exc}".replace("\n", " ")) from exc
-    upscale_file(
-        args.input,
-        args.output,
-        args.scale,
-        args.model,
-        limits=s.image_limits(),
-        tile=s.tile if "tile" in s.model_fields_set else None,
-        margin=s.margin,
-        max_batch=s.max_batch,
-        intra_op_threads=s.intra_op_threads,
-        inter_op_threads=s.inter_op_threads,
-        graph_optimization=s.graph_optimization,
-        root=Path(args.root) if args.root else None,
-    )
+    local = {
+        "limits": s.image_limits(),
+        "tile": s.tile if "tile" in s.model_fields_set else None,
+        "margin": s.margin,
+        "max_batch": s.max_batch,
+        "intra_op_threads": s.intra_op_threads,
+        "inter_op_threads": s.inter_op_threads,
+        "graph_optimization": s.graph_optimization,
+        "root": Path(args.root) if args.root else None,
+    }
+    if args.out_dir is not None:
+        return run_folder_cli(args, local)
+    from inference.local import upscale_file
+
+    upscale_file(args.inputs[0], args.inputs[1], args.scale, args.model, **local)
     return 0
 
 
@@ -254,9 +260,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--port", type=int, default=8000)
     s.set_defaults(func=_serve)
 
-    s = sub.add_parser("upscale", help="upscale one image file with the service's pipeline")
-    s.add_argument("input")
-    s.add_argument("output")
+    s = sub.add_parser(
+        "upscale",
+        help="upscale images: IN OUT (one file, locally), or IN... -o OUTDIR [--url URL] (files, folders)",
+    )
+    s.add_argument("inputs", nargs="+", metavar="INPUT", help="IN OUT, or image files and folders with -o")
+    s.add_argument("-o", "--out-dir", help="write OUTDIR/<relative path>.png; existing outputs are skipped")
+    s.add_argument("--url", help="send the images to this server or load balancer (else: run locally)")
+    s.add_argument("--jobs", type=int, default=8, help="--url: concurrent requests (default 8)")
     s.add_argument("--scale", type=float, required=True)
     s.add_argument("--model", default="default", help="NAME (default = fast) | FILE.onnx | FILE.safetensors")
     s.add_argument("--root", default=None, help="model repository for NAME (default artifacts/models)")
