@@ -228,7 +228,8 @@ async function upscale(event) {
   try {
     const response = await fetch(`/upscale?${query}`, {
       method: "POST",
-      headers: { "Content-Type": state.file.type || "application/octet-stream" },
+      // The server reads the format from the bytes; a file the OS calls text/plain is sent as bytes too.
+      headers: { "Content-Type": state.file.type.startsWith("image/") ? state.file.type : "application/octet-stream" },
       body: state.file,
     });
     const requestId = response.headers.get("X-Request-ID");
