@@ -193,8 +193,10 @@ def check_result(
     assert natural == [scale * w, scale * h]
     expected = api_png(server, src, f"scale={scale}&model={model}")
     assert downloaded(driver, name or f"{src.stem}_x{scale}_{model}.png") == expected
-    timings = [row.text.split()[0] for row in driver.find_elements("css selector", "#timings tbody tr")]
+    timings = [th.text for th in driver.find_elements("css selector", "#timings thead th[scope=col]")]
     assert {"decode", "infer", "encode", "total"} <= set(timings), timings
+    ms = [float(td.text) for td in driver.find_elements("css selector", "#timings tbody td")]
+    assert len(ms) == len(timings) and all(v >= 0 for v in ms)
     return expected
 
 
@@ -227,12 +229,16 @@ def test_upscale_x2_shows_the_result_and_downloads_the_api_bytes(page, server, t
 
 
 def test_upscale_a_set5_image_at_x2(page, server, shared: Path, tmp_path: Path) -> None:
+    from selenium.webdriver.support.select import Select
+
     src = shared / "datasets" / "Set5" / "butterfly.png"
     assert upload(page, src) == "done"
     check_result(page, server, src, 2, "fast")
-    if SCREENSHOT and page.viewport == "desktop":
-        page.execute_script("document.getElementById('timings').scrollIntoView()")
-        page.execute_script("window.scrollTo(0, 0)")
+    if SCREENSHOT and page.viewport == "desktop":  # the whole page at 1:1, comparison at actual pixels
+        size = {"width": 1280, "height": 1080, "deviceScaleFactor": 1, "mobile": False}
+        page.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", size)
+        Select(page.find_element("id", "zoom")).select_by_value("1")
+        page.execute_script("document.activeElement.blur(); window.scrollTo(0, 0)")
         Path(SCREENSHOT).parent.mkdir(parents=True, exist_ok=True)
         page.save_screenshot(SCREENSHOT)
 

@@ -9,7 +9,8 @@ const ui = {
   ensembleInfo: $("ensemble-info"), go: $("go"), status: $("status"), error: $("error"),
   result: $("result"), split: $("split"), zoom: $("zoom"), pixels: $("pixels"), viewport: $("viewport"),
   stage: $("stage"), before: $("before"), after: $("after"), divider: $("divider"),
-  resultInfo: $("result-info"), download: $("download"), timings: document.querySelector("#timings tbody"),
+  resultInfo: $("result-info"), download: $("download"),
+  timingNames: document.querySelector("#timings thead tr"), timingValues: document.querySelector("#timings tbody tr"),
 };
 
 const state = {
@@ -46,14 +47,15 @@ function showError(message, requestId) {
 function clearError() { ui.error.hidden = true; ui.error.replaceChildren(); }
 
 // ---- the server's models and limits -------------------------------------------------------------------
-function qualityText(model, scales = ["2", "3", "4"]) {
+function qualityText(model, scales = ["2", "3", "4"], short = false) {
   // card "quality": {"results": {"Set5": {"2": {"psnr": 36.7, "ssim": ...}, ...}, ...}} (the drrn eval
   // table); Set5 when measured, else the first set.
   const results = (model.quality && model.quality.results) || {};
   const name = results.Set5 ? "Set5" : Object.keys(results)[0];
   const cells = scales.filter((s) => name && results[name][s] && results[name][s].psnr != null)
     .map((s) => `×${s} ${trim(results[name][s].psnr)}`);
-  return cells.length ? `${name} PSNR ${cells.join(" / ")} dB` : "quality not measured";
+  if (!cells.length) return "quality not measured";
+  return short ? `${cells.join(" / ")} dB` : `${name} PSNR ${cells.join(" / ")} dB`;
 }
 
 function costText(model) {
@@ -80,9 +82,8 @@ async function loadModels() {
   ui.model.replaceChildren(...listing.models.map((m) => {
     const option = document.createElement("option");
     option.value = m.name;
-    const label = `${m.name}${m.name === listing.default ? " (default)" : ""}`;
     const cost = m.mflop_per_pixel != null ? `${trim(m.mflop_per_pixel)} MFLOP/px, ` : "";
-    option.textContent = `${label} — ${cost}${qualityText(m, ["2"])}`;
+    option.textContent = `${m.name} — ${cost}${qualityText(m, ["2"], true)}`;
     option.selected = m.name === listing.default;
     return option;
   }));
@@ -109,6 +110,7 @@ function describeModel() {
   if (!m) return;
   const parts = [costText(m), qualityText(m)];
   if (m.architecture) parts.unshift(m.architecture);
+  if (m.default) parts.unshift("the server's default");
   ui.modelInfo.textContent = parts.filter(Boolean).join(" · ");
 }
 
@@ -279,7 +281,7 @@ function showResult(blob, facts) {
       + ` at ×${trim(facts.scale)}${facts.ensemble ? " (×8 ensemble)" : ""}, ${bytes(blob.size)} PNG.`;
     ui.result.hidden = false;
     layout();
-    ui.status.textContent = "Done. The result is below.";
+    ui.status.textContent = "Done: the result beside the original.";
     setState("done");
   }, { once: true });
   ui.before.src = state.inputUrl;
@@ -287,13 +289,15 @@ function showResult(blob, facts) {
   ui.download.href = state.outputUrl;
   ui.download.download = downloadName(state.file, facts.scale, facts.model, facts.ensemble);
   ui.download.dataset.model = facts.model;
-  ui.timings.replaceChildren(...parseServerTiming(facts.timing).map(([name, ms]) => {
-    const row = document.createElement("tr");
-    const th = document.createElement("th"), td = document.createElement("td");
-    th.scope = "row"; th.textContent = name; td.textContent = ms.toFixed(1);
-    row.append(th, td);
-    return row;
-  }));
+  const stages = parseServerTiming(facts.timing);
+  const cell = (tag, text, scope) => {
+    const el = document.createElement(tag);
+    el.textContent = text;
+    if (scope) el.scope = scope;
+    return el;
+  };
+  ui.timingNames.replaceChildren(cell("th", "stage", "row"), ...stages.map(([name]) => cell("th", name, "col")));
+  ui.timingValues.replaceChildren(cell("th", "ms", "row"), ...stages.map(([, ms]) => cell("td", ms.toFixed(1))));
 }
 
 function layout() {
@@ -301,8 +305,8 @@ function layout() {
   const { width, height } = state.output;
   const zoom = ui.zoom.value;
   const st = ui.stage.style;
-  if (zoom === "fit") {
-    st.setProperty("width", "100%");
+  if (zoom === "fit") { // the whole picture in view: as wide as the box, no taller than the viewport's cap
+    st.setProperty("width", `min(100%, calc(68vh * ${width / height}))`);
   } else {
     st.setProperty("width", `${(width * Number(zoom)) / window.devicePixelRatio}px`);
   }
