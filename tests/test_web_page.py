@@ -91,7 +91,8 @@ def test_page_has_no_inline_code_and_every_asset_it_names_is_served() -> None:
     doc.feed(page.text)
     assert doc.inline == [] and doc.inline_script_text == ""
     srcs = [s.get("src") for s in doc.scripts]
-    assert srcs == ["/static/app.js"] and doc.stylesheets == ["/static/style.css"]
+    # Relative URLs, so the page also works behind a proxy that serves it under a path prefix.
+    assert srcs == ["static/app.js"] and doc.stylesheets == ["static/style.css"]
     assets = asyncio.run(_get(*srcs, *doc.stylesheets))  # type: ignore[arg-type]
     for r, kind in zip(assets, ("text/javascript", "text/css"), strict=True):
         assert r.status_code == 200 and r.headers["content-type"].startswith(kind)

@@ -65,7 +65,7 @@ function costText(model) {
 async function loadModels() {
   let response;
   try {
-    response = await fetch("/v1/models", { headers: { Accept: "application/json" } });
+    response = await fetch("v1/models", { headers: { Accept: "application/json" } });
   } catch {
     showError("Could not reach the server to list its models. Check that it is running, then reload.");
     return;
@@ -228,7 +228,7 @@ async function upscale(event) {
   if (ensemble) query.set("ensemble", "8");
   setBusy(true);
   try {
-    const response = await fetch(`/upscale?${query}`, {
+    const response = await fetch(`upscale?${query}`, {
       method: "POST",
       // The server reads the format from the bytes; a file the OS calls text/plain is sent as bytes too.
       headers: { "Content-Type": state.file.type.startsWith("image/") ? state.file.type : "application/octet-stream" },
