@@ -254,6 +254,16 @@ def test_switching_model_sends_it(page, server, tmp_path: Path) -> None:
     ]
     assert any(a["path"] == "/upscale" and a.get("model") == "quality" and a["status"] == 200 for a in access)
 
+    # The x8 self-ensemble option is sent too, and its result is the API's for ensemble=8.
+    sent = len(upscale_requests(page))
+    page.find_element("id", "ensemble").click()
+    page.find_element("id", "go").click()
+    wait_until(lambda: len(upscale_requests(page)) > sent, "a second request")
+    assert wait_state(page, "done", "error") == "done"
+    assert upscale_requests(page)[-1].endswith("model=quality&ensemble=8")
+    expected = api_png(server, src, "scale=2&model=quality&ensemble=8")
+    assert downloaded(page, "pic_x2_quality_ensemble8.png") == expected != png
+
 
 def test_errors_are_shown_in_plain_words(page, tmp_path: Path) -> None:
     text = tmp_path / "notes.txt"
