@@ -143,6 +143,7 @@ function fileProblem(file, size) {
 async function chooseFile(file) {
   if (!file || state.busy) return;
   clearError();
+  ui.result.hidden = true; // the result shown belongs to the previous file
   state.file = file;
   state.size = await decodedSize(file);
   if (state.inputUrl) URL.revokeObjectURL(state.inputUrl);
@@ -274,7 +275,8 @@ function parseServerTiming(header) {
 function showResult(blob, facts) {
   if (state.outputUrl) URL.revokeObjectURL(state.outputUrl);
   state.outputUrl = URL.createObjectURL(blob);
-  ui.after.addEventListener("load", () => {
+  ui.after.onerror = () => showError("The server's answer could not be shown as an image. Please try again.");
+  ui.after.onload = () => {
     state.output = { width: ui.after.naturalWidth, height: ui.after.naturalHeight };
     const input = state.size ? `${dims(state.size.width, state.size.height)} → ` : "";
     ui.resultInfo.textContent = `${input}${dims(state.output.width, state.output.height)} with ${facts.model}`
@@ -283,7 +285,7 @@ function showResult(blob, facts) {
     layout();
     ui.status.textContent = "Done: the result beside the original.";
     setState("done");
-  }, { once: true });
+  };
   ui.before.src = state.inputUrl;
   ui.after.src = state.outputUrl;
   ui.download.href = state.outputUrl;
