@@ -6,7 +6,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 STAMP := $(VENV)/.installed
 
-.PHONY: install serve test lint format default-onnx models bench clean
+.PHONY: install serve test lint format default-onnx models bench web-screenshot clean
 
 # torch is pinned to the CPU wheel (torch==2.13.0 via the [train] extra); an unpinned torch pulls CUDA.
 $(STAMP): pyproject.toml
@@ -54,6 +54,10 @@ bench: $(STAMP) models
 	$(BIN)/drrn bench cost --json docs/bench/cost.json
 	$(BIN)/drrn bench margins --model fast --json docs/bench/margins_fast.json
 	$(BIN)/drrn bench margins --model quality --data ../shared/datasets/Set5 --json docs/bench/margins_quality_set5.json
+
+# The README's picture of the page (docs/img/web.png): the Set5 browser test on the real models, screenshotted.
+web-screenshot: $(STAMP) models deploy-tools
+	DRRN_WEB_SCREENSHOT=docs/img/web.png $(BIN)/pytest -q tests/test_web_browser.py -k "set5 and desktop"
 
 include deploy/check.mk
 

@@ -13,6 +13,8 @@
 #   promtool            Debian prometheus
 #   nginx, envsubst     Debian nginx, gettext-base (the load-balancer test runs the real nginx on loopback)
 #   shellcheck          Debian shellcheck (docker/render_nginx.sh)
+#   chromium            Debian chromium + chromium-driver: the page's browser tests (tests/test_web_browser.py)
+#                       drive /usr/bin/chromium through /usr/bin/chromedriver; nothing downloads a browser
 # Debian packages are installed only when running as root with apt-get; otherwise the tests that need a
 # missing tool skip and say which one. During the install a temporary policy-rc.d (unless one exists) keeps
 # the packages' post-install scripts from starting nginx on :80 and prometheus on :9090.
@@ -28,6 +30,8 @@ deploy-tools: $(STAMP)
 	{ command -v nginx >/dev/null 2>&1 || test -x /usr/sbin/nginx; } || missing="$$missing nginx"; \
 	command -v envsubst >/dev/null 2>&1 || missing="$$missing gettext-base"; \
 	command -v shellcheck >/dev/null 2>&1 || missing="$$missing shellcheck"; \
+	test -x /usr/bin/chromium || missing="$$missing chromium"; \
+	test -x /usr/bin/chromedriver || missing="$$missing chromium-driver"; \
 	if [ -z "$$missing" ]; then exit 0; fi; \
 	if [ "$$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then \
 		echo "deploy-tools: not installed:$$missing (needs root and apt-get); tests needing them will skip"; \

@@ -27,6 +27,7 @@ from service.lifecycle import Lifecycle, model_loader
 from service.metrics import ServiceMetrics
 from service.routes import router
 from service.settings import Settings
+from service.web import router as web_router
 
 log = logging.getLogger("drrn.service")
 access_log = logging.getLogger("drrn.access")
@@ -164,5 +165,6 @@ def create_app(settings: Settings | None = None, engines: Mapping[str, Engine] |
     app.state.upscaler = app.state.lifecycle = None  # set by the lifespan
     install_exception_handlers(app)
     app.include_router(router)
+    app.include_router(web_router)  # GET /: the try-it page (service/static)
     app.add_middleware(AccessLogMiddleware, metrics=metrics, retry_after_s=settings.retry_after_s)
     return app
