@@ -1,9 +1,9 @@
 """drrn.client against a real ``drrn serve`` (subprocess, tiny exported models): success, the typed errors,
 503 + Retry-After retries and the give-up after the time budget.
 
-The server is made full deterministically: with ``DRRN_MAX_INFLIGHT_REQUESTS=1`` a raw-socket upload that
-sends its headers and half its body holds the one slot (admission happens before the body is read), so
-every other request gets 503 ``overloaded`` with ``Retry-After: 1`` until the test finishes that upload.
+The server is made full deterministically: with ``DRRN_MAX_UPLOADS=1`` a raw-socket upload that sends its
+headers and half its body holds the one upload slot, so every other request gets 503 ``overloaded`` with
+``Retry-After: 1`` until the test finishes that upload.
 Assertions are on order and counts (attempts, retry events, the wait the client chose), never wall time.
 """
 
@@ -65,7 +65,7 @@ def server(tiny_repo: Path) -> Iterator[str]:
 @pytest.fixture(scope="module")
 def full_server(tiny_repo: Path) -> Iterator[SpawnedService]:
     """A server that admits one request at a time and asks for ``Retry-After: 1``."""
-    env = server_env(tiny_repo, DRRN_MAX_INFLIGHT_REQUESTS="1", DRRN_RETRY_AFTER_S="1")
+    env = server_env(tiny_repo, DRRN_MAX_UPLOADS="1", DRRN_RETRY_AFTER_S="1")
     with SpawnedService(env) as svc:
         yield svc
 
@@ -162,7 +162,7 @@ def test_read_timeout_is_not_retried() -> None:
 
 # --- 503: retried after Retry-After, bounded in count and time -----------------------------------------
 class HeldUpload:
-    """A raw HTTP upload stopped halfway through its body: it holds the server's one admission slot."""
+    """A raw HTTP upload stopped halfway through its body: it holds the server's one upload slot."""
 
     def __init__(self, svc: SpawnedService) -> None:
         self.svc, self.body = svc, png(8, 8, seed=3)
@@ -177,10 +177,10 @@ class HeldUpload:
     def _wait_inflight(self, want: int) -> None:
         for _ in range(500):  # the cap turns a bug into a failure, not a hang
             text = httpx.get(f"{self.svc.url}/metrics", timeout=5).text
-            if f"drrn_inflight_requests {float(want)}" in text:
+            if f"drrn_uploading_requests {float(want)}" in text:
                 return
             time.sleep(0.02)
-        raise AssertionError(f"inflight never reached {want}")
+        raise AssertionError(f"uploading never reached {want}")
 
     def release(self) -> bytes:
         """Send the rest of the body and read the whole answer; the slot is free when this returns (the
@@ -207,7 +207,7 @@ def test_503_is_retried_after_retry_after(full_server: SpawnedService) -> None:
     assert len(log) == 1
     event = log[0]
     assert isinstance(event.error, ServerBusy) and event.error.code == "overloaded"
-    assert event.error.limit == {"name": "max_inflight_requests", "value": 1}
+    assert event.error.limit == {"name": "max_uploads", "value": 1}
     assert event.retry_after_s == 1.0 and 1.0 <= event.wait_s <= 1.25  # Retry-After plus at most 25% jitter
 
 
