@@ -220,3 +220,19 @@ def test_margins_quick(tiny_repo: Path, tmp_path: Path) -> None:
     assert report["recommended_margin"] in (2, 6)
     assert report["computed_over_output_px_1mpx"][6] > report["computed_over_output_px_1mpx"][2]
     assert json.loads(out.read_text())["schema"] == "drrn-bench-margins/1"
+
+
+def test_tiles_quick(tiny_repo: Path, tmp_path: Path) -> None:
+    """`drrn bench tiles`: the overhead grid over shapes (fit tiles stay within the issue's 1.5x at the
+    real models' defaults) and a sweep row per tile size with a recommendation."""
+    from bench.tiles import overhead_grid, run_tiles
+
+    assert max(r["computed_over_output"] for r in overhead_grid(256, 20)) <= 1.5  # fast's defaults
+    assert max(r["computed_over_output"] for r in overhead_grid(640, 52)) <= 1.5  # quality's
+    assert max(r["computed_over_output"] for r in overhead_grid(128, 20)) > 1.5  # the old default did not
+    out = tmp_path / "tiles.json"
+    report = run_tiles(["fast"], str(out), quick=True, tiles=[32, 64], side=48, root=tiny_repo)
+    doc = report["models"]["fast"]
+    assert [r["tile"] for r in doc["sweep"]] == [32, 64] and doc["recommended_tile"] in (32, 64)
+    assert all(r["s_per_output_mpx"] > 0 and r["computed_over_output"] >= 1 for r in doc["sweep"])
+    assert json.loads(out.read_text())["schema"] == "drrn-bench-tiles/1"
