@@ -39,14 +39,15 @@ def _photo(side: int, seed: int = 0) -> bytes:
     return buf.getvalue()
 
 
-def measure_model(card: ModelCard, repeats: int, max_batch: int, side: int = SIDE) -> dict[str, Any]:
+def measure_model(card: ModelCard, repeats: int, max_batch: int | None, side: int = SIDE) -> dict[str, Any]:
     """Seconds for the ``side * 4`` squared output with ``card``'s model (median of ``repeats`` after a
     warm-up request)."""
     from engines.resolver import open_card
     from imaging.tiling import plan_tiles
     from inference.pipeline import ImageLimits, upscale_bytes
 
-    engine = open_card(card, max_batch=max_batch, providers="cpu")
+    engine = open_card(card, max_batch=max_batch, providers="cpu")  # None: the service's CPU default
+    max_batch = engine.max_batch
     tile, margin = card.tile, card.margin
     data = _photo(side)
     out = side * SCALE
@@ -67,6 +68,8 @@ def measure_model(card: ModelCard, repeats: int, max_batch: int, side: int = SID
         "mflop_per_pixel": card.mflop_per_pixel,
         "tile": tile,
         "margin": margin,
+        "precision": engine.info()["precision"],
+        "max_batch": max_batch,
         "tiles": len(plan),
         "tile_shape": list(plan.tile_shape),
         "computed_over_output_px": plan.computed_pixels / (out * out),
@@ -101,7 +104,7 @@ def run_cost(
     rows = []
     for card in cards:
         print(f"cost: {card.name} ...", file=sys.stderr)
-        rows.append(measure_model(card, repeats, max_batch=8, side=64 if quick else SIDE))
+        rows.append(measure_model(card, repeats, max_batch=None, side=64 if quick else SIDE))
     peak = gemm_numpy_gflops(n=512 if quick else 2048)
     for r in rows:
         r["efficiency_vs_gemm_peak"] = r["effective_gflops"] / peak

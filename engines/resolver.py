@@ -168,11 +168,16 @@ def resolve_files(
     return ModelFiles(card, weights, card.onnx_path(False), fp16 if fp16.is_file() else None)
 
 
+# Tiles per engine run when not set: batching pays on a GPU; on a CPU a run costs its pixels whatever the
+# batch, and a full batch is how long a small request can wait behind a large one (BENCHMARKS.md).
+DEFAULT_MAX_BATCH = {"cuda": 8, "cpu": 1}
+
+
 def open_card(
     card: ModelCard,
     *,
     tile: int | None = None,
-    max_batch: int = 8,
+    max_batch: int | None = None,
     providers: str = "auto",
     intra_op_threads: int = 0,
     inter_op_threads: int = 0,
@@ -186,7 +191,8 @@ def open_card(
     (:meth:`engines.repository.ModelCard.precision_for`).
 
     ``providers``: ``auto`` (CUDA when onnxruntime offers it), ``cpu`` or ``cuda``; ``tile`` defaults to
-    the card's. Raises :class:`engines.base.ModelNotFoundError` when the ONNX file is missing.
+    the card's; ``max_batch`` None = :data:`DEFAULT_MAX_BATCH` for the provider. Raises
+    :class:`engines.base.ModelNotFoundError` when the ONNX file is missing.
     """
     chosen = select_providers(providers, cuda_device_id, cudnn_conv_algo_search)
     on_cuda = chosen[0] != CPU
@@ -194,7 +200,7 @@ def open_card(
     return OrtEngine(
         path,
         tile=tile or card.tile,
-        max_batch=max_batch,
+        max_batch=max_batch or DEFAULT_MAX_BATCH["cuda" if on_cuda else "cpu"],
         providers=chosen,
         intra_op_threads=intra_op_threads,
         inter_op_threads=inter_op_threads,
@@ -207,7 +213,7 @@ def resolve_engine(
     *,
     root: Path | None = None,
     tile: int | None = None,
-    max_batch: int = 8,
+    max_batch: int | None = None,
     providers: str = "cpu",
     intra_op_threads: int = 0,
     inter_op_threads: int = 0,
@@ -244,7 +250,7 @@ def resolve_engine(
         engine: Engine = OrtEngine(
             path,
             tile=tile or 1,  # placeholder until the depth (ONNX metadata) is known
-            max_batch=max_batch,
+            max_batch=max_batch or DEFAULT_MAX_BATCH["cpu"],
             providers=select_providers(providers, cuda_device_id, cudnn_conv_algo_search),
             intra_op_threads=intra_op_threads,
             inter_op_threads=inter_op_threads,
@@ -257,7 +263,7 @@ def resolve_engine(
         except ImportError as exc:
             raise UserError(f"{spec}: running a weight file needs torch (the train extra)") from exc
         try:
-            engine = TorchEngine(path, tile=tile or 1, max_batch=max_batch)
+            engine = TorchEngine(path, tile=tile or 1, max_batch=max_batch or DEFAULT_MAX_BATCH["cpu"])
         except WeightsError as exc:
             raise UserError(str(exc)) from exc
     if tile is None:

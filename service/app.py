@@ -121,11 +121,11 @@ def create_app(settings: Settings | None = None, engines: Mapping[str, Engine] |
     replace the repository's models: ``{name: engine}``, each engine's ``max_batch`` equal to the
     settings'; ``settings.default_model`` must be one of them."""
     settings = settings or Settings()
-    if engines is not None:
+    if engines is not None and settings.max_batch is not None:
         bad = {n: e.max_batch for n, e in engines.items() if e.max_batch != settings.max_batch}
         if bad:
             raise ValueError(f"engine max_batch {bad} != settings.max_batch {settings.max_batch}")
-    metrics = ServiceMetrics(settings.max_batch)
+    metrics = ServiceMetrics(settings.max_batch or 8)  # histogram buckets up to the largest batch
     config = UpscalerConfig(
         max_delay_ms=settings.max_delay_ms,
         max_queue_tiles=settings.max_queue_tiles,

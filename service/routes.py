@@ -61,7 +61,7 @@ def _entry(request: Request, m: ServedModel) -> dict[str, Any]:
     serving = {
         "tile": m.tile,
         "margin": m.margin,
-        "max_batch": s.max_batch,
+        "max_batch": m.engine.max_batch,
         "max_delay_ms": s.max_delay_ms,
         "max_queue_tiles": s.max_queue_tiles,
         "request_timeout_s": s.request_timeout_s,

@@ -81,7 +81,12 @@ class Settings(BaseSettings):
         "least tile on both axes, so tiles of different requests batch together. Both are exact. auto = "
         "uniform on CUDA, fit on the CPU.",
     )
-    max_batch: int = Field(default=8, ge=1, description="Most tiles per engine run.")
+    max_batch: int | None = Field(
+        default=None,
+        ge=1,
+        description="Most tiles per engine run; empty = 8 on CUDA, 1 on the CPU (there a run costs its "
+        "pixels whatever the batch, and a full batch is how long a small request waits behind a large one).",
+    )
     max_delay_ms: float = Field(
         default=0.0,
         ge=0,
