@@ -27,6 +27,7 @@ from service.api_keys import KeyFileError, KeyStore, add_key, match, read_keys, 
 from service.app import create_app
 from service.main import JsonFormatter
 from service.settings import Settings
+from tests import test_web_browser as web
 from tests.fake_engines import ToneEngine
 from tests.test_service_http import MAX_BATCH, TILE, png, rejections, serving, settings
 
@@ -51,6 +52,9 @@ def keyed_app(path: Path, tmp_path: Path, **kw: Any) -> tuple[Any, ToneEngine]:
     engine = ToneEngine(TILE, MAX_BATCH)
     app = create_app(settings(tmp_path, api_keys_file=path, **kw), {"fast": engine})
     return app, engine
+
+
+browser = web.browser  # the module-scoped headless chromium fixture (skips without chromium)
 
 
 def bearer(key: str) -> dict[str, str]:
@@ -266,6 +270,31 @@ def keyed_server(tiny_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> I
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(not (web.CHROMIUM.is_file() and web.CHROMEDRIVER.is_file()), reason="no chromium")
+def test_the_page_asks_for_a_key_on_401_and_sends_it(browser: Any, keyed_server: Any, tmp_path: Path) -> None:
+    svc, key = keyed_server
+    browser.get(svc.url + "/")
+    assert web.wait_state(browser, "key", "ready") == "key"  # /v1/models answered 401
+    form, field = browser.find_element("id", "key-form"), browser.find_element("id", "api-key")
+    assert form.is_displayed() and field.get_attribute("type") == "password"
+    field.send_keys(key[:-2] + "zz")
+    browser.find_element("id", "key-go").click()
+    web.wait_until(lambda: "did not accept" in web.text_of(browser, "key-info"), "the wrong key is refused")
+    assert browser.execute_script("return document.body.dataset.state") == "key"
+    field.send_keys(key)
+    browser.find_element("id", "key-go").click()
+    web.wait_state(browser, "ready")
+    assert not form.is_displayed() and field.get_attribute("value") == ""  # not left in the page
+    assert browser.execute_script("return sessionStorage.getItem('drrn-api-key')") == key
+    assert browser.execute_script("return localStorage.length") == 0
+    src = web.png_file(tmp_path / "a.png", (24, 16))
+    assert web.upload(browser, src) == "done"
+    browser.get(svc.url + "/")  # the same tab: the key is still there, nothing asked
+    assert web.wait_state(browser, "key", "ready") == "ready"
+    browser.execute_script("sessionStorage.clear()")
+
+
+@pytest.mark.slow
 def test_the_client_and_the_cli_send_their_key_and_a_refused_key_is_final(
     keyed_server: tuple[Any, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -304,7 +333,6 @@ def test_the_client_and_the_cli_send_their_key_and_a_refused_key_is_final(
     assert drrn_main([*base[:3], str(tmp_path / "out2"), *base[4:]]) == 0
     assert (tmp_path / "out2" / "a.png").is_file()
 
-    svc.stop()  # flush: the whole log of a real server at DEBUG, uvicorn's lines included
-    log = svc.log_path.read_text()
+    log = svc.log_path.read_text()  # the real server's log at DEBUG (uvicorn's lines too; flushed per line)
     assert '"status": 401' in log and '"key": "client"' in log
     assert key not in log and key[:-2] + "zz" not in log and key[:12] not in log
