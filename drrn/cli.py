@@ -173,6 +173,27 @@ def _models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _keys(args: argparse.Namespace) -> int:
+    import os
+
+    from service.api_keys import add_key, read_keys, revoke_key
+
+    path = args.file or os.environ.get("DRRN_API_KEYS_FILE")
+    if not path:
+        raise UserError("give --file PATH (or set DRRN_API_KEYS_FILE)")
+    if args.action == "add":
+        key = add_key(path, args.name)
+        print(f"added key {args.name!r} to {path}; the key is shown only now:", file=sys.stderr)
+        print(key)  # alone on stdout: KEY=$(drrn keys add NAME --file PATH)
+    elif args.action == "revoke":
+        revoke_key(path, args.name)
+        print(f"revoked key {args.name!r} in {path}", file=sys.stderr)
+    else:
+        for record in read_keys(path):
+            print(record.name)
+    return 0
+
+
 def _bench(args: argparse.Namespace) -> int:
     from bench.cli import run_bench_cli
 
@@ -268,6 +289,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-o", "--out-dir", help="write OUTDIR/<relative path>.png; existing outputs are skipped")
     s.add_argument("--url", help="send the images to this server or load balancer (else: run locally)")
     s.add_argument("--jobs", type=int, default=8, help="--url: concurrent requests (default 8)")
+    s.add_argument(
+        "--api-key",
+        default=None,
+        help="--url: the server's API key (default: $DRRN_API_KEY, which keeps it out of `ps`)",
+    )
     s.add_argument("--scale", type=float, required=True)
     s.add_argument("--model", default="default", help="NAME (default = fast) | FILE.onnx | FILE.safetensors")
     s.add_argument("--root", default=None, help="model repository for NAME (default artifacts/models)")
@@ -283,6 +309,19 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--root", default=None, help="repository folder (default artifacts/models)")
     a.add_argument("--json", action="store_true", help="the cards as JSON")
     a.set_defaults(func=_models)
+
+    s = sub.add_parser("keys", help="API keys (DRRN_API_KEYS_FILE): add one, list the names, revoke one")
+    actions = s.add_subparsers(dest="action", required=True)
+    for action, about in (
+        ("add", "make a random key, print it once, append its salted hash (file created with mode 0600)"),
+        ("list", "the names of the keys in the file"),
+        ("revoke", "remove a key's line (a running service notices within seconds)"),
+    ):
+        a = actions.add_parser(action, help=about)
+        if action != "list":
+            a.add_argument("name", help="the key's name (shown in the access log; never the key)")
+        a.add_argument("--file", help="the key file (default: $DRRN_API_KEYS_FILE)")
+        a.set_defaults(func=_keys)
 
     s = sub.add_parser("bench", help="benchmarks (engine, service, scaling); see BENCHMARKS.md")
     s.add_argument("target", choices=["engine", "service", "scaling", "cost", "margins", "tiles"])

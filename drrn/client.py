@@ -6,11 +6,12 @@
         drrn.upscale("photo.jpg", 4, out="photo_x4.png")          # or: png = drrn.upscale(data, 2.5)
 
 Retries: a connection that fails (refused, reset, closed without an answer) and a 503 (queue full,
-overloaded, warming up, draining, no replica behind the load balancer) are retried, waiting at least the
-server's ``Retry-After`` (else an exponential backoff) plus jitter, so clients told "1 s" do not all return
-in the same millisecond. Retries stop after ``retries`` of them or when the next one would start past
-``retry_budget_s`` from the call's start; then the last error is raised. Any other answer, 4xx above all,
-is final. ``POST /upscale`` is a pure function of the request, so re-sending it is safe.
+overloaded, warming up, draining, no replica behind the load balancer) or a 429 (this API key's requests
+in flight at the server's per-key limit) are retried, waiting at least the server's ``Retry-After`` (else
+an exponential backoff) plus jitter, so clients told "1 s" do not all return in the same millisecond.
+Retries stop after ``retries`` of them or when the next one would start past ``retry_budget_s`` from the
+call's start; then the last error is raised. Any other answer, 4xx above all (a 401 for a missing or wrong
+``api_key`` too), is final. ``POST /upscale`` is a pure function of the request, so re-sending it is safe.
 
 Errors raise the typed exceptions of :mod:`drrn.client_errors` (re-exported here), carrying the server's
 JSON: ``code``, ``detail``, ``limit``, ``request_id``. The retry policy, the request building and the
@@ -43,9 +44,11 @@ from drrn.client_errors import (
     ImageTooLarge,
     InvalidImage,
     InvalidParameter,
+    QuotaExceeded,
     RequestTimeout,
     ServerBusy,
     ServerError,
+    Unauthorized,
     UnknownModel,
     UnsupportedImage,
 )
@@ -61,11 +64,13 @@ __all__ = [
     "ImageTooLarge",
     "InvalidImage",
     "InvalidParameter",
+    "QuotaExceeded",
     "RequestTimeout",
     "RetryEvent",
     "RetryPolicy",
     "ServerBusy",
     "ServerError",
+    "Unauthorized",
     "UnknownModel",
     "UnsupportedImage",
 ]
@@ -130,6 +135,7 @@ class _Base:
         policy: RetryPolicy | None,
         on_retry: Callable[[RetryEvent], None] | None,
         max_connections: int,
+        api_key: str | None,
     ) -> None:
         self.policy = policy or RetryPolicy(retries=retries, budget_s=retry_budget_s)
         self.on_retry = on_retry
@@ -137,7 +143,9 @@ class _Base:
         self._http_args: dict[str, Any] = {
             "base_url": base_url.rstrip("/"),
             "timeout": timeout,
-            "headers": {"user-agent": "drrn-client"},
+            # The key rides on every request of this client; httpx never logs headers.
+            "headers": {"user-agent": "drrn-client"}
+            | ({"authorization": f"Bearer {api_key}"} if api_key else {}),
             "limits": httpx.Limits(max_connections=max_connections),
         }
 
@@ -148,7 +156,9 @@ class _Base:
 _DOC_ARGS = """
     Args: ``base_url`` (e.g. ``http://127.0.0.1:8000``, or the load balancer), ``timeout`` per attempt
     (seconds or an ``httpx.Timeout``), ``retries`` and ``retry_budget_s`` (see the module doc; or a whole
-    :class:`RetryPolicy` as ``policy``), ``on_retry`` called before each wait, ``max_connections``.
+    :class:`RetryPolicy` as ``policy``), ``on_retry`` called before each wait, ``max_connections``,
+    ``api_key`` for a server that requires one (sent as ``Authorization: Bearer``; a wrong or missing key
+    raises :class:`Unauthorized`, never retried).
 
     ``upscale(image, scale, model=None, ensemble=None, out=None)``: ``image`` a path, bytes, a binary file
     or a PIL image; ``scale`` in (1, the server's max_scale]; ``model`` a served name (None: the server's
@@ -171,8 +181,11 @@ class Client(_Base):
         policy: RetryPolicy | None = None,
         on_retry: Callable[[RetryEvent], None] | None = None,
         max_connections: int = 32,
+        api_key: str | None = None,
     ) -> None:
-        super().__init__(base_url, timeout, retries, retry_budget_s, policy, on_retry, max_connections)
+        super().__init__(
+            base_url, timeout, retries, retry_budget_s, policy, on_retry, max_connections, api_key
+        )
         self._http = httpx.Client(**self._http_args)
 
     def upscale(
@@ -233,8 +246,11 @@ class AsyncClient(_Base):
         policy: RetryPolicy | None = None,
         on_retry: Callable[[RetryEvent], None] | None = None,
         max_connections: int = 32,
+        api_key: str | None = None,
     ) -> None:
-        super().__init__(base_url, timeout, retries, retry_budget_s, policy, on_retry, max_connections)
+        super().__init__(
+            base_url, timeout, retries, retry_budget_s, policy, on_retry, max_connections, api_key
+        )
         self._http = httpx.AsyncClient(**self._http_args)
 
     async def upscale(

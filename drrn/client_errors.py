@@ -10,9 +10,11 @@ Every error the service answers has one shape (``service/errors.py``)::
     ├── ClientError            4xx: the request is wrong; retrying it cannot help (never retried)
     │   ├── InvalidImage       400 empty_body / corrupt_image, 415 (subclass UnsupportedImage)
     │   ├── ImageTooLarge      413 upload/input too large, too_many_tiles; 422 output_too_large[_for_ensemble]
-    │   └── InvalidParameter   422 bad_scale / bad_ensemble / validation_error (subclass UnknownModel)
+    │   ├── InvalidParameter   422 bad_scale / bad_ensemble / validation_error (subclass UnknownModel)
+    │   └── Unauthorized       401: the server wants an API key and got none, or a wrong one
     ├── ServerBusy             503 (queue_full, overloaded, not_ready, shutting_down, no_upstream) after the
-    │                          client's retries and time budget were used up
+    │   │                      client's retries and time budget were used up
+    │   └── QuotaExceeded      429: this API key already has the server's limit of requests in flight
     ├── ServerError            5xx other than 503: 500 engine_error, 504 deadline_exceeded (DeadlineExceeded)
     ├── ConnectionFailed       no HTTP answer (refused, reset, DNS) after the retries
     └── RequestTimeout         an attempt exceeded the client's own timeout (not retried: the server is busy
@@ -75,8 +77,18 @@ class UnknownModel(InvalidParameter):
     """422 unknown_model: ``limit["value"]`` lists the names the server serves."""
 
 
+class Unauthorized(ClientError):
+    """401: no API key was sent, or the server does not know it (``Client(..., api_key=...)``). Never
+    retried: the same key gets the same answer."""
+
+
 class ServerBusy(DRRNError):
     """503 with Retry-After, still answered when the retries or the time budget ran out."""
+
+
+class QuotaExceeded(ServerBusy):
+    """429: this API key's requests in flight are at the server's per-key limit (``limit`` names it).
+    Retried like a 503 (after ``Retry-After``): one of the key's other requests will finish."""
 
 
 class ServerError(DRRNError):
@@ -109,12 +121,15 @@ _BY_CODE: dict[str, type[DRRNError]] = {
     "validation_error": InvalidParameter,
     "unknown_model": UnknownModel,
     "deadline_exceeded": DeadlineExceeded,
+    "unauthorized": Unauthorized,
 }
 _BY_STATUS: dict[int, type[DRRNError]] = {
     400: InvalidImage,
+    401: Unauthorized,
     413: ImageTooLarge,
     415: UnsupportedImage,
     422: InvalidParameter,
+    429: QuotaExceeded,
     503: ServerBusy,
     504: DeadlineExceeded,
 }

@@ -2,9 +2,9 @@
 
 A call makes attempts; after each one :class:`Attempts` decides: success, retry after a wait, or raise the
 typed error (:mod:`drrn.client_errors`). Retried: a lost connection (refused, reset, closed without an
-answer) and 503. Waits honour ``Retry-After`` (never shorter) with jitter, else back off exponentially.
-Bounded by a count (``retries``) and a total time (``budget_s``, from the call's start to the start of a
-retry). Standard library and httpx only.
+answer), 503 and 429 (an API key's quota). Waits honour ``Retry-After`` (never shorter) with jitter, else
+back off exponentially. Bounded by a count (``retries``) and a total time (``budget_s``, from the call's
+start to the start of a retry). Standard library and httpx only.
 """
 
 from __future__ import annotations

@@ -211,12 +211,18 @@ def run_folder_cli(args: argparse.Namespace, local_options: dict | None = None) 
         raise UserError(f"no images found in {', '.join(inputs)}")
     os.makedirs(out_dir, exist_ok=True)
     if url:
-        from drrn.client import Client
+        from drrn.client import Client, Unauthorized
 
         retries: list = []  # one RetryEvent per retry (list.append is atomic across the worker threads)
-        with Client(url, max_connections=jobs, on_retry=retries.append) as client:
+        api_key = getattr(args, "api_key", None) or os.environ.get("DRRN_API_KEY") or None
+        with Client(url, max_connections=jobs, on_retry=retries.append, api_key=api_key) as client:
             if not client.ready():
                 print(f"warning: {url}/readyz is not 200 yet; requests will be retried", file=sys.stderr)
+            else:  # a refused key would fail every file: say so once, before starting
+                try:
+                    client.models()
+                except Unauthorized as exc:
+                    raise UserError(f"{url}: {exc.detail} (--api-key, or DRRN_API_KEY)") from None
             model = None if args.model in ("default", "") else args.model
             summary = run_jobs(todo, remote_upscaler(client, args.scale, model), jobs)
         summary.retries = len(retries)

@@ -22,6 +22,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from engines.base import Engine
 from inference.upscaler import Upscaler
 from inference.upscaler_types import UpscalerConfig
+from service.api_keys import KeyStore
+from service.auth import ApiKeyMiddleware, open_paths
 from service.errors import install_exception_handlers, sane_request_id
 from service.lifecycle import Lifecycle, model_loader
 from service.metrics import ServiceMetrics
@@ -98,6 +100,7 @@ class AccessLogMiddleware:
                 "path": scope["path"],
                 "status": resp["status"],
                 **state.get("access", {}),
+                **({"key": state["api_key"]} if "api_key" in state else {}),  # the key's name, never the key
                 "bytes_out": resp["bytes_out"],
                 "total_ms": round(elapsed * 1000, 3),
             }
@@ -166,5 +169,14 @@ def create_app(settings: Settings | None = None, engines: Mapping[str, Engine] |
     install_exception_handlers(app)
     app.include_router(router)
     app.include_router(web_router)  # GET /: the try-it page (service/static)
+    if settings.api_keys_file is not None:  # inside the access log: refusals get an id and a log line
+        app.add_middleware(
+            ApiKeyMiddleware,
+            store=KeyStore(settings.api_keys_file),
+            metrics=metrics,
+            max_inflight=settings.api_key_max_inflight,
+            retry_after_s=settings.retry_after_s,
+            open_paths=open_paths(settings.metrics_require_key),
+        )
     app.add_middleware(AccessLogMiddleware, metrics=metrics, retry_after_s=settings.retry_after_s)
     return app

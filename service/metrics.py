@@ -47,6 +47,8 @@ REJECTION_REASONS = (
     "not_ready",
     "cancelled",
     "client_disconnected",
+    "unauthorized",  # API keys (service.auth): a missing or wrong key
+    "quota",  # API keys: the key's requests in flight at api_key_max_inflight
 )
 ERROR_KINDS = ("engine", "internal", "warmup", "worker", "engine_stall")
 # Sample names per family type, from the name without its type suffix (prometheus_client adds ``_created``).

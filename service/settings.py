@@ -191,12 +191,28 @@ class Settings(BaseSettings):
         description="Largest output (w*h) for ?ensemble=8 (8x the engine work of a plain request).",
     )
 
+    # --- API keys (off unless api_keys_file is set) ------------------------------------------------------
+    api_keys_file: Path | None = Field(
+        default=None,
+        description="File of salted API-key hashes (`drrn keys add NAME --file PATH` writes it; mount it as "
+        "a secret). Set: every request needs `Authorization: Bearer <key>` (else 401) except /healthz, "
+        "/readyz, /metrics, the page and the API docs. Re-read when it changes. Empty = no keys required.",
+    )
+    api_key_max_inflight: int = Field(
+        default=16,
+        ge=1,
+        description="Most requests one API key may have in flight; beyond it 429 with Retry-After.",
+    )
+    metrics_require_key: bool = Field(
+        default=False, description="With api_keys_file: /metrics needs a key too (else scrapes stay open)."
+    )
+
     # --- logging ----------------------------------------------------------------------------------------
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = Field(
         default="INFO", description="Root log level (JSON lines on stderr)."
     )
 
-    @field_validator("tile", "margin", "models", "max_connections", mode="before")
+    @field_validator("tile", "margin", "models", "max_connections", "api_keys_file", mode="before")
     @classmethod
     def _empty_is_none(cls, value: object) -> object:
         # DRRN_MARGIN="" means the card default; DRRN_MODELS="" means every model.

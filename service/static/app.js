@@ -1,5 +1,6 @@
 // The try-it page. Same-origin only: GET /v1/models for the models and limits, POST /upscale for the result.
-// No framework, no build step. <body data-state> is loading | ready | busy | done | error (tests wait on it).
+// No framework, no build step. <body data-state> is loading | key | ready | busy | done | error (tests wait
+// on it; "key": the server answered 401, the page asks for an API key).
 
 const $ = (id) => document.getElementById(id);
 const ui = {
@@ -11,6 +12,7 @@ const ui = {
   stage: $("stage"), before: $("before"), after: $("after"), divider: $("divider"),
   resultInfo: $("result-info"), download: $("download"),
   timingNames: document.querySelector("#timings thead tr"), timingValues: document.querySelector("#timings tbody tr"),
+  keyForm: $("key-form"), apiKey: $("api-key"), keyInfo: $("key-info"),
 };
 
 const state = {
@@ -46,6 +48,20 @@ function showError(message, requestId) {
 
 function clearError() { ui.error.hidden = true; ui.error.replaceChildren(); }
 
+// ---- the API key, for a server that asks for one (401) --------------------------------------------------
+// Kept in sessionStorage at most (this tab, until it closes), never in the page's URL or localStorage.
+const KEY_ITEM = "drrn-api-key";
+function storedKey() { try { return sessionStorage.getItem(KEY_ITEM) || ""; } catch { return ""; } }
+function storeKey(key) { try { sessionStorage.setItem(KEY_ITEM, key); } catch { /* storage off: this page only */ } }
+state.apiKey = storedKey();
+const authHeaders = () => (state.apiKey ? { Authorization: `Bearer ${state.apiKey}` } : {});
+
+function askForKey(message) {
+  ui.keyForm.hidden = false;
+  ui.keyInfo.textContent = message;
+  ui.apiKey.focus();
+}
+
 // ---- the server's models and limits -------------------------------------------------------------------
 function qualityText(model, scales = ["2", "3", "4"], short = false) {
   // card "quality": {"results": {"Set5": {"2": {"psnr": 36.7, "ssim": ...}, ...}, ...}} (the drrn eval
@@ -65,11 +81,19 @@ function costText(model) {
 async function loadModels() {
   let response;
   try {
-    response = await fetch("v1/models", { headers: { Accept: "application/json" } });
+    response = await fetch("v1/models", { headers: { Accept: "application/json", ...authHeaders() } });
   } catch {
     showError("Could not reach the server to list its models. Check that it is running, then reload.");
     return;
   }
+  if (response.status === 401) {
+    ui.limits.textContent = "This server asks for an API key before it lists its models.";
+    askForKey(state.apiKey ? "The server did not accept this API key. Check it and enter it again."
+      : "This server asks for an API key. It stays in this browser tab only and is sent with each request.");
+    setState("key");
+    return;
+  }
+  ui.keyForm.hidden = true;
   if (!response.ok) {
     const retry = Number(response.headers.get("Retry-After")) || 2;
     ui.limits.textContent = `The server is not ready yet (HTTP ${response.status}); trying again in ${retry} s…`;
@@ -198,6 +222,10 @@ function serverErrorText(status, body) {
     case "corrupt_image":
     case "empty_body":
       return sentence(detail);
+    case "unauthorized":
+      return "The server did not accept the API key. Enter it again above.";
+    case "quota_exceeded":
+      return "This API key has as many requests running as the server allows. Try again when one has finished.";
     case "queue_full":
     case "overloaded":
     case "not_ready":
@@ -232,7 +260,10 @@ async function upscale(event) {
     const response = await fetch(`upscale?${query}`, {
       method: "POST",
       // The server reads the format from the bytes; a file the OS calls text/plain is sent as bytes too.
-      headers: { "Content-Type": state.file.type.startsWith("image/") ? state.file.type : "application/octet-stream" },
+      headers: {
+        "Content-Type": state.file.type.startsWith("image/") ? state.file.type : "application/octet-stream",
+        ...authHeaders(),
+      },
       body: state.file,
     });
     const requestId = response.headers.get("X-Request-ID");
@@ -240,6 +271,7 @@ async function upscale(event) {
       let body = null;
       try { body = await response.json(); } catch { /* not JSON (a proxy page): say the status only */ }
       showError(serverErrorText(response.status, body), requestId);
+      if (response.status === 401) askForKey("The server did not accept this API key. Check it and enter it again.");
       return;
     }
     const blob = await response.blob();
@@ -345,6 +377,15 @@ ui.drop.addEventListener("drop", (e) => {
   chooseFile(e.dataTransfer.files[0]);
 });
 ui.form.addEventListener("submit", upscale);
+ui.keyForm.addEventListener("submit", (e) => {
+  e.preventDefault();
+  state.apiKey = ui.apiKey.value.trim();
+  ui.apiKey.value = ""; // not left in the page
+  if (!state.apiKey) return;
+  storeKey(state.apiKey);
+  clearError();
+  loadModels();
+});
 ui.form.addEventListener("change", (e) => {
   if (e.target.name === "scale") {
     ui.custom.disabled = !ui.customChoice.checked;
