@@ -19,13 +19,8 @@ failures. A crash found becomes a named test in ``tests/test_decoder_fuzz_regres
 
 from __future__ import annotations
 
-import io
 import os
-import struct
-import zlib
-from collections.abc import Callable
 from datetime import timedelta
-from functools import cache
 
 import numpy as np
 import pytest
@@ -35,6 +30,7 @@ from PIL import Image
 
 from inference.image_io import Decoded, ImageError, ImageLimits, decode_image
 from inference.pipeline import probe
+from tests.test_decoder_fuzz_formats import SET_DIMS, chunks, png_bomb_chunks, seeds
 
 LIMITS = ImageLimits(
     max_upload_bytes=1 << 20, max_input_pixels=1 << 16, max_output_pixels=1 << 18, max_scale=4.0
@@ -47,7 +43,7 @@ PEAK_KIB = (64 * LIMITS.max_input_pixels + (16 << 20)) // 1024
 _HEALTH = [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much]
 settings.register_profile(
     "decoder-ci",
-    max_examples=1000,  # per format: 6 formats, 6000 cases, about 15 s on 2 cores
+    max_examples=500,  # per format: 6 formats, 3000 cases, 10-20 s on 2 cores
     deadline=timedelta(seconds=2),
     derandomize=True,
     database=None,
@@ -65,135 +61,25 @@ pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::PIL.Imag
 FUZZ = settings.get_profile(f"decoder-{os.environ.get('DRRN_FUZZ_PROFILE', 'ci')}")
 
 
-def _noise(w: int, h: int, channels: int, seed: int = 0, dtype: type = np.uint8) -> np.ndarray:
-    top = np.iinfo(dtype).max
-    arr = np.random.default_rng(seed).integers(0, top, size=(h, w, channels), endpoint=True)
-    return arr.astype(dtype)[..., 0] if channels == 1 else arr.astype(dtype)
-
-
-def _save(image: Image.Image, fmt: str, **params: object) -> bytes:
-    buf = io.BytesIO()
-    image.save(buf, format=fmt, **params)
-    return buf.getvalue()
-
-
-@cache
-def seeds(fmt: str) -> tuple[bytes, ...]:
-    """Small valid files of ``fmt`` covering its common modes and codecs."""
-    from inference.png import encode_png16
-
-    rgb, rgba = Image.fromarray(_noise(12, 9, 3)), Image.fromarray(_noise(12, 9, 4, 1))
-    grey, pal = Image.fromarray(_noise(12, 9, 1, 2)), rgb.convert("P", palette=Image.Palette.ADAPTIVE)
-    exif = Image.Exif()
-    exif[0x0112] = 6  # orientation: rotate 90
-    out: list[bytes] = []
-    if fmt == "PNG":
-        out += [_save(im, "PNG") for im in (rgb, rgba, grey, grey.convert("1"), grey.convert("LA"))]
-        out += [_save(pal, "PNG", transparency=3), _save(rgb, "PNG", exif=exif.tobytes())]
-        out += [_save(Image.fromarray(_noise(12, 9, 1, 3, np.uint16)), "PNG")]
-        out += [encode_png16(_noise(8, 6, c, 4, np.uint16)) for c in (2, 3, 4)]
-    elif fmt == "JPEG":
-        out += [_save(rgb, "JPEG"), _save(grey, "JPEG"), _save(rgb, "JPEG", progressive=True)]
-        out += [_save(rgb, "JPEG", exif=exif.tobytes()), _save(rgb.convert("CMYK"), "JPEG")]
-        out += [_save(rgb, "JPEG", icc_profile=_srgb_icc(), subsampling=0)]
-    elif fmt == "WEBP":
-        out += [_save(rgb, "WEBP"), _save(rgba, "WEBP", lossless=True), _save(rgb, "WEBP", exif=exif)]
-        out += [_save(rgb, "WEBP", save_all=True, append_images=[rgba], duration=10)]
-    elif fmt == "GIF":
-        out += [_save(pal, "GIF"), _save(pal, "GIF", transparency=0)]
-        out += [_save(pal, "GIF", save_all=True, append_images=[grey.convert("P")])]
-    elif fmt == "BMP":
-        out += [_save(im, "BMP") for im in (rgb, rgba, grey, pal, grey.convert("1"))]
-    elif fmt == "TIFF":
-        out += [_save(rgb, "TIFF"), _save(rgba, "TIFF", compression="tiff_lzw")]
-        out += [_save(grey, "TIFF", compression="tiff_adobe_deflate"), _save(pal, "TIFF")]
-        out += [_save(grey.convert("1"), "TIFF", compression="group4"), _save(rgb.convert("CMYK"), "TIFF")]
-        out += [_save(Image.fromarray(_noise(12, 9, 1, 5, np.uint16)), "TIFF")]
-        out += [_save(grey.convert("F"), "TIFF"), _save(rgb, "TIFF", compression="packbits")]
-        out += [_save(rgb, "TIFF", save_all=True, append_images=[grey]), _save(rgb, "TIFF", exif=exif)]
-    return tuple(out)
-
-
-@cache
-def _srgb_icc() -> bytes:
-    from PIL import ImageCms
-
-    return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
-
-
-# --- header fields: where each format stores width and height --------------------------------------
-
-
-def _png_dims(data: bytearray, w: int, h: int) -> None:
-    if data[12:16] == b"IHDR" and len(data) >= 33:  # keep the CRC valid so the reader trusts the header
-        data[16:24] = struct.pack(">II", w & 0xFFFFFFFF, h & 0xFFFFFFFF)
-        data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
-
-
-def _bmp_dims(data: bytearray, w: int, h: int) -> None:
-    if len(data) >= 26:
-        data[18:26] = struct.pack("<ii", _s32(w), _s32(h))  # signed: negative height means top-down
-
-
-def _gif_dims(data: bytearray, w: int, h: int) -> None:
-    data[6:10] = struct.pack("<HH", w & 0xFFFF, h & 0xFFFF)  # logical screen
-    at = data.find(b"\x2c")  # first image descriptor: its own size
-    if at > 0 and at + 9 <= len(data):
-        data[at + 5 : at + 9] = struct.pack("<HH", w & 0xFFFF, h & 0xFFFF)
-
-
-def _jpeg_dims(data: bytearray, w: int, h: int) -> None:
-    for marker in (b"\xff\xc0", b"\xff\xc1", b"\xff\xc2"):  # start of frame: P, Y, X after the length
-        at = data.find(marker)
-        if at >= 0 and at + 9 <= len(data):
-            data[at + 5 : at + 9] = struct.pack(">HH", h & 0xFFFF, w & 0xFFFF)
-
-
-def _webp_dims(data: bytearray, w: int, h: int) -> None:
-    kind = bytes(data[12:16])
-    if kind == b"VP8X" and len(data) >= 30:  # canvas size minus one, 24 bits each
-        data[24:30] = ((w - 1) & 0xFFFFFF).to_bytes(3, "little") + ((h - 1) & 0xFFFFFF).to_bytes(3, "little")
-    elif kind == b"VP8L" and len(data) >= 25:  # 14 bits each, minus one, after the 0x2f signature
-        bits = int.from_bytes(data[21:25], "little") & ~0xFFFFFFF
-        data[21:25] = (bits | ((w - 1) & 0x3FFF) | (((h - 1) & 0x3FFF) << 14)).to_bytes(4, "little")
-    elif kind == b"VP8 " and len(data) >= 30:  # 14 bits each after the key-frame start code
-        data[26:30] = struct.pack("<HH", w & 0x3FFF, h & 0x3FFF)
-
-
-def _tiff_dims(data: bytearray, w: int, h: int) -> None:
-    end = {b"II": "<", b"MM": ">"}.get(bytes(data[:2]))
-    if end is None or len(data) < 8:
-        return
-    (ifd,) = struct.unpack(end + "I", data[4:8])
-    if ifd + 2 > len(data):
-        return
-    (count,) = struct.unpack(end + "H", data[ifd : ifd + 2])
-    for i in range(count):
-        at = ifd + 2 + 12 * i
-        if at + 12 > len(data):
-            return
-        (tag,) = struct.unpack(end + "H", data[at : at + 2])
-        if tag in (256, 257):  # ImageWidth, ImageLength: rewrite as LONG
-            value = (w if tag == 256 else h) & 0xFFFFFFFF
-            data[at + 2 : at + 12] = struct.pack(end + "HII", 4, 1, value)
-
-
-def _s32(v: int) -> int:
-    v &= 0xFFFFFFFF
-    return v - (1 << 32) if v >= 1 << 31 else v
-
-
-SET_DIMS: dict[str, Callable[[bytearray, int, int], None]] = {
-    "PNG": _png_dims,
-    "BMP": _bmp_dims,
-    "GIF": _gif_dims,
-    "JPEG": _jpeg_dims,
-    "WEBP": _webp_dims,
-    "TIFF": _tiff_dims,
-}
 # Zero, tiny, just under/over the test's pixel limit, decompression-bomb sizes, field overflows.
 EXTREME = st.sampled_from([0, 1, 2, 255, 256, 257, 4096, 65535, 65536, 50_000, 2**31 - 1, 2**31, 2**32 - 1])
 DIMENSION = st.one_of(EXTREME, st.integers(0, 2**32 - 1))
+
+
+OPS = ["flip", "byte", "truncate", "insert", "duplicate", "drop", "dims", "chunk", "bomb"]
+
+
+def _mutate_chunk(draw: st.DrawFn, data: bytearray, fmt: str) -> None:
+    """Duplicate, drop or move one whole chunk/segment (a byte range where the format has none)."""
+    spans = chunks(fmt, bytes(data)) or [(a, min(len(data), a + 64)) for a in range(0, len(data), 64)]
+    start, stop = draw(st.sampled_from(spans))
+    piece = bytes(data[start:stop])
+    action = draw(st.sampled_from(["duplicate", "drop", "move"]))
+    if action != "duplicate":
+        del data[start:stop]
+    if action != "drop":
+        at = draw(st.sampled_from([a for a, _ in chunks(fmt, bytes(data))] or [0, len(data)]))
+        data[at:at] = piece * (draw(st.integers(1, 3)) if action == "duplicate" else 1)
 
 
 @st.composite
@@ -202,11 +88,16 @@ def mutated(draw: st.DrawFn, fmt: str) -> bytes:
     data = bytearray(draw(st.sampled_from(seeds(fmt))))
     for _ in range(draw(st.integers(1, 4))):
         n = len(data)
-        op = draw(st.sampled_from(["flip", "byte", "truncate", "insert", "duplicate", "drop", "dims"]))
+        op = draw(st.sampled_from(OPS))
         if op == "dims":
             SET_DIMS[fmt](data, draw(DIMENSION), draw(DIMENSION))
         elif n == 0:
             data += draw(st.binary(min_size=1, max_size=16))
+        elif op == "chunk":
+            _mutate_chunk(draw, data, fmt)
+        elif op == "bomb":  # a zlib bomb in an ancillary chunk, right after the header chunk
+            at = chunks("PNG", bytes(data))[0][1] if fmt == "PNG" and chunks("PNG", bytes(data)) else n
+            data[at:at] = draw(st.sampled_from(png_bomb_chunks()))
         elif op == "flip":
             at = draw(st.integers(0, n - 1))
             data[at] ^= 1 << draw(st.integers(0, 7))
@@ -217,7 +108,7 @@ def mutated(draw: st.DrawFn, fmt: str) -> bytes:
         elif op == "insert":
             at = draw(st.integers(0, n))
             data[at:at] = draw(st.binary(min_size=1, max_size=64))
-        else:  # duplicate or drop a range (a chunk, marker segment, IFD entry... or part of one)
+        else:  # duplicate or drop any byte range (part of a chunk, an IFD entry, a palette...)
             start = draw(st.integers(0, n - 1))
             stop = draw(st.integers(start + 1, min(n, start + 256)))
             piece = bytes(data[start:stop])
