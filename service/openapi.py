@@ -136,6 +136,7 @@ LIST_MODELS_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 SHOW_MODEL_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {"model": ModelEntry, **_ok("the model's entry")},
+    404: _error("`not_found`: a name containing `/` (encoded or not) matches no route"),
     422: _error("`unknown_model`: `limit.value` lists the served names"),
     503: _error(_NOT_READY),
 }

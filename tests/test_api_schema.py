@@ -90,6 +90,7 @@ def test_upscale_documents_its_bodies_statuses_and_a_required_scale(spec: dict[s
     assert op["responses"]["503"]["headers"]["Retry-After"]["required"]
     metrics = spec["paths"]["/metrics"]["get"]["responses"]["200"]["content"]
     assert set(metrics) == {"text/plain"}
+    assert set(spec["paths"]["/v1/models/{name}"]["get"]["responses"]) == {"200", "404", "422", "503"}
 
 
 @pytest.mark.parametrize(
@@ -134,7 +135,9 @@ def live_service() -> Iterator[SpawnedService]:
         yield svc
 
 
-def test_upscale_without_scale_gets_the_documented_422(live_service: SpawnedService) -> None:
+def test_missing_scale_and_a_slashed_model_name_get_their_documented_errors(
+    live_service: SpawnedService,
+) -> None:
     png_1x1 = bytes.fromhex(
         "89504e470d0a1a0a0000000d4948445200000001000000010800000000"
         "3a7e9b550000000a49444154789c63600000000200014827b4d70000000049454e44ae426082"
@@ -147,6 +150,9 @@ def test_upscale_without_scale_gets_the_documented_422(live_service: SpawnedServ
         f"{live_service.url}/upscale?scale=2", content=png_1x1, headers={"content-type": "image/png"}
     )
     assert ok.status_code == 200 and ok.content.startswith(b"\x89PNG")
+    # A model name with a slash (encoded) matches no route: the documented 404, with the error body.
+    slashed = httpx.get(f"{live_service.url}/v1/models/a%2Fb", timeout=10)
+    assert slashed.status_code == 404 and ErrorBody.model_validate(slashed.json()).error == "not_found"
 
 
 def test_live_service_conforms_to_its_openapi_document(live_service: SpawnedService, tmp_path: Path) -> None:

@@ -64,6 +64,9 @@ def seeds(fmt: str) -> tuple[bytes, ...]:
         out += [_save(Image.fromarray(_noise(12, 9, 1, 5, np.uint16)), "TIFF")]
         out += [_save(grey.convert("F"), "TIFF"), _save(rgb, "TIFF", compression="packbits")]
         out += [_save(rgb, "TIFF", save_all=True, append_images=[grey]), _save(rgb, "TIFF", exif=exif)]
+        out += [_save(rgb.convert(m), "TIFF") for m in ("YCbCr", "LAB", "I")] + [
+            _save(rgba.convert("PA"), "TIFF")
+        ]
     return tuple(out)
 
 
