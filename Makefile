@@ -6,7 +6,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 STAMP := $(VENV)/.installed
 
-.PHONY: install serve test lint format default-onnx models bench web-screenshot clean
+.PHONY: install serve test lint format default-onnx models bench web-screenshot fuzz clean
 
 # torch is pinned to the CPU wheel (torch==2.13.0 via the [train] extra); an unpinned torch pulls CUDA.
 $(STAMP): pyproject.toml
@@ -32,6 +32,14 @@ serve: $(STAMP) models
 # test runs lint's checks first (lint is its first prerequisite), then the suite.
 test: $(STAMP) lint deploy-tools
 	$(BIN)/pytest -q
+
+# Decoder fuzzing beyond make test's fixed, derandomised budget: random cases (FUZZ_EXAMPLES per format),
+# failures kept in Hypothesis' database (.hypothesis/) and replayed first on the next run; each case still
+# has its deadline, the whole run no timeout (about 7 minutes at the default on 2 cores).
+FUZZ_EXAMPLES ?= 20000
+fuzz: $(STAMP)
+	DRRN_FUZZ_PROFILE=fuzz DRRN_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/pytest -q -p no:cacheprovider --timeout 0 \
+		tests/test_decoder_fuzz.py -k mutated
 
 # lint-imports: the one-way package layers and no import cycles ([tool.importlinter] in pyproject.toml).
 lint: $(STAMP)

@@ -154,8 +154,20 @@ def _unidentified(data: bytes) -> ImageError:
     return ImageError(415, "unsupported_format", f"not a recognised image; send {_ACCEPTED_TEXT}")
 
 
+def _check_bmp_palette(data: bytes) -> None:
+    """A paletted BMP (1-8 bits) may list at most 2**bits colours. Pillow accepts up to 65536 for any
+    depth and scans them in a Python loop: a 100-byte file would cost ~0.1 s of CPU per open (and decode
+    with a palette read past the end of the file), so such a header is refused as corrupt up front."""
+    if data[:2] != b"BM" or len(data) < 50 or struct.unpack("<I", data[14:18])[0] < 40:
+        return
+    bits, colors = struct.unpack("<H", data[28:30])[0], struct.unpack("<I", data[46:50])[0]
+    if bits in (1, 2, 4, 8) and colors > 1 << bits:
+        raise _corrupt(f"a {bits}-bit BMP with a palette of {colors} colours")
+
+
 def _open(data: bytes, limits: ImageLimits) -> Image.Image:
     """Lazily open ``data`` (header only); map every failure to an :class:`ImageError`."""
+    _check_bmp_palette(data)
     try:
         return Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):

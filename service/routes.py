@@ -13,6 +13,7 @@ from starlette.requests import ClientDisconnect
 
 from inference.upscaler import Upscaler
 from inference.upscaler_types import ClientGoneError, ServedModel
+from service import openapi as api
 from service.errors import REQUEST_ID_HEADER, ServiceError, error_response, request_id
 from service.upload import MULTIPART_OVERHEAD, read_image
 
@@ -28,7 +29,12 @@ def _upscaler(request: Request) -> Upscaler:
     return upscaler
 
 
-@router.get("/healthz", summary="Liveness: 200 unless warmup failed or the batcher died (then 503)")
+@router.get(
+    "/healthz",
+    summary="Liveness: 200 unless warmup failed or the batcher died (then 503)",
+    operation_id="healthz",
+    responses=api.HEALTHZ_RESPONSES,
+)
 async def healthz(request: Request) -> Response:
     failure = _upscaler(request).unhealthy
     if failure is not None:  # this process can never serve: let the orchestrator restart it
@@ -36,7 +42,12 @@ async def healthz(request: Request) -> Response:
     return JSONResponse({"status": "ok"})
 
 
-@router.get("/readyz", summary="Readiness: 200 once every model is loaded and warm and the batcher runs")
+@router.get(
+    "/readyz",
+    summary="Readiness: 200 once every model is loaded and warm and the batcher runs",
+    operation_id="readyz",
+    responses=api.READYZ_RESPONSES,
+)
 async def readyz(request: Request) -> Response:
     up = _upscaler(request)
     if up.ready:
@@ -50,7 +61,13 @@ async def readyz(request: Request) -> Response:
     return error_response(request, 503, "not_ready", detail)
 
 
-@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics",
+    response_class=Response,
+    operation_id="metrics",
+    responses=api.METRICS_RESPONSES,
+)
 async def metrics(request: Request) -> Response:
     return Response(request.app.state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
@@ -78,18 +95,36 @@ def _entry(request: Request, m: ServedModel) -> dict[str, Any]:
     }
 
 
-@router.get("/v1/models", summary="Every served model: cost, quality, serving parameters; which is default")
+@router.get(
+    "/v1/models",
+    summary="Every served model: cost, quality, serving parameters; which is default",
+    operation_id="list_models",
+    response_model=None,  # the body is documented by responses[200]; returned as built
+    responses=api.LIST_MODELS_RESPONSES,
+)
 async def list_models(request: Request) -> dict[str, Any]:
     up = _upscaler(request)
     return {"default": up.default_model, "models": [_entry(request, m) for m in up.models.values()]}
 
 
-@router.get("/v1/models/{name}", summary="One served model (422 with the valid names if unknown)")
+@router.get(
+    "/v1/models/{name}",
+    summary="One served model (422 with the valid names if unknown)",
+    operation_id="show_model",
+    response_model=None,  # the body is documented by responses[200]; returned as built
+    responses=api.SHOW_MODEL_RESPONSES,
+)
 async def show_model(request: Request, name: str = Path(description="model name")) -> dict[str, Any]:
     return _entry(request, _upscaler(request).resolve(name))
 
 
-@router.get("/v1/model", summary="The default model (alias of /v1/models/{default}, for older clients)")
+@router.get(
+    "/v1/model",
+    summary="The default model (alias of /v1/models/{default}, for older clients)",
+    operation_id="default_model",
+    response_model=None,  # the body is documented by responses[200]; returned as built
+    responses=api.DEFAULT_MODEL_RESPONSES,
+)
 async def default_model(request: Request) -> dict[str, Any]:
     return _entry(request, _upscaler(request).resolve(None))
 
@@ -107,19 +142,6 @@ async def _read(request: Request) -> bytes:
         raise ClientGoneError("client closed the connection mid-upload") from None
 
 
-_BINARY = {"schema": {"type": "string", "format": "binary"}}
-_UPLOAD_BODY = {  # documented by hand: the route reads the raw stream itself to enforce the byte limit
-    "required": True,
-    "content": {
-        "multipart/form-data": {
-            "schema": {"type": "object", "properties": {"image": _BINARY["schema"]}, "required": ["image"]}
-        },
-        "image/*": _BINARY,
-        "application/octet-stream": _BINARY,
-    },
-}
-
-
 def _ms(seconds: float) -> str:
     return f"{seconds * 1000:.2f}"
 
@@ -128,12 +150,13 @@ def _ms(seconds: float) -> str:
     "/upscale",
     summary="Super-resolve an image; returns PNG",
     response_class=Response,
-    responses={200: {"content": {"image/png": {}}}, 413: {}, 415: {}, 422: {}, 503: {}, 504: {}},
-    openapi_extra={"requestBody": _UPLOAD_BODY},
+    operation_id="upscale",
+    responses=api.UPSCALE_RESPONSES,
+    openapi_extra=api.UPSCALE_EXTRA,
 )
 async def upscale(
     request: Request,
-    scale: str | None = Query(None, description="2, 3, 4 or any real in (1, max_scale]"),
+    scale: str | None = Query(None, include_in_schema=False),  # documented (required) in api.UPSCALE_EXTRA
     model: str | None = Query(None, description="served model name (GET /v1/models); default if absent"),
     ensemble: str | None = Query(
         None, description="1 (default) or 8: average the 8 flips/rotations (8x the work; own output limit)"
