@@ -52,15 +52,29 @@ class RunCost:
         self._ks += w * (k * s - self._ks)
         self.runs += 1
 
-    def seconds(self, tiles: int) -> float | None:
-        """Expected seconds of a run of ``tiles`` tiles; None before the first observed run."""
+    def coefficients(self) -> tuple[float, float] | None:
+        """``(a, b)``: seconds per run and per (full) tile; None before a run of about a full tile was seen.
+
+        When the sizes seen are too alike to fit a slope, the cost is taken as proportional to the tiles,
+        but only if those runs were at least half a tile: the time of runs of a few pixels is mostly fixed
+        per-run overhead, and scaling it up to a full tile would refuse everything (nothing is refused on
+        a guess)."""
         if self.runs == 0 or self._k <= 0:
             return None
         var = self._kk - self._k * self._k
         if var < _MIN_SIZE_VARIANCE:
-            return self._s / self._k * tiles
+            return (0.0, self._s / self._k) if self._k >= 0.5 else None
         slope = max(0.0, (self._ks - self._k * self._s) / var)
-        return max(0.0, self._s - slope * self._k + slope * tiles)
+        return max(0.0, self._s - slope * self._k), slope
+
+    def seconds(self, tiles: float) -> float | None:
+        """Expected seconds of a run of ``tiles`` tiles; None while :meth:`coefficients` is."""
+        return self.work_seconds(1, tiles)
+
+    def work_seconds(self, runs: int, tiles: float) -> float | None:
+        """Expected seconds of ``runs`` runs carrying ``tiles`` tiles in all (None as :meth:`seconds`)."""
+        coef = self.coefficients()
+        return None if coef is None else runs * coef[0] + coef[1] * tiles
 
 
 @dataclass(frozen=True)
@@ -87,20 +101,18 @@ def finish_estimate(
     """When a request of ``n_tiles`` tiles on ``lane`` would finish if admitted now (see the module doc);
     None while ``lane`` has no measured run yet (nothing is refused on a guess)."""
     own = lanes[lane]
-    full_run = own.cost.seconds(own.max_batch)
-    if full_run is None:
+    alone_s = own.cost.work_seconds(math.ceil(n_tiles / own.max_batch), n_tiles)
+    if alone_s is None:
         return None
-    alone_runs, last = divmod(n_tiles, own.max_batch)
-    alone_s = alone_runs * full_run + ((own.cost.seconds(last) or 0.0) if last else 0.0)
     ahead = sum(min(q, n_tiles) for q in own.queued_per_request)
     runs = math.ceil((ahead + n_tiles) / own.max_batch)
-    total = busy_left_s + max(alone_s, runs * full_run)
+    total = busy_left_s + max(alone_s, own.cost.work_seconds(runs, ahead + n_tiles) or 0.0)
     for name, other in lanes.items():
         queued = sum(other.queued_per_request)
         if name == lane or not queued:
             continue
-        per_run = other.cost.seconds(min(queued, other.max_batch)) or 0.0
-        total += min(runs, math.ceil(queued / other.max_batch)) * per_run
+        other_runs = min(runs, math.ceil(queued / other.max_batch))
+        total += other.cost.work_seconds(other_runs, min(queued, other_runs * other.max_batch)) or 0.0
     return Estimate(total, alone_s)
 
 
@@ -130,14 +142,15 @@ def _pushes_past_deadline(own: LaneLoad, n_tiles: int, busy_left_s: float) -> bo
     """Whether admitting ``n_tiles`` more tiles would make a queued request of this lane, which would
     finish in time without them, miss its deadline: round-robin gives the newcomer a tile in each of the
     queued requests' turns, so admitting it delays every one of them (by up to ``n_tiles`` tiles)."""
-    full_run = own.cost.seconds(own.max_batch)
-    if full_run is None or not own.time_left_s:
+    cost, mb = own.cost, own.max_batch
+    if cost.coefficients() is None or not own.time_left_s:
         return False
     queued = own.queued_per_request
     for q_j, left in zip(queued, own.time_left_s, strict=True):
         before = sum(min(q, q_j) for q in queued)
-        without = busy_left_s + math.ceil(before / own.max_batch) * full_run
-        with_new = busy_left_s + math.ceil((before + min(n_tiles, q_j)) / own.max_batch) * full_run
+        after = before + min(n_tiles, q_j)
+        without = busy_left_s + (cost.work_seconds(math.ceil(before / mb), before) or 0.0)
+        with_new = busy_left_s + (cost.work_seconds(math.ceil(after / mb), after) or 0.0)
         if without <= left < with_new:
             return True
     return False

@@ -94,6 +94,9 @@ def _headers(*names: str) -> dict[str, Any]:
         "X-Request-ID": {"description": "your X-Request-ID if it was sane, else a fresh id"},
         "Retry-After": {"description": "seconds to wait before retrying", "schema": {"type": "integer"}},
         "Server-Timing": {"description": "read, decode, queue, infer, encode and total, in ms"},
+        "WWW-Authenticate": {
+            "description": 'Bearer realm="drrn" (with error="invalid_token" for a wrong key)'
+        },
     }
     return {name: {"required": True, "schema": {"type": "string"}, **known[name]} for name in names}
 
@@ -152,9 +155,15 @@ UPSCALE_RESPONSES: dict[int | str, dict[str, Any]] = {
         "Server-Timing",
     ),
     400: _error("`empty_body`, `corrupt_image` (truncated or malformed), `bad_multipart`"),
+    401: _error(
+        "`unauthorized`: a missing or wrong `Authorization: Bearer` key (when DRRN_API_KEYS_FILE is set)",
+        "WWW-Authenticate",
+    ),
+    408: _error("`upload_timeout`: the body did not arrive within DRRN_UPLOAD_TIMEOUT_S"),
     413: _error(
         "`upload_too_large` (DRRN_MAX_UPLOAD_BYTES), `input_too_large` (DRRN_MAX_INPUT_PIXELS, read from the "
-        "header before decoding), `too_many_tiles` (DRRN_MAX_QUEUE_TILES)"
+        "header before decoding), `too_many_tiles` (DRRN_MAX_QUEUE_TILES), `deadline_unreachable` (the "
+        "request alone needs more engine time than DRRN_REQUEST_TIMEOUT_S)"
     ),
     415: _error("`unsupported_format` (not JPEG, PNG, WebP, BMP or TIFF), `unsupported_media_type`"),
     422: _error(
@@ -163,8 +172,13 @@ UPSCALE_RESPONSES: dict[int | str, dict[str, Any]] = {
         "(DRRN_MAX_OUTPUT_PIXELS), `output_too_large_for_ensemble` (DRRN_MAX_ENSEMBLE_OUTPUT_PIXELS)"
     ),
     500: _error("`engine_error`: inference failed (only the requests batched with it fail)"),
+    429: _error(
+        "`quota_exceeded`: the key's DRRN_API_KEY_MAX_INFLIGHT requests are in flight", "Retry-After"
+    ),
     503: _error(
-        "`queue_full`, `overloaded` (DRRN_MAX_INFLIGHT_REQUESTS), `not_ready` or `shutting_down`",
+        "`queue_full`, `overloaded` (DRRN_MAX_INFLIGHT_REQUESTS, DRRN_MAX_UPLOADS), `backlog` (the work "
+        "queued ahead would make it miss its deadline; Retry-After from the queue), `not_ready` or "
+        "`shutting_down`",
         "Retry-After",
     ),
     504: _error("`deadline_exceeded`: not finished within DRRN_REQUEST_TIMEOUT_S of arrival"),

@@ -38,13 +38,19 @@ def test_finish_estimate_follows_round_robin_and_the_lane_rotation() -> None:
     cost.observe(4, 1.0)  # 1 s per full run of 4, proportional
     lanes = {"m": LaneLoad(4, (100,), cost), "q": LaneLoad(4, (), cost)}
     small = finish_estimate("m", 1, lanes, busy_left_s=0.5)
-    # a 1-tile request behind a 100-tile one: round-robin takes 1 of theirs + its own = 1 run
-    assert small is not None and small.total_s == pytest.approx(1.5) and small.alone_s == pytest.approx(0.25)
+    # a 1-tile request behind a 100-tile one: round-robin takes 1 of theirs + its own = 1 run of 2 tiles,
+    # 0.25 s each (the cost is proportional: a partial run costs its tiles, not a full run)
+    assert small is not None and small.total_s == pytest.approx(1.0) and small.alone_s == pytest.approx(0.25)
     big = finish_estimate("m", 40, lanes, busy_left_s=0.0)
     assert big is not None and big.total_s == pytest.approx(20.0)  # (40 + 40) tiles / 4 per run
     lanes["q"] = LaneLoad(4, (8,), cost)  # another lane with 2 runs queued interleaves with ours
     assert finish_estimate("m", 40, lanes, 0.0).total_s == pytest.approx(22.0)
     assert finish_estimate("m", 40, {"m": LaneLoad(4, (), RunCost())}, 0.0) is None  # nothing measured
+    tiny = RunCost()
+    for _ in range(5):
+        tiny.observe(1e-4, 0.002)  # runs of a few pixels: their time is per-run overhead, not pixels
+    assert tiny.coefficients() is None  # ... so no per-tile cost is guessed from them (nothing refused)
+    assert finish_estimate("m", 1e-4, {"m": LaneLoad(1, (), tiny)}, 0.0) is None
 
 
 def test_a_newcomer_that_would_push_an_admitted_request_past_its_deadline_is_refused() -> None:

@@ -24,14 +24,16 @@ import pytest
 from bench.spawn import SpawnedService
 from drrn.paths import ARTIFACTS, DEFAULT_WEIGHTS
 from inference.batch_types import (
+    BacklogError,
     DeadlineExceededError,
+    DeadlineUnreachableError,
     EngineError,
     QueueFullError,
     RequestTooLargeError,
     ShuttingDownError,
 )
 from inference.pipeline import ImageError
-from inference.upscaler_types import NotReadyError, OverloadedError, StageDeadlineError
+from inference.upscaler_types import NotReadyError, OverloadedError, StageDeadlineError, UploadTimeoutError
 from service.app import create_app
 from service.errors import ServiceError, to_service_error
 from service.openapi import ErrorBody
@@ -85,7 +87,19 @@ def test_upscale_documents_its_bodies_statuses_and_a_required_scale(spec: dict[s
     assert not params["model"]["required"] and not params["ensemble"]["required"]
     assert set(op["requestBody"]["content"]) == {"image/*", "application/octet-stream", "multipart/form-data"}
     assert op["requestBody"]["content"]["multipart/form-data"]["schema"]["required"] == ["image"]
-    assert set(op["responses"]) == {"200", "400", "413", "415", "422", "500", "503", "504"}
+    assert set(op["responses"]) == {
+        "200",
+        "400",
+        "401",
+        "408",
+        "413",
+        "415",
+        "422",
+        "429",
+        "500",
+        "503",
+        "504",
+    }
     assert set(op["responses"]["200"]["content"]) == {"image/png"}
     assert op["responses"]["503"]["headers"]["Retry-After"]["required"]
     metrics = spec["paths"]["/metrics"]["get"]["responses"]["200"]["content"]
@@ -111,6 +125,11 @@ def test_upscale_documents_its_bodies_statuses_and_a_required_scale(spec: dict[s
         ServiceError(415, "unsupported_media_type", "x"),
         ServiceError(400, "bad_multipart", "x"),
         ServiceError(422, "missing_image", "x"),
+        DeadlineUnreachableError(40, 45.0, 30.0),
+        BacklogError(4, 35.0, 30.0, 5),
+        UploadTimeoutError(20.0),
+        ServiceError(401, "unauthorized", "x"),
+        ServiceError(429, "quota_exceeded", "x"),
     ],
     ids=lambda e: type(e).__name__,
 )
