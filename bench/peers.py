@@ -28,151 +28,19 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from bench.peer_models import DEFAULT_MODELS, THREADS, Contender, bicubic_up, contenders
 from bench.peers_report import aggregate, render_peers
 from bench.report import header, write_json
 from drrn.errors import UserError
 
 SCHEMA_VERSION = 1
-THREADS = 2
 SETS = ("Set5", "Set14", "BSD100")
-OURS = ("fast", "fast-int8", "quality")
-PEERS = {"FSRCNN": "fsrcnn", "ESPCN": "espcn", "LapSRN": "lapsrn", "EDSR": "edsr"}
-DEFAULT_MODELS = ("bicubic", *OURS, *PEERS)
-PROBE_EVERY = 10  # rounds between two GEMM probes
-
-#: ``upscale(lr uint8[h, w], scale) -> (float Y[h*s, w*s] in ~[0, 1], seconds of the user's call)``
-Upscale = Callable[[np.ndarray, int], tuple[np.ndarray, float]]
-
-
-@dataclass
-class Contender:
-    """One model: how it upscales at each scale it has, and what the report says about it."""
-
-    name: str
-    kind: str  # "baseline" | "ours" | "peer"
-    runs: dict[int, Upscale]
-    info: dict[str, Any] = field(default_factory=dict)
-    sets: set[str] | None = None  # None: every set of the run
-
-    def describe(self) -> dict[str, Any]:
-        sets = sorted(self.sets) if self.sets is not None else None
-        return {"name": self.name, "kind": self.kind, "scales": sorted(self.runs), "sets": sets, **self.info}
-
-
-def peer_dir() -> Path:
-    from drrn.paths import shared_dir
-
-    return shared_dir() / "reference" / "opencv-superres"
-
-
-def _bicubic_up(lr: np.ndarray, s: int) -> np.ndarray:
-    from imaging.resize import imresize
-
-    return imresize(lr / 255.0, s)
-
-
-def _bicubic(lr: np.ndarray, s: int) -> tuple[np.ndarray, float]:
-    t0 = time.perf_counter()
-    out = _bicubic_up(lr, s)
-    return out, time.perf_counter() - t0
-
-
-def _ours(spec: str, root: Path | None, tile: int | None, margin: int | None) -> tuple[Upscale, dict]:
-    from engines.resolver import resolve_tiled
-    from imaging.tiling import run_tiled
-
-    engine, margin = resolve_tiled(
-        spec, root=root, tile=tile, margin=margin, max_batch=8, providers="cpu",
-        intra_op_threads=THREADS, inter_op_threads=1,
-    )  # fmt: skip
-
-    def run(lr: np.ndarray, s: int) -> tuple[np.ndarray, float]:
-        t0 = time.perf_counter()
-        bic = _bicubic_up(lr, s).astype(np.float32)
-        out = run_tiled(bic, engine.run, engine.tile, margin, engine.max_batch)
-        return out, time.perf_counter() - t0
-
-    return run, {"tile": engine.tile, "margin": margin, "file": str(getattr(engine, "model_path", spec))}
-
-
-def int8_file(fp32: Path) -> Path:
-    """The int8 QDQ export of ``fp32`` (``drrn quantize``), built on first use; named by the fp32 file's
-    hash, so a rebuilt fast model never pairs with a stale int8 file."""
-    from drrn.paths import ARTIFACTS, datasets_dir, sha256_file
-
-    out = ARTIFACTS / "int8" / f"fast-{sha256_file(fp32)[:8]}.int8.onnx"
-    if not out.is_file():
-        from model_export.quantize import calibration_crops, quantize_int8
-
-        print(f"peers: building {out} (int8, calibrated on T91 + BSD200 crops)", file=sys.stderr)
-        crops = calibration_crops([datasets_dir() / "T91", datasets_dir() / "BSD200"], count=48)
-        quantize_int8(fp32, out, crops)
-    return out
-
-
-def _peer(name: str, algo: str, scales: list[int], folder: Path, skipped: list[dict]) -> Contender:
-    import cv2
-
-    runs: dict[int, Upscale] = {}
-    for s in scales:
-        path = folder / f"{name}_x{s}.pb"
-        if not path.is_file():
-            skipped.append({"model": name, "scale": s, "reason": f"no {path.name} in {folder}"})
-            continue
-        model = cv2.dnn_superres.DnnSuperResImpl_create()
-        model.readModel(str(path))
-        model.setModel(algo, s)
-
-        def run(lr: np.ndarray, _s: int, model=model) -> tuple[np.ndarray, float]:
-            bgr = cv2.merge([lr, lr, lr])  # what cv2.imread returns for a grey photo
-            t0 = time.perf_counter()
-            out = model.upsample(bgr)
-            seconds = time.perf_counter() - t0
-            return cv2.cvtColor(out, cv2.COLOR_BGR2YCrCb)[..., 0] / 255.0, seconds
-
-        runs[s] = run
-    return Contender(name, "peer", runs, {"algorithm": algo, "folder": str(folder)})
-
-
-def contenders(
-    models: list[str], scales: list[int], root: Path | None, model_sets: dict[str, set[str]]
-) -> tuple[list[Contender], list[dict]]:
-    """The contenders named by ``models`` (see the module docstring) and what was skipped, with why."""
-    skipped: list[dict] = []
-    out: list[Contender] = []
-    for name in models:
-        if name == "bicubic":
-            out.append(Contender(name, "baseline", dict.fromkeys(scales, _bicubic), {"resize": "matlab"}))
-        elif name in ("fast", "quality"):
-            run, info = _ours(name, root, None, None)
-            out.append(Contender(name, "ours", dict.fromkeys(scales, run), info))
-        elif name == "fast-int8":
-            from engines.resolver import resolve_card
-
-            card = resolve_card("fast", root)
-            run, info = _ours(str(int8_file(card.onnx_path(False))), None, card.tile, card.margin)
-            out.append(Contender(name, "ours", dict.fromkeys(scales, run), info | {"precision": "int8"}))
-        elif name in PEERS:
-            try:
-                import cv2
-            except ImportError as exc:
-                raise UserError("the peers need OpenCV: pip install -e '.[bench]'") from exc
-            cv2.setNumThreads(THREADS)
-            c = _peer(name, PEERS[name], scales, peer_dir(), skipped)
-            if c.runs:
-                out.append(c)
-        else:
-            raise UserError(f"unknown model {name!r}; choose from {', '.join(DEFAULT_MODELS)}")
-    for c in out:
-        c.sets = model_sets.get(c.name)
-    return out, skipped
+PROBE_EVERY = 3  # images between two GEMM probes
 
 
 def _probe_gflops() -> float:
@@ -232,7 +100,7 @@ def _one_image(entrants: list[Contender], folder: Path, path: Path, scales: list
     for i, s in enumerate(scales):
         gt = modcrop(y / 255.0, s)
         lr = degrade_lr(gt, s, degradation)  # the one LR image every contender gets
-        bic_psnr, bic_ssim = score(_bicubic_up(lr, s), gt, s)
+        bic_psnr, bic_ssim = score(bicubic_up(lr, s), gt, s)
         k = (first + i) % len(entrants)
         for c in entrants[k:] + entrants[:k]:
             if s not in c.runs or (c.sets is not None and folder.name not in c.sets):
@@ -285,7 +153,7 @@ def run_peers(
             break
         records += _one_image(entrants, folder, path, scales, degradation, done)
         done += 1
-        if done % max(1, PROBE_EVERY // len(scales)) == 0:
+        if done % PROBE_EVERY == 0:
             probes.append(_probe_gflops())
         print(f"peers: {folder.name} {path.stem} done ({done}/{len(jobs)} images)", file=sys.stderr)
         write_json(_report(entrants, skipped, records, probes, meta, quick, complete=False), json_out)
@@ -321,7 +189,7 @@ def _noise(probes: list[float]) -> dict[str, Any]:
     """The GEMM probe's GFLOP/s over the run and its spread ((max - min) / median)."""
     med = float(np.median(probes))
     return {
-        "probe": f"numpy float32 GEMM 512x512, best of 3, every {PROBE_EVERY} rounds",
+        "probe": f"numpy float32 GEMM 512x512, best of 3, every {PROBE_EVERY} images",
         "gflops": probes,
         "spread": (max(probes) - min(probes)) / med if med else None,
     }
