@@ -49,7 +49,8 @@ def str_list(text: str | None) -> list[str] | None:
 
 
 def model_sets(items: list[str] | None) -> dict[str, set[str]]:
-    """``["quality=Set5,Set14"]`` -> ``{"quality": {"Set5", "Set14"}}`` (a model runs on those sets only)."""
+    """``["quality=Set5,Set14/ppt3"]`` -> ``{"quality": {"Set5", "Set14/ppt3"}}``: a model runs on those sets
+    (``SET``) and images (``SET/IMAGE``, the file name without its suffix) only."""
     out: dict[str, set[str]] = {}
     for item in items or []:
         model, sep, sets = item.partition("=")

@@ -103,7 +103,9 @@ def _one_image(entrants: list[Contender], folder: Path, path: Path, scales: list
         bic_psnr, bic_ssim = score(bicubic_up(lr, s), gt, s)
         k = (first + i) % len(entrants)
         for c in entrants[k:] + entrants[:k]:
-            if s not in c.runs or (c.sets is not None and folder.name not in c.sets):
+            if s not in c.runs or (
+                c.sets is not None and not {folder.name, f"{folder.name}/{path.stem}"} & c.sets
+            ):
                 continue
             out, seconds = c.runs[s](lr, s)
             psnr, ssim = score(out, gt, s)

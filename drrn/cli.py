@@ -282,7 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--models", help="peers: comma list, default bicubic,fast,fast-int8,quality,FSRCNN,...")
     g.add_argument("--sets", help="peers: comma list of NAME[:COUNT] or folders, default Set5,Set14,BSD100")
     g.add_argument("--max-images", type=int, help="peers: at most this many images per set")
-    g.add_argument("--model-sets", action="append", metavar="MODEL=SET,SET", help="peers: only these sets")
+    g.add_argument("--model-sets", action="append", metavar="MODEL=SET,SET/IMAGE", help="peers: only these")
     g.add_argument("--peers-plot", help="peers: scatter PNG (quality against speed)")
     g.add_argument("--root", help="peers: our models' repository (default artifacts/models)")
     g.add_argument("--degradation", choices=["matlab", "cv2"], default="matlab", help="peers: LR protocol")

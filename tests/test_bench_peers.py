@@ -60,7 +60,7 @@ def test_peers_quick(shared: Path, peer_files: Path, fast_repo: Path, tmp_path: 
     butterfly, bird = _crop_set(shared, tmp_path, "butterfly"), _crop_set(shared, tmp_path, "bird")
     out, png = tmp_path / "peers.json", tmp_path / "peers.png"
     argv = ["bench", "peers", "--quick", "--root", str(fast_repo), "--models", "bicubic,fast,FSRCNN,LapSRN",
-            "--sets", f"{butterfly},{bird}", "--scales", "2,3", "--model-sets", "LapSRN=bird",
+            "--sets", f"{butterfly},{bird}", "--scales", "2,3", "--model-sets", "LapSRN=bird/bird",
             "--json", str(out), "--peers-plot", str(png)]  # fmt: skip
     assert main(argv) == 0
     report = json.loads(out.read_text())
