@@ -109,3 +109,19 @@ def render_peers(report: dict[str, Any]) -> str:
     lines.append(f"- machine noise: GEMM probe {min(noise['gflops']):.0f}–{max(noise['gflops']):.0f} GFLOP/s "
                  f"over the run (spread {noise['spread']:.0%})")  # fmt: skip
     return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m bench.peers_report docs/bench/peers.json``: print the markdown of a results file."""
+    import argparse
+    import json
+    from pathlib import Path
+
+    p = argparse.ArgumentParser(description="the markdown table of a `drrn bench peers` JSON")
+    p.add_argument("results")
+    print(render_peers(json.loads(Path(p.parse_args(argv).results).read_text())))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
