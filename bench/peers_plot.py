@@ -3,11 +3,11 @@
 Run:  python -m bench.peers_plot docs/bench/peers.json [-o docs/bench/peers.png]
 
 Two panels with the same axes: y is dB above bicubic (paired: the same images), x is output Mpx/s on 2
-threads over every image that model ran at that scale (log scale: the models span decades). Left: Set5,
-where every model ran. Right: the mean over all the run's sets, for the models that ran on all of them (a
-model limited to some sets by ``--model-sets`` is absent there rather than averaged on easier images).
-Colour = model (ours solid, peers hollow), marker = scale. Up and to the right is better. Uses matplotlib's
-Agg backend (no display needed).
+threads over every image that model ran at that scale (log scale: the models span decades). Left: the
+images *every* model ran (``common_images``), so a model limited to a few images by ``--model-sets`` is
+compared with the others on exactly those. Right: the mean over the run's sets, for the models that ran on
+all of them. Colour = model (ours filled, peers hollow), marker = scale. Up and to the right is better.
+Uses matplotlib's Agg backend (no display needed).
 """
 
 from __future__ import annotations
@@ -21,19 +21,29 @@ from typing import Any
 MARKERS = {2: "o", 3: "s", 4: "^", 8: "D"}
 
 
-def _panel(ax, points: list[dict[str, Any]], sets: list[str], colours: dict[str, str], title: str) -> None:
+def _panel(ax, points: list[dict[str, Any]], value, colours: dict[str, str], title: str) -> None:
+    """``value(point)``: its y, or None to leave the point out of this panel."""
     for p in points:
-        if not all(s in p["db_over_bicubic"] for s in sets):
+        y = value(p)
+        if y is None:
             continue
-        y = sum(p["db_over_bicubic"][s] for s in sets) / len(sets)
         ours = p["kind"] != "peer"
         ax.scatter(p["mpx_per_s"], y, marker=MARKERS.get(p["scale"], "x"), s=46, linewidths=1.4,
                    facecolors=colours[p["model"]] if ours else "none", edgecolors=colours[p["model"]],
                    zorder=3)  # fmt: skip
+    ax.axhline(0, color="grey", linewidth=0.8, linestyle="--")  # bicubic itself
     ax.set_xscale("log")
     ax.set_xlabel("output Mpx/s, 2 threads (log)")
     ax.set_title(title, fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
+
+
+def _common_title(report: dict[str, Any]) -> str:
+    keys = sorted(set().union(*map(set, report["common_images"].values())))
+    sets = sorted({k.split("/")[0] for k in keys})
+    if len(keys) <= 3:
+        return f"{', '.join(k.replace('/', ' ') for k in keys)}: every model"
+    return f"{len(keys)} images of {', '.join(sets)} that every model ran"
 
 
 def plot_peers(report: dict[str, Any], out: str | Path) -> Path:
@@ -49,14 +59,18 @@ def plot_peers(report: dict[str, Any], out: str | Path) -> Path:
     palette = plt.get_cmap("tab10").colors
     colours = {n: palette[i % len(palette)] for i, n in enumerate(names)}
     sets = report["sets"]
-    panels = [([sets[0]], f"{sets[0]} (every model)")]
+    panels = [(lambda p: p["db_over_bicubic_common"], _common_title(report))]
     if len(sets) > 1:
-        panels.append((sets, f"mean of {', '.join(sets)}"))
+
+        def mean_of_sets(p: dict[str, Any]) -> float | None:
+            db = p["db_over_bicubic"]
+            return sum(db[s] for s in sets) / len(sets) if all(s in db for s in sets) else None
+
+        panels.append((mean_of_sets, f"mean of {', '.join(sets)} (models that ran all)"))
     fig, axes = plt.subplots(1, len(panels), figsize=(9, 4.2), dpi=120, sharey=True, squeeze=False)
     axes = axes[0]
-    for ax, (panel_sets, title) in zip(axes, panels, strict=True):
-        ax.axhline(0, color="grey", linewidth=0.8, linestyle="--")  # bicubic itself
-        _panel(ax, points, panel_sets, colours, title)
+    for ax, (value, title) in zip(axes, panels, strict=True):
+        _panel(ax, points, value, colours, title)
     axes[0].set_ylabel("dB above bicubic (Y PSNR)")
     kinds = {p["model"]: p["kind"] for p in points}
     handles = [Line2D([], [], marker="o", linestyle="", markersize=7, color=colours[n],

@@ -89,6 +89,11 @@ def test_peers_quick(shared: Path, peer_files: Path, fast_repo: Path, tmp_path: 
     points = {(p["model"], p["scale"]): p for p in report["points"]}
     assert all(math.isfinite(p["mpx_per_s"]) and p["mpx_per_s"] > 0 for p in points.values())
     assert set(points["LapSRN", 2]["db_over_bicubic"]) == {"bird"}
+    # the images every model ran: LapSRN (bird only) narrows x2; x3 has no LapSRN
+    assert report["common_images"] == {"2": ["bird/bird"], "3": ["bird/bird", "butterfly/butterfly"]}
+    assert points["fast", 2]["db_over_bicubic_common"] == pytest.approx(
+        points["fast", 2]["db_over_bicubic"]["bird"]
+    )
     peers = {(d["peer"], d["scale"]): d for d in report["dominance"]}
     assert set(peers) == {("FSRCNN", 2), ("FSRCNN", 3), ("LapSRN", 2)}
     (vs,) = peers["LapSRN", 2]["versus"]
