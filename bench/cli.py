@@ -1,4 +1,4 @@
-"""``drrn bench {engine,service,scaling,cost,margins,tiles}``: dispatch to the benchmark modules (lazily).
+"""``drrn bench {engine,service,scaling,cost,margins,tiles,peers}``: dispatch to the benchmark modules.
 
 - ``engine``: :func:`bench.engine.run_engine_bench` (backends x tiles x batches, peaks, headline ratio).
 - ``service``: :func:`bench.service_load.run_service_bench` (closed-loop HTTP load, overhead ratio), or with
@@ -7,6 +7,7 @@
 - ``cost``: :func:`bench.cost.run_cost` (a 1-Mpx output per served model, at its serving defaults).
 - ``margins``: :func:`bench.margins.run_margins` (tiled vs whole-image quality against the tile margin).
 - ``tiles``: :func:`bench.tiles.run_tiles` (tile-size sweep per model; tiling overhead across shapes).
+- ``peers``: :func:`bench.peers.run_peers` (ours against OpenCV's dnn_superres models, same inputs).
 
 Nothing in ``bench`` imports this module (option-value parsing lives in :mod:`bench.options`).
 """
@@ -14,8 +15,9 @@ Nothing in ``bench`` imports this module (option-value parsing lives in :mod:`be
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
-from bench.options import env_pairs, float_list, int_list
+from bench.options import env_pairs, float_list, int_list, model_sets, str_list
 from drrn.errors import UserError
 
 
@@ -62,6 +64,23 @@ def run_bench_cli(args: argparse.Namespace) -> int:
             tile=getattr(args, "tile", None),
             json_out=args.json_out,
             quick=args.quick,
+        )
+        return 0
+    if args.target == "peers":
+        from bench.peers import run_peers
+
+        run_peers(
+            models=str_list(args.models),
+            sets=str_list(args.sets),
+            scales=int_list(args.scales),
+            max_images=args.max_images,
+            model_sets=model_sets(args.model_sets),
+            json_out=args.json_out,
+            plot_out=args.peers_plot,
+            quick=args.quick,
+            root=Path(args.root) if args.root else None,
+            degradation=args.degradation,
+            max_minutes=args.max_minutes,
         )
         return 0
     if args.target == "scaling":

@@ -39,3 +39,22 @@ def env_pairs(items: list[str] | None) -> dict[str, str]:
             raise UserError(f"--set expects DRRN_NAME=VALUE, got {item!r}")
         out[key.upper()] = value
     return out
+
+
+def str_list(text: str | None) -> list[str] | None:
+    """``"fast,FSRCNN"`` -> ``["fast", "FSRCNN"]``; None stays None."""
+    if text is None:
+        return None
+    return [v.strip() for v in text.split(",") if v.strip()]
+
+
+def model_sets(items: list[str] | None) -> dict[str, set[str]]:
+    """``["quality=Set5,Set14/ppt3"]`` -> ``{"quality": {"Set5", "Set14/ppt3"}}``: a model runs on those sets
+    (``SET``) and images (``SET/IMAGE``, the file name without its suffix) only."""
+    out: dict[str, set[str]] = {}
+    for item in items or []:
+        model, sep, sets = item.partition("=")
+        if not sep or not model or not sets:
+            raise UserError(f"--model-sets expects MODEL=SET,SET, got {item!r}")
+        out[model.strip()] = set(str_list(sets) or [])
+    return out

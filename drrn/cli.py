@@ -324,7 +324,9 @@ def build_parser() -> argparse.ArgumentParser:
         a.set_defaults(func=_keys)
 
     s = sub.add_parser("bench", help="benchmarks (engine, service, scaling); see BENCHMARKS.md")
-    s.add_argument("target", choices=["engine", "service", "scaling", "cost", "margins", "tiles"])
+    s.add_argument(
+        "target", choices=["engine", "service", "scaling", "cost", "margins", "tiles", "peers"]
+    )
     s.add_argument("--model", default="default", help="default | b1u25 | FILE.onnx | FILE.safetensors")
     s.add_argument("--json", dest="json_out")
     s.add_argument("--quick", action="store_true", help="a few iterations only (smoke test)")
@@ -342,6 +344,15 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--scales", help="margins: comma list, default 2,3,4")
     g.add_argument("--margins", help="margins: comma list, default depth, depth/2, ..., 8")
     g.add_argument("--tile", type=int, help="margins: tile side (default: the model card's)")
+    g = s.add_argument_group("peers (also --scales)")
+    g.add_argument("--models", help="peers: comma list, default bicubic,fast,fast-int8,quality,FSRCNN,...")
+    g.add_argument("--sets", help="peers: comma list of NAME[:COUNT] or folders, default Set5,Set14,BSD100")
+    g.add_argument("--max-images", type=int, help="peers: at most this many images per set")
+    g.add_argument("--model-sets", action="append", metavar="MODEL=SET,SET/IMAGE", help="peers: only these")
+    g.add_argument("--peers-plot", help="peers: scatter PNG (quality against speed)")
+    g.add_argument("--root", help="peers: our models' repository (default artifacts/models)")
+    g.add_argument("--degradation", choices=["matlab", "cv2"], default="matlab", help="peers: LR protocol")
+    g.add_argument("--max-minutes", type=float, help="peers: start no new image after this many minutes")
     g = s.add_argument_group("service and scaling")
     g.add_argument("--spawn", action="store_true", help="start `drrn serve` on a free port for the run")
     g.add_argument("--set", action="append", metavar="DRRN_X=V", help="env for the spawned service(s)")
