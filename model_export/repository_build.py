@@ -86,6 +86,9 @@ def is_up_to_date(weights: Path | str, folder: Path | str, fp16: bool = True) ->
     recipe = int8_recipe_path(weights)
     if card.get("int8_recipe_sha256") != (sha256_file(recipe) if recipe.is_file() else None):
         return False  # a recipe was added, changed or removed
+    serving = card.get("serving", {})
+    if {k: serving.get(k) for k in ("tile", "margin")} != serving_defaults(card.get("depth", 0)):
+        return False  # the serving defaults changed (they live in the card)
     return (
         version == c.EXPORT_VERSION
         and recorded == sha256_file(weights)

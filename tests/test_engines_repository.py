@@ -59,6 +59,12 @@ def test_up_to_date_folders_are_skipped_and_stale_ones_rebuilt(tiny_weights: Pat
     stamps = {p.name: p.stat().st_mtime_ns for p in folder.iterdir()}
     assert build_model(weights, tmp_path / "repo", fp16=False) == folder
     assert {p.name: p.stat().st_mtime_ns for p in folder.iterdir()} == stamps  # nothing rewritten
+    doc = json.loads((folder / c.REPO_CARD).read_text())
+    doc["serving"]["tile"] = 128  # a card from before the serving defaults changed: stale
+    (folder / c.REPO_CARD).write_text(json.dumps(doc))
+    assert not is_up_to_date(weights, folder, fp16=False)
+    build_model(weights, tmp_path / "repo", fp16=False)
+    assert ModelCard.from_folder(folder).serving == serving_defaults(6)
 
     make_tiny_weights(weights, seed=7)  # new weights under the same name: the folder is stale
     assert not is_up_to_date(weights, folder, fp16=False)
