@@ -1,4 +1,4 @@
-"""``drrn bench {engine,service,scaling,cost,margins,tiles}``: dispatch to the benchmark modules (lazily).
+"""``drrn bench {engine,service,scaling,cost,margins,tiles,soak}``: dispatch to the bench modules (lazily).
 
 - ``engine``: :func:`bench.engine.run_engine_bench` (backends x tiles x batches, peaks, headline ratio).
 - ``service``: :func:`bench.service_load.run_service_bench` (closed-loop HTTP load, overhead ratio), or with
@@ -7,6 +7,7 @@
 - ``cost``: :func:`bench.cost.run_cost` (a 1-Mpx output per served model, at its serving defaults).
 - ``margins``: :func:`bench.margins.run_margins` (tiled vs whole-image quality against the tile margin).
 - ``tiles``: :func:`bench.tiles.run_tiles` (tile-size sweep per model; tiling overhead across shapes).
+- ``soak``: :func:`bench.soak.run_soak` (thousands of mixed requests; RSS, latency windows, pass/fail).
 
 Nothing in ``bench`` imports this module (option-value parsing lives in :mod:`bench.options`).
 """
@@ -86,4 +87,8 @@ def run_bench_cli(args: argparse.Namespace) -> int:
 
         run_service_bench(args)
         return 0
+    if args.target == "soak":
+        from bench.soak import run_soak
+
+        return 0 if run_soak(args)["verdict"]["passed"] else 1
     raise UserError(f"unknown bench target {args.target!r}")
