@@ -51,6 +51,7 @@ class SoakRecord:
     retry_after: float | None = None  # a 503's Retry-After; None when the header was missing
     wrong_output: str | None = None  # a 200 whose PNG is not the expected size
     seen_status: int | None = None
+    output: str = ""  # "WxH @ scale" asked for (valid and aborted requests)
 
 
 def rss_kib(pid: int) -> int | None:
@@ -98,6 +99,7 @@ async def post(client: Any, url: str, req: SoakRequest) -> SoakRecord:
     import httpx
 
     rec = SoakRecord(req.index, req.kind, req.detail, req.model, 0, time.perf_counter(), 0.0)
+    rec.output = f"{req.out_w}x{req.out_h} @ {req.scale:g}" if req.out_w else ""
     try:
         resp = await client.post(
             f"{url}/upscale", params=req.params, content=req.body, headers={"content-type": req.content_type}
@@ -234,6 +236,7 @@ def run_soak(args: argparse.Namespace) -> dict[str, Any]:
     window = args.window or 500
     mix = {"large_frac": args.large_frac, "quality_frac": args.quality_frac, "max_side": args.max_side}
     records: list[SoakRecord] = []
+    load_start = load_average()  # other work on a shared box slows the service; the JSON says how much
     with SpawnedService(env_pairs(args.set)) as svc:
         assert svc.proc is not None
         listing = httpx.get(f"{svc.url}/v1/models", timeout=10).json()
@@ -281,6 +284,7 @@ def run_soak(args: argparse.Namespace) -> dict[str, Any]:
         rss_samples=[[round(t, 1), kib, done] for t, kib, done in sampler.samples],
         failures=[asdict(r) for r in records if r.index in verdict["failed_indices"]][:50],
     )
+    report["machine"]["load_average_start"] = load_start
     report["machine"]["load_average_end"] = load_average()
     print(render(report))
     write_json(report, args.json_out)
