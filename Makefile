@@ -63,6 +63,7 @@ bench: $(STAMP) models
 	$(BIN)/drrn bench margins --model fast --json docs/bench/margins_fast.json
 	$(BIN)/drrn bench margins --model quality --data ../shared/datasets/Set5 --json docs/bench/margins_quality_set5.json
 	$(BIN)/drrn bench peers --model-sets quality=Set5/bird,Set5/butterfly --max-minutes 38 --json docs/bench/peers.json --peers-plot docs/bench/peers.png
+	$(BIN)/drrn bench soak --json docs/bench/soak.json
 
 # The README's picture of the page (docs/img/web.png): the Set5 browser test on the real models, screenshotted.
 web-screenshot: $(STAMP) models deploy-tools

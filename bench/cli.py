@@ -1,4 +1,4 @@
-"""``drrn bench {engine,service,scaling,cost,margins,tiles,peers}``: dispatch to the benchmark modules.
+"""``drrn bench {engine,service,scaling,cost,margins,tiles,peers,soak}``: dispatch to bench modules.
 
 - ``engine``: :func:`bench.engine.run_engine_bench` (backends x tiles x batches, peaks, headline ratio).
 - ``service``: :func:`bench.service_load.run_service_bench` (closed-loop HTTP load, overhead ratio), or with
@@ -8,6 +8,7 @@
 - ``margins``: :func:`bench.margins.run_margins` (tiled vs whole-image quality against the tile margin).
 - ``tiles``: :func:`bench.tiles.run_tiles` (tile-size sweep per model; tiling overhead across shapes).
 - ``peers``: :func:`bench.peers.run_peers` (ours against OpenCV's dnn_superres models, same inputs).
+- ``soak``: :func:`bench.soak.run_soak` (thousands of mixed requests; RSS, latency windows, pass/fail).
 
 Nothing in ``bench`` imports this module (option-value parsing lives in :mod:`bench.options`).
 """
@@ -105,4 +106,8 @@ def run_bench_cli(args: argparse.Namespace) -> int:
 
         run_service_bench(args)
         return 0
+    if args.target == "soak":
+        from bench.soak import run_soak
+
+        return 0 if run_soak(args)["verdict"]["passed"] else 1
     raise UserError(f"unknown bench target {args.target!r}")

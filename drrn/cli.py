@@ -325,7 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("bench", help="benchmarks (engine, service, scaling); see BENCHMARKS.md")
     s.add_argument(
-        "target", choices=["engine", "service", "scaling", "cost", "margins", "tiles", "peers"]
+        "target", choices=["engine", "service", "scaling", "cost", "margins", "tiles", "peers", "soak"]
     )
     s.add_argument("--model", default="default", help="default | b1u25 | FILE.onnx | FILE.safetensors")
     s.add_argument("--json", dest="json_out")
@@ -370,6 +370,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--pipeline-sizes", help="scaling: output megapixels for the pipeline alone, default 1,4,15.9"
     )
+    g = s.add_argument_group("soak (also --set, --concurrency, --requests, --plot)")
+    g.add_argument("--seed", type=int, default=0, help="soak: seed of the request mix")
+    g.add_argument("--window", type=int, default=None, help="soak: requests per window, default 500")
+    g.add_argument("--large-frac", type=float, default=0.05, help="soak: share sized up to the output limit")
+    g.add_argument("--quality-frac", type=float, default=0.05, help="soak: share sent to the quality model")
+    g.add_argument("--max-side", type=int, default=None, help="soak: cap on every output's long side (px)")
     s.set_defaults(func=_bench)
     return p
 
