@@ -116,3 +116,27 @@ def peak_for(peaks: dict[str, Any], threads: int, channels: int) -> tuple[float 
     if not entry:
         return None, None
     return entry.get("gemm_best_gflops"), entry.get("conv_torch_gflops", {}).get(str(channels))
+
+
+def gemm_ort_int8_gops(n: int = 2048, repeats: int = 3) -> float:
+    """u8 x s8 ``n x n @ n x n`` integer GOP/s with ONNX Runtime's ``MatMulInteger`` on the CPU (its MLAS
+    kernels, the ones int8 convs run on; default threads): the yardstick for an int8 model."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 256, (n, n), dtype=np.uint8)
+    b = numpy_helper.from_array(rng.integers(-128, 128, (n, n), dtype=np.int8), "b")
+    graph = helper.make_graph(
+        [helper.make_node("MatMulInteger", ["a", "b"], ["y"])],
+        "int8_gemm",
+        [helper.make_tensor_value_info("a", TensorProto.UINT8, [n, n])],
+        [helper.make_tensor_value_info("y", TensorProto.INT32, [n, n])],
+        [b],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    onnx.checker.check_model(model)
+    seconds = _best_seconds(lambda: session.run(None, {"a": a}), repeats)
+    return 2.0 * n**3 / seconds / 1e9

@@ -39,11 +39,11 @@ def serving_defaults(depth: int) -> dict[str, int]:
 
     M = depth makes tiled output equal whole-image output (the margin study in BENCHMARKS.md found no
     smaller margin within 1 grey level everywhere). T comes from ``drrn bench tiles``: for shallow models
-    the smallest size within 3% of the least CPU time per output pixel (512 at M = 20: at most 1.17x the
-    output computed on any image shape; 256 would be 1.42x and 36% more CPU time), for deep ones the
-    smallest size whose overhead stays <= 1.5x on every shape (640 at M = 52: 1.38x).
+    the smallest size within 3% of the least CPU time per output pixel (384 at M = 20, level with 512: at
+    most 1.23x the output computed on any image shape; 256 would be 1.42x and 24% more CPU time), for deep
+    ones the smallest size whose overhead stays <= 1.5x on every shape (640 at M = 52: 1.38x).
     """
-    return {"tile": 512 if depth <= 24 else 640, "margin": depth}
+    return {"tile": 384 if depth <= 24 else 640, "margin": depth}
 
 
 def int8_recipe_path(weights: Path | str) -> Path:

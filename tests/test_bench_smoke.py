@@ -227,7 +227,7 @@ def test_tiles_quick(tiny_repo: Path, tmp_path: Path) -> None:
     real models' defaults) and a sweep row per tile size with a recommendation."""
     from bench.tiles import overhead_grid, run_tiles
 
-    assert max(r["computed_over_output"] for r in overhead_grid(256, 20)) <= 1.5  # fast's defaults
+    assert max(r["computed_over_output"] for r in overhead_grid(384, 20)) <= 1.5  # fast's defaults
     assert max(r["computed_over_output"] for r in overhead_grid(640, 52)) <= 1.5  # quality's
     assert max(r["computed_over_output"] for r in overhead_grid(128, 20)) > 1.5  # the old default did not
     out = tmp_path / "tiles.json"

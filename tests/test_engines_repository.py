@@ -40,7 +40,7 @@ def test_build_writes_onnx_pair_and_card(tiny_repo: Path, tiny_weights: Path) ->
     assert card.mflop_per_pixel == 0.0 and card.scales == [2, 3, 4]
     assert card.quality == {} and card.provenance == {"source": "tests"} and card.training == {}
     assert card.weights_sha256 == sha
-    assert card.serving == {"tile": 512, "margin": 6} and (card.tile, card.margin) == (512, 6)
+    assert card.serving == {"tile": 384, "margin": 6} and (card.tile, card.margin) == (384, 6)
     assert card.files == {"fp32": c.REPO_ONNX, "fp16": c.REPO_ONNX_FP16}
     assert card.onnx_path(False) == folder / c.REPO_ONNX and card.onnx_path(True) == folder / c.REPO_ONNX_FP16
     for fp16, precision in ((False, "fp32"), (True, "fp16")):
@@ -86,8 +86,8 @@ def test_card_document_quality_and_serving_defaults(tmp_path: Path) -> None:
     assert doc["quality"] == evaluation and doc["training"] == {"steps": 1}
     assert doc["serving"] == {"tile": 640, "margin": 28} and doc["files"] == {"fp32": c.REPO_ONNX}
     assert doc["mflop_per_pixel"] == round(cfg.flops_per_pixel() / 1e6, 2)
-    assert serving_defaults(20) == {"tile": 512, "margin": 20}
-    assert serving_defaults(24)["tile"] == 512 and serving_defaults(52) == {"tile": 640, "margin": 52}
+    assert serving_defaults(20) == {"tile": 384, "margin": 20}
+    assert serving_defaults(24)["tile"] == 384 and serving_defaults(52) == {"tile": 640, "margin": 52}
 
 
 def test_names_cards_and_api_dict(tiny_repo: Path) -> None:
@@ -97,7 +97,7 @@ def test_names_cards_and_api_dict(tiny_repo: Path) -> None:
     assert [k.name for k in repo.cards()] == ["fast", "quality"]
     data = repo.card("quality").to_dict()
     assert "folder" not in data and str(tiny_repo) not in json.dumps(data)
-    assert data["name"] == "quality" and data["serving"] == {"tile": 512, "margin": 8}
+    assert data["name"] == "quality" and data["serving"] == {"tile": 384, "margin": 8}
 
 
 def test_unknown_name_lists_valid_names(tiny_repo: Path) -> None:

@@ -36,7 +36,7 @@ def test_name_opens_the_repository_model(tiny_repo: Path) -> None:
     engine = resolve_engine("quality", root=tiny_repo, max_batch=2)
     assert isinstance(engine, OrtEngine)
     assert engine.model_path == tiny_repo / "quality" / c.REPO_ONNX  # CPU: the fp32 file
-    assert (engine.tile, engine.depth, engine.max_batch) == (512, 8, 2)  # tile from the card
+    assert (engine.tile, engine.depth, engine.max_batch) == (384, 8, 2)  # tile from the card
     assert engine.run(BATCH).shape == BATCH.shape
     assert resolve_engine("quality", root=tiny_repo, tile=32).tile == 32
 
@@ -59,14 +59,14 @@ def test_onnx_path(tiny_repo: Path) -> None:
         path = ModelRepository(tiny_repo).card("fast").onnx_path(fp16)
         engine = resolve_engine(str(path))
         assert isinstance(engine, OrtEngine) and engine.model_path == path
-        assert engine.tile == 512 and engine.depth == 6  # serving default for the depth in its metadata
+        assert engine.tile == 384 and engine.depth == 6  # serving default for the depth in its metadata
     assert resolve_card(str(path), tiny_repo) is None
 
 
 def test_safetensors_path_runs_on_torch_and_agrees(tiny_weights: Path, tiny_repo: Path) -> None:
     engine = resolve_engine(str(tiny_weights), tile=32, max_batch=2)
     assert type(engine).__name__ == "TorchEngine" and (engine.tile, engine.depth) == (32, 6)
-    assert resolve_engine(str(tiny_weights)).tile == 512
+    assert resolve_engine(str(tiny_weights)).tile == 384
     onnx = resolve_engine("fast", root=tiny_repo, tile=32, max_batch=2)
     np.testing.assert_allclose(engine.run(BATCH), onnx.run(BATCH), atol=1e-4)
 

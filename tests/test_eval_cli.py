@@ -87,7 +87,7 @@ def test_repository_name_takes_tile_and_margin_from_its_card(
         docs[extra] = json.loads(out.read_text())
     assert "| quality" in capsys.readouterr().out  # the table is labelled with the model name
     card = docs[""]
-    assert (card["model"], card["tile"], card["margin"]) == ("quality", 512, 8)  # the card's serving values
+    assert (card["model"], card["tile"], card["margin"]) == ("quality", 384, 8)  # the card's serving values
     assert (docs["--tile 32 --margin 4"]["tile"], docs["--tile 32 --margin 4"]["margin"]) == (32, 4)
     r = card["results"]["imgs"]["2"]
     assert r["psnr"] != r["bicubic_psnr"]
