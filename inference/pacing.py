@@ -32,7 +32,10 @@ from dataclasses import dataclass
 from inference.batch_types import BacklogError, DeadlineUnreachableError
 
 ALPHA = 0.2  # weight of the newest run: ~the last 10 runs count
-_MIN_SIZE_VARIANCE = 0.25  # below this (tiles^2) the sizes seen are too alike to fit a slope
+# Below this (full tiles^2: a spread of 0.1 full tile) the sizes seen are too alike to fit a slope. Tiles fit
+# each image, so on a CPU lane (one tile per run) every size lies in (0, 1]: a threshold in whole tiles
+# (0.25) would never be reached there, and the lane would never refuse anything.
+_MIN_SIZE_VARIANCE = 0.01
 
 
 class RunCost:

@@ -205,3 +205,15 @@ def test_http_answers_413_for_never_and_503_with_retry_after_for_not_now(tiny_on
             assert counts["too_slow"] == 1 and counts["backlog"] == len(busy)
 
     asyncio.run(main())
+
+
+def test_a_cpu_lane_of_mixed_small_and_full_tiles_fits_its_cost() -> None:
+    """One tile per run (the CPU), sizes between a few pixels and a full tile: the fit must find the
+    per-tile cost, or a lane of mostly small requests would never refuse a request that cannot finish."""
+    cost = RunCost()
+    for k in [0.001, 0.01, 0.9, 0.002, 0.05, 1.0, 0.003, 0.02] * 3:
+        cost.observe(k, 0.005 + 2.0 * k)  # 5 ms per run + 2 s per full tile
+    coef = cost.coefficients()
+    assert coef is not None and coef[1] == pytest.approx(2.0, rel=0.05) and coef[0] < 0.05
+    refusal = deadline_refusal("m", 20.0, {"m": LaneLoad(1, (), cost)}, 0.0, 30.0, 30.0)
+    assert refusal is not None and type(refusal).__name__ == "DeadlineUnreachableError"  # 40 s alone
