@@ -18,6 +18,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from bench.plot import save_figure
+
 MARKERS = {2: "o", 3: "s", 4: "^", 8: "D"}
 
 
@@ -84,12 +86,7 @@ def plot_peers(report: dict[str, Any], out: str | Path) -> Path:
         "Quality against speed on a CPU: ours (filled) and OpenCV dnn_superres (hollow)", fontsize=10
     )
     fig.tight_layout(rect=(0, 0.12, 1, 1))
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out)
-    plt.close(fig)
-    print(f"wrote {out}", file=sys.stderr)
-    return out
+    return save_figure(fig, out)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -57,6 +57,13 @@ def plot_latency_throughput(report: dict[str, Any], out: str | Path) -> Path:
     fig.suptitle(f"{model}: tile {serving.get('tile')}, max_batch {serving.get('max_batch')}, "
                  f"{report.get('machine', {}).get('cpu_count')} CPUs", fontsize=10)  # fmt: skip
     fig.tight_layout()
+    return save_figure(fig, out)
+
+
+def save_figure(fig: Any, out: Path | str) -> Path:
+    """Write ``fig`` to ``out`` (parents created), close it and say so on stderr; the plots' one exit."""
+    import matplotlib.pyplot as plt
+
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out)

@@ -19,10 +19,10 @@ Pass criteria (all must hold):
 from __future__ import annotations
 
 import math
-import sys
 from pathlib import Path
 from typing import Any
 
+from bench.plot import save_figure
 from bench.report import markdown_table, percentile
 
 RSS_GROWTH_LIMIT, P99_RATIO_LIMIT, RSS_BASELINE_REQUESTS = 0.10, 1.5, 1000
@@ -190,9 +190,4 @@ def plot_soak(report: dict[str, Any], out: str | Path) -> Path:
                  f"{load['wall_s'] / 60:.1f} min, {report['machine']['cpu_count']} CPUs: {verdict}",
                  fontsize=10)  # fmt: skip
     fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out)
-    plt.close(fig)
-    print(f"wrote {out}", file=sys.stderr)
-    return out
+    return save_figure(fig, out)
