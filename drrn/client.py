@@ -126,16 +126,19 @@ def write_atomic(path: str | os.PathLike, data: bytes) -> Path:
 
 
 class _Base:
+    _transport: type[httpx.Client] | type[httpx.AsyncClient]  # the one difference between the two clients
+
     def __init__(
         self,
         base_url: str,
-        timeout: float | httpx.Timeout,
-        retries: int,
-        retry_budget_s: float,
-        policy: RetryPolicy | None,
-        on_retry: Callable[[RetryEvent], None] | None,
-        max_connections: int,
-        api_key: str | None,
+        *,
+        timeout: float | httpx.Timeout = 120.0,
+        retries: int = 4,
+        retry_budget_s: float = 120.0,
+        policy: RetryPolicy | None = None,
+        on_retry: Callable[[RetryEvent], None] | None = None,
+        max_connections: int = 32,
+        api_key: str | None = None,
     ) -> None:
         self.policy = policy or RetryPolicy(retries=retries, budget_s=retry_budget_s)
         self.on_retry = on_retry
@@ -148,6 +151,7 @@ class _Base:
             | ({"authorization": f"Bearer {api_key}"} if api_key else {}),
             "limits": httpx.Limits(max_connections=max_connections),
         }
+        self._http: Any = self._transport(**self._http_args)
 
     def _attempts(self) -> Attempts:
         return Attempts(self.policy, self.on_retry, self._rng)
@@ -171,22 +175,7 @@ _DOC_ARGS = """
 class Client(_Base):
     __doc__ = "Blocking client; thread-safe (one connection pool), a context manager.\n" + _DOC_ARGS
 
-    def __init__(
-        self,
-        base_url: str,
-        *,
-        timeout: float | httpx.Timeout = 120.0,
-        retries: int = 4,
-        retry_budget_s: float = 120.0,
-        policy: RetryPolicy | None = None,
-        on_retry: Callable[[RetryEvent], None] | None = None,
-        max_connections: int = 32,
-        api_key: str | None = None,
-    ) -> None:
-        super().__init__(
-            base_url, timeout, retries, retry_budget_s, policy, on_retry, max_connections, api_key
-        )
-        self._http = httpx.Client(**self._http_args)
+    _transport = httpx.Client
 
     def upscale(
         self,
@@ -236,22 +225,7 @@ class Client(_Base):
 class AsyncClient(_Base):
     __doc__ = "asyncio client (the same API, awaited); an async context manager.\n" + _DOC_ARGS
 
-    def __init__(
-        self,
-        base_url: str,
-        *,
-        timeout: float | httpx.Timeout = 120.0,
-        retries: int = 4,
-        retry_budget_s: float = 120.0,
-        policy: RetryPolicy | None = None,
-        on_retry: Callable[[RetryEvent], None] | None = None,
-        max_connections: int = 32,
-        api_key: str | None = None,
-    ) -> None:
-        super().__init__(
-            base_url, timeout, retries, retry_budget_s, policy, on_retry, max_connections, api_key
-        )
-        self._http = httpx.AsyncClient(**self._http_args)
+    _transport = httpx.AsyncClient
 
     async def upscale(
         self,
