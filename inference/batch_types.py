@@ -130,3 +130,4 @@ class BatchResult:
     queue_wait_s: float  # submit -> first of its tiles started running
     infer_s: float  # sum of engine time of the runs that held its tiles
     engine_runs: int
+    engine_s: float = 0.0  # its share of those runs (seconds x its tiles / run size)

@@ -57,7 +57,7 @@ from inference.batch_types import (
     RequestTooLargeError,
     ShuttingDownError,
 )
-from inference.pacing import LaneLoad, RunCost, deadline_refusal
+from inference.pacing import LaneLoad, LinearCost, deadline_refusal
 from inference.scheduling import Job, LaneRotation
 
 __all__ = [
@@ -103,7 +103,7 @@ class TileBatcher:
         self._own_executor, self._executor = executor is None, executor
         self.observer = observer or BatcherObserver()
         self.deadline_budget_s, self.engine_stall_s = deadline_budget_s, engine_stall_s
-        self.costs = {name: RunCost() for name in self.lanes}  # measured engine seconds per run, per lane
+        self.costs = {name: LinearCost() for name in self.lanes}  # measured engine seconds per run, per lane
         self._running: tuple[str, int, float] | None = None  # (lane, tiles, loop.time() at start)
         self._sched = LaneRotation({n: lane.max_batch for n, lane in self.lanes.items()}, self.max_delay_s)
         self._jobs: set[Job] = set()
@@ -190,14 +190,19 @@ class TileBatcher:
         return lane
 
     def check_capacity(
-        self, model: str, n_tiles: int, deadline: float | None = None, tile_pixels: int | None = None
+        self,
+        model: str,
+        n_tiles: int,
+        deadline: float | None = None,
+        tile_pixels: int | None = None,
+        cpu_s: float = 0.0,
     ) -> None:
         """Raise what :meth:`submit` would for ``n_tiles`` tiles of ``model`` right now (and count the
         rejection): :class:`UnknownModelError` (not counted), :class:`ShuttingDownError`,
         :class:`RequestTooLargeError` or :class:`QueueFullError` (the bound is per lane), and with a
         ``deadline`` (loop.time()) and deadline-aware admission on, :class:`DeadlineUnreachableError` or
-        :class:`BacklogError`. Lets a caller refuse before preparing the tiles; :meth:`submit` checks
-        again."""
+        :class:`BacklogError` (``cpu_s``: the seconds the request's CPU stages still need besides the
+        engine). Lets a caller refuse before preparing the tiles; :meth:`submit` checks again."""
         self._lane(model)
         if not self.running:
             self.observer.on_reject(model, "shutting_down")
@@ -213,9 +218,9 @@ class TileBatcher:
             # Deadline estimates count work in full tiles (T*T pixels): tiles fit each image, so a small
             # image's one tile is a fraction of a full one (tile_pixels None = full tiles).
             full = self.lanes[model].tile ** 2
-            self._check_deadline(model, n_tiles * (tile_pixels or full) / full, deadline)
+            self._check_deadline(model, n_tiles * (tile_pixels or full) / full, deadline, cpu_s)
 
-    def _check_deadline(self, model: str, n_tiles: float, deadline: float) -> None:
+    def _check_deadline(self, model: str, n_tiles: float, deadline: float, cpu_s: float) -> None:
         now = asyncio.get_running_loop().time()
         busy_left = 0.0
         if self._running is not None:
@@ -226,18 +231,22 @@ class TileBatcher:
                 lane.max_batch,
                 tuple(px / lane.tile**2 for px in self._sched.queued_per_request(name)),
                 self.costs[name],
-                tuple(d - now for d in self._sched.queued_deadlines(name)),
+                tuple(d - now for d in self._sched.queued_engine_deadlines(name)),
             )
             for name, lane in self.lanes.items()
         }
-        refusal = deadline_refusal(model, n_tiles, loads, busy_left, deadline - now, self.deadline_budget_s)
+        refusal = deadline_refusal(
+            model, n_tiles, loads, busy_left, deadline - now, self.deadline_budget_s, cpu_s
+        )
         if refusal is not None:
             self.observer.on_reject(
                 model, "too_slow" if isinstance(refusal, DeadlineUnreachableError) else "backlog"
             )
             raise refusal
 
-    async def submit(self, model: str, tiles: np.ndarray, deadline: float, request_id: str) -> BatchResult:
+    async def submit(
+        self, model: str, tiles: np.ndarray, deadline: float, request_id: str, cpu_after_s: float = 0.0
+    ) -> BatchResult:
         """Run ``tiles`` (``float32[N, 1, th, tw]``, N >= 1, ``th * tw <= T**2`` for the lane's tile T)
         through ``model``'s engine by ``deadline`` (loop.time()).
 
@@ -263,9 +272,17 @@ class TileBatcher:
             raise ValueError(
                 f"tiles are {tiles.shape[2:]}, model {model!r} runs at most {lane.tile}**2 pixels"
             )
-        self.check_capacity(model, len(tiles), deadline)
+        self.check_capacity(model, len(tiles), deadline, tiles.shape[2] * tiles.shape[3], cpu_after_s)
         loop = asyncio.get_running_loop()
-        job = Job(request_id, tiles, loop.create_future(), loop.time(), model, deadline=deadline)
+        job = Job(
+            request_id,
+            tiles,
+            loop.create_future(),
+            loop.time(),
+            model,
+            deadline=deadline,
+            cpu_after_s=cpu_after_s,
+        )
         if deadline <= job.submitted:
             self.observer.on_reject(model, "deadline")
             raise DeadlineExceededError(f"request {request_id} reached its deadline before queueing")
@@ -412,6 +429,8 @@ class TileBatcher:
                 job.remaining -= 1
                 if job.remaining == 0:
                     job.future.set_result(
-                        BatchResult(job.tiles, job.started - job.submitted, job.infer_s, job.runs)
+                        BatchResult(
+                            job.tiles, job.started - job.submitted, job.infer_s, job.runs, job.engine_s
+                        )
                     )
                     self._finish(job)

@@ -50,6 +50,7 @@ class Job:
     engine_s: float = 0.0  # its share of the runs that held its tiles (seconds x its tiles / run size)
     runs: int = 0
     deadline: float = float("inf")  # loop.time() by which it must be done
+    cpu_after_s: float = 0.0  # what its CPU stages need after the engine (the encode), as estimated
     expired: bool = False  # ended past its deadline (engine time spent on it after that is wasted)
 
     def __post_init__(self) -> None:
@@ -92,9 +93,10 @@ class RoundRobinQueue:
         each image, so a tile is not a unit of work, its pixels are."""
         return tuple(job.queued * job.tiles.shape[2] * job.tiles.shape[3] for job in self._jobs)
 
-    def deadlines(self) -> tuple[float, ...]:
-        """The deadline of each request with queued tiles, in the order of :meth:`per_request`."""
-        return tuple(job.deadline for job in self._jobs)
+    def engine_deadlines(self) -> tuple[float, ...]:
+        """When each request with queued tiles must have had its engine work done (its deadline less
+        ``cpu_after_s``), in the order of :meth:`per_request`."""
+        return tuple(job.deadline - job.cpu_after_s for job in self._jobs)
 
     def oldest_arrival(self) -> float | None:
         """Arrival time of the longest-waiting queued tile, or None when nothing is queued."""
@@ -152,9 +154,9 @@ class LaneRotation:
         """Queued pixels of each request in one lane (:meth:`RoundRobinQueue.per_request`)."""
         return self._queues[lane].per_request()
 
-    def queued_deadlines(self, lane: str) -> tuple[float, ...]:
-        """Deadlines of the requests of :meth:`queued_per_request`, in the same order."""
-        return self._queues[lane].deadlines()
+    def queued_engine_deadlines(self, lane: str) -> tuple[float, ...]:
+        """Engine deadlines of the requests of :meth:`queued_per_request`, in the same order."""
+        return self._queues[lane].engine_deadlines()
 
     def add(self, job: Job) -> None:
         """Queue ``job``'s tiles in its lane (``job.lane``)."""

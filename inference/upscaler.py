@@ -29,10 +29,12 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 from engines.repository import UnknownModelError
 from inference import pipeline
 from inference.batcher import DeadlineExceededError, EngineStalledError, Lane, TileBatcher
+from inference.pacing import LinearCost
 from inference.pipeline import ImageLimits
 from inference.upscaler_types import (
     NotReadyError,
@@ -75,6 +77,9 @@ class Upscaler:
         self._cpu_pool = ThreadPoolExecutor(config.cpu_workers, thread_name_prefix="drrn-cpu")
         self._idle = asyncio.Event()
         self._idle.set()
+        # Seconds of each CPU stage against output megapixels, for deadline admission: the engine is not
+        # the only cost of a large output (bicubic and PNG encoding take seconds on a small CPU).
+        self.cpu_costs = {"prepare": LinearCost(), "finish": LinearCost()}
 
     # --- readiness --------------------------------------------------------------------------------------
     def _set_phase(self, phase: Phase, failure: str | None = None) -> None:
@@ -263,6 +268,19 @@ class Upscaler:
         facts["bytes_in"], facts["read_ms"] = len(data), round((time.perf_counter() - t0) * 1000, 3)
         return data
 
+    def _cpu_stage(self, stage: str, mpx: float, fn: Callable[..., Any], *args: Any) -> asyncio.Future:
+        """``(fn(*args), seconds)`` from the CPU pool. The seconds feed the stage's cost fit from the
+        thread, so a step that outlives its request's deadline (the request stops waiting; the thread
+        cannot be interrupted) still teaches admission what such an output costs."""
+        loop = asyncio.get_running_loop()
+
+        def run() -> tuple[Any, float]:
+            out, seconds = timed(fn, *args)
+            loop.call_soon_threadsafe(self.cpu_costs[stage].observe, mpx, seconds)
+            return out, seconds
+
+        return loop.run_in_executor(self._cpu_pool, run)
+
     async def _run(self, m, data, params, rid, facts, arrival, disconnected) -> UpscaleResult:
         loop, c = asyncio.get_running_loop(), self.config
         deadline = arrival + c.request_timeout_s
@@ -275,11 +293,13 @@ class Upscaler:
                 n_tiles, tile_px = pipeline.tile_load((ow, oh), m.tile, m.margin, ensemble, m.tile_shape)
                 facts.update(input=f"{w}x{h}", output=f"{ow}x{oh}", tiles=n_tiles)
                 # Refuse before the expensive part.
-                self.batcher.check_capacity(m.name, n_tiles, deadline, tile_pixels=tile_px)
+                mpx = ow * oh / 1e6
+                cpu_s = {k: cost.seconds(mpx) or 0.0 for k, cost in self.cpu_costs.items()}
+                self.batcher.check_capacity(m.name, n_tiles, deadline, tile_px, sum(cpu_s.values()))
                 probe_s, t0 = time.perf_counter() - t0, time.perf_counter()
-                prepared, prepare_s = await loop.run_in_executor(
-                    self._cpu_pool,
-                    timed,
+                prepared, prepare_s = await self._cpu_stage(
+                    "prepare",
+                    mpx,
                     pipeline.prepare,
                     data,
                     scale,
@@ -297,13 +317,13 @@ class Upscaler:
                 self.observer.on_prepared(m.name, timings["decode"], w * h / 1e6, n_tiles)
 
                 stage = "queue"  # the batcher counts its own rejections, deadline included
-                submit = self.batcher.submit(m.name, prepared.tiles, deadline, rid)
+                submit = self.batcher.submit(m.name, prepared.tiles, deadline, rid, cpu_s["finish"])
                 result = await race(submit, disconnected() if disconnected else None)
                 timings["queue"], timings["infer"] = result.queue_wait_s, result.infer_s
 
                 stage, t0 = "encode", time.perf_counter()
-                png, encode_s = await loop.run_in_executor(
-                    self._cpu_pool, timed, pipeline.finish, prepared, result.outputs
+                png, encode_s = await self._cpu_stage(
+                    "finish", mpx, pipeline.finish, prepared, result.outputs
                 )
                 cpu_wait += time.perf_counter() - t0 - encode_s
                 timings["encode"] = encode_s
@@ -312,6 +332,8 @@ class Upscaler:
             facts["timed_out_in"] = stage
             if stage == "queue":  # the batcher already counted it
                 raise DeadlineExceededError(f"request {rid} exceeded its deadline in the queue") from None
+            if stage == "encode":  # its engine work is thrown away too
+                self.observer.on_deadline_work(m.name, result.engine_s)
             raise StageDeadlineError(stage, rid) from None
         timings["total"] = loop.time() - arrival
         facts.update(

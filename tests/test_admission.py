@@ -6,35 +6,36 @@ from __future__ import annotations
 
 import asyncio
 
+import numpy as np
 import pytest
 
 from inference.batcher import BacklogError, DeadlineUnreachableError, Lane, TileBatcher
-from inference.pacing import LaneLoad, RunCost, deadline_refusal, finish_estimate
+from inference.pacing import LaneLoad, LinearCost, deadline_refusal, finish_estimate
 from service.app import create_app
 from tests.conftest import until
 from tests.fake_engines import ToneEngine
 from tests.test_inference_batcher import FakeEngine, Recorder, T, tiles
-from tests.test_service_http import png, rejections, serving, settings
+from tests.test_service_http import metric_samples, png, rejections, serving, settings
 
 
 def test_run_cost_fits_fixed_and_per_tile_costs() -> None:
-    cpu = RunCost()  # cost proportional to tiles
+    cpu = LinearCost()  # cost proportional to tiles
     for k in (1, 4, 2, 4, 1, 3):
         cpu.observe(k, 0.5 * k)
     assert cpu.seconds(8) == pytest.approx(4.0)
-    gpu = RunCost()  # a fixed cost per run
+    gpu = LinearCost()  # a fixed cost per run
     for k in (1, 4, 2, 4, 1, 3):
         gpu.observe(k, 0.2)
     assert gpu.seconds(8) == pytest.approx(0.2)
-    same = RunCost()  # only 1-tile runs seen: no slope to fit, taken as proportional
+    same = LinearCost()  # only 1-tile runs seen: no slope to fit, taken as proportional
     for _ in range(5):
         same.observe(1, 0.3)
     assert same.seconds(4) == pytest.approx(1.2)
-    assert RunCost().seconds(4) is None
+    assert LinearCost().seconds(4) is None
 
 
 def test_finish_estimate_follows_round_robin_and_the_lane_rotation() -> None:
-    cost = RunCost()
+    cost = LinearCost()
     cost.observe(4, 1.0)  # 1 s per full run of 4, proportional
     lanes = {"m": LaneLoad(4, (100,), cost), "q": LaneLoad(4, (), cost)}
     small = finish_estimate("m", 1, lanes, busy_left_s=0.5)
@@ -45,16 +46,17 @@ def test_finish_estimate_follows_round_robin_and_the_lane_rotation() -> None:
     assert big is not None and big.total_s == pytest.approx(20.0)  # (40 + 40) tiles / 4 per run
     lanes["q"] = LaneLoad(4, (8,), cost)  # another lane with 2 runs queued interleaves with ours
     assert finish_estimate("m", 40, lanes, 0.0).total_s == pytest.approx(22.0)
-    assert finish_estimate("m", 40, {"m": LaneLoad(4, (), RunCost())}, 0.0) is None  # nothing measured
-    tiny = RunCost()
+    assert finish_estimate("m", 40, {"m": LaneLoad(4, (), LinearCost())}, 0.0) is None  # nothing measured
+    tiny = LinearCost()
     for _ in range(5):
         tiny.observe(1e-4, 0.002)  # runs of a few pixels: their time is per-run overhead, not pixels
-    assert tiny.coefficients() is None  # ... so no per-tile cost is guessed from them (nothing refused)
-    assert finish_estimate("m", 1e-4, {"m": LaneLoad(1, (), tiny)}, 0.0) is None
+    # ... so no per-tile cost is guessed from them: they cost what they were seen to (nothing refused)
+    assert tiny.coefficients() == pytest.approx((0.002, 0.0))
+    assert deadline_refusal("m", 1.0, {"m": LaneLoad(1, (), tiny)}, 0.0, 0.1, 0.1) is None
 
 
 def test_a_newcomer_that_would_push_an_admitted_request_past_its_deadline_is_refused() -> None:
-    cost = RunCost()
+    cost = LinearCost()
     cost.observe(4, 0.08)  # 20 ms per tile
     # 36 tiles queued, due in 1 s: alone they take 0.72 s; a 36-tile newcomer shares every run (1.44 s)
     lanes = {"m": LaneLoad(4, (36,), cost, time_left_s=(1.0,))}
@@ -85,7 +87,8 @@ def run_paced(body, engine: FakeEngine, budget_s: float, rec: Recorder | None = 
 
 
 class PacedEngine(FakeEngine):
-    """:class:`FakeEngine` whose runs take a known time per tile (so the batcher measures that speed)."""
+    """:class:`FakeEngine` whose runs take a known time per full T x T tile, in proportion to their pixels
+    (so the batcher measures that speed)."""
 
     def __init__(self, per_tile_s: float, gated: bool = False) -> None:
         super().__init__(gated=gated)
@@ -94,7 +97,7 @@ class PacedEngine(FakeEngine):
     def __call__(self, x):
         import time
 
-        time.sleep(self.per_tile_s * len(x))
+        time.sleep(self.per_tile_s * x.shape[0] * x.shape[2] * x.shape[3] / T**2)
         return super().__call__(x)
 
 
@@ -210,10 +213,101 @@ def test_http_answers_413_for_never_and_503_with_retry_after_for_not_now(tiny_on
 def test_a_cpu_lane_of_mixed_small_and_full_tiles_fits_its_cost() -> None:
     """One tile per run (the CPU), sizes between a few pixels and a full tile: the fit must find the
     per-tile cost, or a lane of mostly small requests would never refuse a request that cannot finish."""
-    cost = RunCost()
+    cost = LinearCost()
     for k in [0.001, 0.01, 0.9, 0.002, 0.05, 1.0, 0.003, 0.02] * 3:
         cost.observe(k, 0.005 + 2.0 * k)  # 5 ms per run + 2 s per full tile
     coef = cost.coefficients()
     assert coef is not None and coef[1] == pytest.approx(2.0, rel=0.05) and coef[0] < 0.05
     refusal = deadline_refusal("m", 20.0, {"m": LaneLoad(1, (), cost)}, 0.0, 30.0, 30.0)
     assert refusal is not None and type(refusal).__name__ == "DeadlineUnreachableError"  # 40 s alone
+
+
+def test_a_newcomer_on_another_lane_that_would_push_a_queued_request_past_its_deadline_is_refused() -> None:
+    """The lane rotation gives the newcomer's lane a run per run of the queued request's lane: a slow
+    lane's tile admitted behind a fast request delays it by that run (the soak's fast-model 504s)."""
+    fast, quality = LinearCost(), LinearCost()
+    fast.observe(1.0, 0.5)  # 0.5 s per full fast tile
+    quality.observe(1.0, 20.0)  # 20 s per full quality tile
+    # a fast request with 20 tiles left (10 s) and 12 s to go: it meets its deadline alone
+    lanes = {"fast": LaneLoad(1, (20.0,), fast, (12.0,)), "quality": LaneLoad(1, (), quality, ())}
+    refusal = deadline_refusal("quality", 0.2, lanes, 0.0, remaining_s=30.0, budget_s=30.0)
+    assert isinstance(refusal, BacklogError)  # 0.2 quality tiles = 4 s more before its last tile
+    # the same newcomer is admitted when the fast request has time to spare for it
+    lanes["fast"] = LaneLoad(1, (20.0,), fast, (16.0,))
+    assert deadline_refusal("quality", 0.2, lanes, 0.0, 30.0, 30.0) is None
+
+
+def test_cpu_stage_seconds_count_against_the_deadline() -> None:
+    cost = LinearCost()
+    cost.observe(1.0, 1.0)  # 1 s per full tile
+    lanes = {"m": LaneLoad(1, (), cost)}
+    assert deadline_refusal("m", 10.0, lanes, 0.0, remaining_s=20.0, budget_s=30.0) is None  # 10 s of 16
+    # 7 s of decode and encode on top no longer fits the 16 s (0.8 of the 20 s left): try again later
+    later = deadline_refusal("m", 10.0, lanes, 0.0, remaining_s=20.0, budget_s=30.0, cpu_s=7.0)
+    assert isinstance(later, BacklogError) and later.retry_after_s == 1
+    # ... and 15 s can never fit the 24 s (0.8 of the whole budget)
+    never = deadline_refusal("m", 10.0, lanes, 0.0, remaining_s=30.0, budget_s=30.0, cpu_s=15.0)
+    assert isinstance(never, DeadlineUnreachableError) and never.alone_s == pytest.approx(25.0)
+    # a queued request's engine deadline is its deadline less its encode: 8 s of work, 12 s to its
+    # deadline but 3 s of encode after the engine: a 1.5-tile newcomer (9.5 s) would make it miss
+    lanes = {"m": LaneLoad(1, (8.0,), cost, (12.0 - 3.0,))}
+    assert isinstance(deadline_refusal("m", 1.5, lanes, 0.0, 30.0, 30.0), BacklogError)
+    lanes = {"m": LaneLoad(1, (8.0,), cost, (12.0,))}  # without the encode it would have fitted
+    assert deadline_refusal("m", 1.5, lanes, 0.0, 30.0, 30.0) is None
+
+
+def test_submit_counts_small_tiles_as_the_fraction_of_a_full_tile_they_are() -> None:
+    """Tiles fit each image: 16 tiles of (T/4)^2 pixels are one full tile of work, not 16."""
+    engine = PacedEngine(per_tile_s=0.05)
+
+    async def body(b: TileBatcher) -> None:
+        loop = asyncio.get_running_loop()
+        for r in range(3):  # measure: 0.05 s per full T x T tile (4 per run)
+            await b.submit("m", tiles(r, 4), loop.time() + 60, f"warm{r}")
+        small = np.zeros((64, 1, T // 4, T // 4), np.float32)  # 64 tiles = 4 full tiles of work (~0.2 s)
+        out = await b.submit("m", small, loop.time() + 0.5, "small")
+        assert out.engine_runs == 16
+        with pytest.raises(DeadlineUnreachableError):  # 64 full tiles: ~3.2 s > 0.8 x 0.5 s
+            await b.submit("m", np.zeros((64, 1, T, T), np.float32), loop.time() + 0.5, "big")
+
+    run_paced(body, engine, budget_s=0.5)
+
+
+def test_an_encode_past_the_deadline_counts_its_engine_work_as_wasted_and_teaches_admission(
+    tiny_onnx, monkeypatch
+) -> None:
+    """A request that times out while its PNG is encoded ends in 504 and its engine seconds are counted
+    as thrown away; the encode's time, finished in the background, still reaches the cost fit, so the
+    next request of that size is refused before it reaches the engine."""
+    from inference import pipeline
+
+    real_finish, slow = pipeline.finish, {"on": True}
+
+    def finish(prepared, outputs):
+        if slow["on"]:
+            import time
+
+            time.sleep(1.5)
+        return real_finish(prepared, outputs)
+
+    monkeypatch.setattr(pipeline, "finish", finish)
+    engine = ToneEngine(32, 4, sleep_per_tile_s=0.02)
+    app = create_app(
+        settings(tiny_onnx, request_timeout_s=1.0, max_upload_bytes=10_000_000), {"fast": engine}
+    )
+
+    async def main() -> None:
+        async with serving(app) as client:
+            late = await post(client, png(40, 40))
+            assert late.status_code == 504
+            upscaler = app.state.upscaler
+            await until(lambda: upscaler.cpu_costs["finish"].runs == 1)  # the thread finished after the 504
+            samples = metric_samples((await client.get("/metrics")).text)["drrn_deadline_engine_seconds"]
+            wasted = sum(s.value for s in samples if s.name.endswith("_total"))
+            assert wasted > 0
+            runs = len(engine.runs)
+            again = await post(client, png(40, 40, seed=1))  # 1.5 s of encode can never fit 1 s
+            assert again.status_code == 413 and again.json()["error"] == "deadline_unreachable"
+            assert len(engine.runs) == runs
+
+    asyncio.run(main())
