@@ -58,6 +58,7 @@ class LinearCost:
     def __init__(self, alpha: float = ALPHA) -> None:
         self.alpha, self.runs = alpha, 0
         self._k = self._s = self._kk = self._ks = 0.0  # weighted means of k, s, k^2, k*s
+        self._slope: float | None = None  # the last slope the sizes seen could determine
 
     def observe(self, size: float, seconds: float) -> None:
         """One event of ``size`` took ``seconds``."""
@@ -68,21 +69,24 @@ class LinearCost:
         self._kk += w * (k * k - self._kk)
         self._ks += w * (k * s - self._ks)
         self.runs += 1
+        var = self._kk - self._k * self._k
+        if var >= _MIN_SIZE_VARIANCE:
+            self._slope = max(0.0, (self._ks - self._k * self._s) / var)
 
     def coefficients(self) -> tuple[float, float] | None:
         """``(a, b)``: seconds per event and per unit of size; None before the first event.
 
-        When the sizes seen are too alike to fit a slope, the cost is taken as proportional to the size
-        if those events were at least half a unit, and as the constant seen otherwise: the time of runs
-        of a few pixels is mostly fixed per-run overhead, and scaling it up to a full tile would refuse
-        everything (nothing is refused on a guess)."""
+        While the recent sizes are too alike to fit a slope, the last slope they could fit is kept (a CPU
+        lane that served only small images for a while still knows what a full tile costs, and must
+        refuse a 16-Mpx request that arrives then). Before any slope was fitted, the cost is taken as
+        proportional to the size if the events were at least half a unit, and as the constant seen
+        otherwise: the time of runs of a few pixels is mostly fixed per-run overhead, and scaling it up
+        to a full tile would refuse everything (nothing is refused on a guess)."""
         if self.runs == 0:
             return None
-        var = self._kk - self._k * self._k
-        if var < _MIN_SIZE_VARIANCE:
-            return (0.0, self._s / self._k) if self._k >= 0.5 else (self._s, 0.0)
-        slope = max(0.0, (self._ks - self._k * self._s) / var)
-        return max(0.0, self._s - slope * self._k), slope
+        if self._slope is not None:
+            return max(0.0, self._s - self._slope * self._k), self._slope
+        return (0.0, self._s / self._k) if self._k >= 0.5 else (self._s, 0.0)
 
     def seconds(self, size: float) -> float | None:
         """Expected seconds of one event of ``size``; None while :meth:`coefficients` is."""

@@ -311,3 +311,17 @@ def test_an_encode_past_the_deadline_counts_its_engine_work_as_wasted_and_teache
             assert len(engine.runs) == runs
 
     asyncio.run(main())
+
+
+def test_a_lane_that_served_only_small_images_for_a_while_still_knows_what_a_full_tile_costs() -> None:
+    """The soak's 504s: a CPU lane's last ~10 runs were all tiny tiles, the fit lost its slope, and a
+    15-Mpx request arriving then was admitted (and burnt 30 s of engine for a 504)."""
+    cost = LinearCost()
+    for k in [0.01, 1.0, 0.02, 0.9, 0.005] * 3:  # a mix: the slope (2 s per full tile) is fitted
+        cost.observe(k, 0.005 + 2.0 * k)
+    for _ in range(40):  # then only tiny runs: their sizes alone fit no slope
+        cost.observe(0.002, 0.009)
+    coef = cost.coefficients()
+    assert coef is not None and coef[1] == pytest.approx(2.0, rel=0.05)
+    refusal = deadline_refusal("m", 100.0, {"m": LaneLoad(1, (), cost)}, 0.0, 30.0, 30.0)
+    assert isinstance(refusal, DeadlineUnreachableError)
