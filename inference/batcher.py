@@ -57,7 +57,7 @@ from inference.batch_types import (
     RequestTooLargeError,
     ShuttingDownError,
 )
-from inference.pacing import LaneLoad, LinearCost, deadline_refusal
+from inference.pacing import LaneLoad, LinearCost, deadline_refusal, finish_estimate
 from inference.scheduling import Job, LaneRotation
 
 __all__ = [
@@ -196,13 +196,17 @@ class TileBatcher:
         deadline: float | None = None,
         tile_pixels: int | None = None,
         cpu_s: float = 0.0,
-    ) -> None:
+    ) -> float | None:
         """Raise what :meth:`submit` would for ``n_tiles`` tiles of ``model`` right now (and count the
         rejection): :class:`UnknownModelError` (not counted), :class:`ShuttingDownError`,
         :class:`RequestTooLargeError` or :class:`QueueFullError` (the bound is per lane), and with a
         ``deadline`` (loop.time()) and deadline-aware admission on, :class:`DeadlineUnreachableError` or
         :class:`BacklogError` (``cpu_s``: the seconds the request's CPU stages still need besides the
-        engine). Lets a caller refuse before preparing the tiles; :meth:`submit` checks again."""
+        engine). Lets a caller refuse before preparing the tiles; :meth:`submit` checks again.
+
+        Returns the estimated seconds until the request's engine work would be done if admitted now (None
+        without deadline admission or before a run was measured): access logs set it beside the real
+        time."""
         self._lane(model)
         if not self.running:
             self.observer.on_reject(model, "shutting_down")
@@ -218,9 +222,10 @@ class TileBatcher:
             # Deadline estimates count work in full tiles (T*T pixels): tiles fit each image, so a small
             # image's one tile is a fraction of a full one (tile_pixels None = full tiles).
             full = self.lanes[model].tile ** 2
-            self._check_deadline(model, n_tiles * (tile_pixels or full) / full, deadline, cpu_s)
+            return self._check_deadline(model, n_tiles * (tile_pixels or full) / full, deadline, cpu_s)
+        return None
 
-    def _check_deadline(self, model: str, n_tiles: float, deadline: float, cpu_s: float) -> None:
+    def _check_deadline(self, model: str, n_tiles: float, deadline: float, cpu_s: float) -> float | None:
         now = asyncio.get_running_loop().time()
         busy_left = 0.0
         if self._running is not None:
@@ -243,6 +248,8 @@ class TileBatcher:
                 model, "too_slow" if isinstance(refusal, DeadlineUnreachableError) else "backlog"
             )
             raise refusal
+        est = finish_estimate(model, n_tiles, loads, busy_left)
+        return None if est is None else est.total_s
 
     async def submit(
         self, model: str, tiles: np.ndarray, deadline: float, request_id: str, cpu_after_s: float = 0.0

@@ -295,7 +295,11 @@ class Upscaler:
                 # Refuse before the expensive part.
                 mpx = ow * oh / 1e6
                 cpu_s = {k: cost.seconds(mpx) or 0.0 for k, cost in self.cpu_costs.items()}
-                self.batcher.check_capacity(m.name, n_tiles, deadline, tile_px, sum(cpu_s.values()))
+                est = self.batcher.check_capacity(m.name, n_tiles, deadline, tile_px, sum(cpu_s.values()))
+                if est is not None:  # what admission expected, beside what happened, in the access log
+                    facts.update(
+                        est_engine_ms=round(est * 1000), est_cpu_ms=round(sum(cpu_s.values()) * 1000)
+                    )
                 probe_s, t0 = time.perf_counter() - t0, time.perf_counter()
                 prepared, prepare_s = await self._cpu_stage(
                     "prepare",

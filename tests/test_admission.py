@@ -233,7 +233,7 @@ def test_a_newcomer_on_another_lane_that_would_push_a_queued_request_past_its_de
     refusal = deadline_refusal("quality", 0.2, lanes, 0.0, remaining_s=30.0, budget_s=30.0)
     assert isinstance(refusal, BacklogError)  # 0.2 quality tiles = 4 s more before its last tile
     # the same newcomer is admitted when the fast request has time to spare for it
-    lanes["fast"] = LaneLoad(1, (20.0,), fast, (16.0,))
+    lanes["fast"] = LaneLoad(1, (20.0,), fast, (18.0,))
     assert deadline_refusal("quality", 0.2, lanes, 0.0, 30.0, 30.0) is None
 
 
@@ -325,3 +325,15 @@ def test_a_lane_that_served_only_small_images_for_a_while_still_knows_what_a_ful
     assert coef is not None and coef[1] == pytest.approx(2.0, rel=0.05)
     refusal = deadline_refusal("m", 100.0, {"m": LaneLoad(1, (), cost)}, 0.0, 30.0, 30.0)
     assert isinstance(refusal, DeadlineUnreachableError)
+
+
+def test_small_newcomers_cannot_eat_a_queued_request_s_margin() -> None:
+    """Each small newcomer alone delays a large queued request by little, but a stream of them (the
+    soak's 16 clients) would take its whole margin; the queued request keeps the same headroom the
+    newcomer must have."""
+    cost = LinearCost()
+    cost.observe(1.0, 1.0)  # 1 s per full tile
+    lanes = {"m": LaneLoad(1, (10.0,), cost, (14.0,))}  # 10 s of work, 14 s left
+    assert deadline_refusal("m", 0.5, lanes, 0.0, 30.0, 30.0) is None  # 10.5 s <= 0.8 x 14 s
+    lanes = {"m": LaneLoad(1, (10.0,), cost, (12.5,))}  # after a few such newcomers, 12.5 s left
+    assert isinstance(deadline_refusal("m", 0.5, lanes, 0.0, 30.0, 30.0), BacklogError)  # 10.5 > 10
