@@ -57,7 +57,7 @@ from inference.batch_types import (
     RequestTooLargeError,
     ShuttingDownError,
 )
-from inference.pacing import LaneLoad, LinearCost, deadline_refusal, finish_estimate
+from inference.pacing import LaneShape, Pacer
 from inference.scheduling import Job, LaneRotation
 
 __all__ = [
@@ -103,8 +103,8 @@ class TileBatcher:
         self._own_executor, self._executor = executor is None, executor
         self.observer = observer or BatcherObserver()
         self.deadline_budget_s, self.engine_stall_s = deadline_budget_s, engine_stall_s
-        self.costs = {name: LinearCost() for name in self.lanes}  # measured engine seconds per run, per lane
-        self._running: tuple[str, int, float] | None = None  # (lane, tiles, loop.time() at start)
+        # measured engine seconds per run, per lane: admission and urgency (inference.pacing)
+        self.pacer = Pacer({n: LaneShape(lane.tile, lane.max_batch) for n, lane in self.lanes.items()})
         self._sched = LaneRotation({n: lane.max_batch for n, lane in self.lanes.items()}, self.max_delay_s)
         self._jobs: set[Job] = set()
         self._wakeup: asyncio.Event | None = None
@@ -227,29 +227,15 @@ class TileBatcher:
 
     def _check_deadline(self, model: str, n_tiles: float, deadline: float, cpu_s: float) -> float | None:
         now = asyncio.get_running_loop().time()
-        busy_left = 0.0
-        if self._running is not None:
-            lane, size, started = self._running
-            busy_left = max(0.0, (self.costs[lane].seconds(size) or 0.0) - (now - started))
-        loads = {
-            name: LaneLoad(
-                lane.max_batch,
-                tuple(px / lane.tile**2 for px in self._sched.queued_per_request(name)),
-                self.costs[name],
-                tuple(d - now for d in self._sched.queued_engine_deadlines(name)),
-            )
-            for name, lane in self.lanes.items()
-        }
-        refusal = deadline_refusal(
-            model, n_tiles, loads, busy_left, deadline - now, self.deadline_budget_s, cpu_s
+        refusal, estimate = self.pacer.refusal(
+            self._sched, model, n_tiles, deadline, self.deadline_budget_s, cpu_s, now
         )
         if refusal is not None:
             self.observer.on_reject(
                 model, "too_slow" if isinstance(refusal, DeadlineUnreachableError) else "backlog"
             )
             raise refusal
-        est = finish_estimate(model, n_tiles, loads, busy_left)
-        return None if est is None else est.total_s
+        return estimate
 
     async def submit(
         self, model: str, tiles: np.ndarray, deadline: float, request_id: str, cpu_after_s: float = 0.0
@@ -351,7 +337,7 @@ class TileBatcher:
         not since the worker looked, so a tile that queued while the engine was busy has already waited);
         take the next ready lane's batch. Sleeps until the earliest lane readiness or the next submit."""
         loop = asyncio.get_running_loop()
-        while (picked := self._sched.next_batch(loop.time())) is None:
+        while (picked := self._sched.next_batch(loop.time(), self._urgent(loop.time()))) is None:
             wake_at = self._sched.wake_at()
             self._wakeup.clear()
             try:  # re-evaluated on waking: a lane may have filled, or its oldest tiles been dropped
@@ -363,12 +349,19 @@ class TileBatcher:
         self.observer.on_queue_depth(model, self._sched.queued(model))
         return picked
 
+    def _urgent(self, now: float) -> Job | None:
+        """The request that must go first to meet its deadline (only with deadline admission)."""
+        if self.deadline_budget_s is None:
+            return None
+        return self.pacer.urgent(self._sched, now)  # type: ignore[return-value]
+
     def _stalled(self, model: str) -> None:
         """Watchdog: the engine call started ``engine_stall_s`` ago is still running. It cannot be stopped,
         so accept nothing more and report the failure; pending requests end at their own deadlines."""
-        if self._running is None or self.failure is not None:
+        started = self.pacer.running_since
+        if started is None or self.failure is not None:
             return
-        seconds = asyncio.get_running_loop().time() - self._running[2]
+        seconds = asyncio.get_running_loop().time() - started
         log.error("%s engine call running for %.1fs: marking the service unhealthy", model, seconds)
         self.failure = EngineStalledError(
             f"{model} engine call running for more than engine_stall_s={self.engine_stall_s:g}s"
@@ -395,15 +388,14 @@ class TileBatcher:
             try:
                 x = np.stack([job.tiles[i] for job, i in batch])
                 run = self.lanes[model].run
-                full_tiles = len(batch) * x.shape[2] * x.shape[3] / self.lanes[model].tile ** 2
-                self._running = (model, full_tiles, loop.time())
+                self.pacer.run_started(model, x.size, loop.time())
                 watchdog = None
                 if self.engine_stall_s is not None:
                     watchdog = loop.call_later(self.engine_stall_s, self._stalled, model)
                 try:
                     y, seconds = await loop.run_in_executor(self._executor, self._timed_run, run, x)
                 finally:
-                    self._running = None
+                    self.pacer.run_ended()
                     if watchdog is not None:
                         watchdog.cancel()
                 if not isinstance(y, np.ndarray) or y.shape != x.shape:
@@ -418,9 +410,7 @@ class TileBatcher:
                     self._fail(job, EngineError(f"engine failed: {exc}", job.request_id))
                 continue
             self.observer.on_batch(model, len(batch), len(jobs), seconds)
-            self.costs[model].observe(
-                x.shape[0] * x.shape[2] * x.shape[3] / self.lanes[model].tile ** 2, seconds
-            )
+            self.pacer.observe(model, x.size, seconds)
             share = seconds / len(batch)
             for job in jobs:
                 job.infer_s += seconds

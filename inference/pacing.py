@@ -33,8 +33,9 @@ fast request interleaves with it and can push it past its deadline.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 from inference.batch_types import BacklogError, DeadlineUnreachableError
 
@@ -47,6 +48,10 @@ HEADROOM = 0.8
 # slope. Tiles fit each image, so on a CPU lane (one tile per run) every size lies in (0, 1]: a threshold
 # in whole tiles (0.25) would never be reached there, and the lane would never refuse anything.
 _MIN_SIZE_VARIANCE = 0.01
+# A queued request whose own remaining engine work needs this share of its time left goes before every
+# other tile of every lane (least slack first). Round-robin serves concurrent requests in turn, which keeps
+# small requests fast, but a stream of newcomers would otherwise stretch a large request past its deadline.
+URGENT_SHARE = 0.5
 
 
 class LinearCost:
@@ -209,3 +214,112 @@ def _pushes_past_deadline(
             ):
                 return True
     return False
+
+
+class QueuedJob(Protocol):
+    """What :class:`Pacer` reads of a queued request (:class:`inference.scheduling.Job`)."""
+
+    lane: str
+    tiles: Any  # float32[N, 1, th, tw]
+    deadline: float
+    cpu_after_s: float
+
+    @property
+    def queued(self) -> int: ...
+
+
+class QueueState(Protocol):
+    """What :class:`Pacer` reads of the scheduler (:class:`inference.scheduling.LaneRotation`)."""
+
+    def queued_jobs(self) -> Iterable[QueuedJob]: ...
+
+    def queued_per_request(self, lane: str) -> tuple[int, ...]: ...
+
+    def queued_engine_deadlines(self, lane: str) -> tuple[float, ...]: ...
+
+
+@dataclass(frozen=True)
+class LaneShape:
+    """A lane's tile side (a full tile is ``tile * tile`` pixels) and batch bound."""
+
+    tile: int
+    max_batch: int
+
+
+class Pacer:
+    """The batcher's measured view of time: one :class:`LinearCost` per lane, fed by every engine run, and
+    from it the admission verdict (:meth:`refusal`) and the request that must go first (:meth:`urgent`).
+    Times are the caller's clock (``loop.time()``)."""
+
+    def __init__(self, lanes: Mapping[str, LaneShape]) -> None:
+        self.lanes = dict(lanes)
+        self.costs = {name: LinearCost() for name in self.lanes}
+        self._running: tuple[str, float, float] | None = None  # (lane, full tiles, start)
+
+    def run_started(self, lane: str, pixels: int, now: float) -> None:
+        """A run of ``pixels`` (tiles x their pixels) of ``lane`` started at ``now``."""
+        self._running = (lane, self.full_tiles(lane, pixels), now)
+
+    def run_ended(self) -> None:
+        """The run started last ended (done or failed)."""
+        self._running = None
+
+    @property
+    def running_since(self) -> float | None:
+        """When the run in progress started, or None."""
+        return None if self._running is None else self._running[2]
+
+    def observe(self, lane: str, pixels: int, seconds: float) -> None:
+        """A run of ``pixels`` of ``lane`` took ``seconds`` of engine time."""
+        self.costs[lane].observe(self.full_tiles(lane, pixels), seconds)
+
+    def full_tiles(self, lane: str, pixels: float) -> float:
+        return pixels / self.lanes[lane].tile ** 2
+
+    def refusal(
+        self,
+        sched: QueueState,
+        lane: str,
+        n_tiles: float,
+        deadline: float,
+        budget_s: float,
+        cpu_s: float,
+        now: float,
+    ) -> tuple[DeadlineUnreachableError | BacklogError | None, float | None]:
+        """:func:`deadline_refusal` for ``n_tiles`` full tiles on ``lane`` against the queue now, and the
+        estimated seconds until its engine work would be done (None before a run was measured)."""
+        busy_left = 0.0
+        if self._running is not None:
+            running_lane, size, started = self._running
+            busy_left = max(0.0, (self.costs[running_lane].seconds(size) or 0.0) - (now - started))
+        loads = {
+            name: LaneLoad(
+                shape.max_batch,
+                tuple(self.full_tiles(name, px) for px in sched.queued_per_request(name)),
+                self.costs[name],
+                tuple(d - now for d in sched.queued_engine_deadlines(name)),
+            )
+            for name, shape in self.lanes.items()
+        }
+        refusal = deadline_refusal(lane, n_tiles, loads, busy_left, deadline - now, budget_s, cpu_s)
+        est = finish_estimate(lane, n_tiles, loads, busy_left)
+        return refusal, None if est is None else est.total_s
+
+    def urgent(self, sched: QueueState, now: float) -> QueuedJob | None:
+        """The queued request with the least slack among those whose own remaining engine work needs
+        between :data:`URGENT_SHARE` and all of the time left before their engine deadline (None if
+        none)."""
+        best, best_slack = None, math.inf
+        for job in sched.queued_jobs():
+            shape = self.lanes[job.lane]
+            pixels = job.queued * job.tiles.shape[2] * job.tiles.shape[3]
+            work = self.costs[job.lane].work_seconds(
+                math.ceil(job.queued / shape.max_batch), self.full_tiles(job.lane, pixels)
+            )
+            left = job.deadline - job.cpu_after_s - now
+            # one that cannot make it anyway (by the estimate) would only take others down with it
+            if work is None or work > left or work < URGENT_SHARE * left:
+                continue
+            if left - work < best_slack:
+                best, best_slack = job, left - work
+        return best

@@ -102,15 +102,34 @@ class RoundRobinQueue:
         """Arrival time of the longest-waiting queued tile, or None when nothing is queued."""
         return min((job.submitted for job in self._jobs), default=None)
 
-    def take(self, n: int) -> list[tuple[Job, int]]:
+    def __contains__(self, job: Job) -> bool:
+        """Whether ``job`` has tiles queued here (identity: Job has eq=False)."""
+        return job in self._jobs
+
+    def jobs(self) -> tuple[Job, ...]:
+        """The requests with queued tiles, in rotation order."""
+        return tuple(self._jobs)
+
+    def take(self, n: int, first: Job | None = None) -> list[tuple[Job, int]]:
         """Up to ``n`` ``(job, tile index)`` pairs, one per request in turn; removes them from the queue.
 
         A batch stacks tiles of one shape: the shape of the request whose turn it is. Requests with other
-        shapes are passed over and keep their place at the front of the rotation."""
+        shapes are passed over and keep their place at the front of the rotation. ``first``, a queued
+        request (an urgent one, :meth:`inference.pacing.Pacer.urgent`), fills the batch with its own tiles
+        before the others get their turns, and then keeps its place."""
         batch: list[tuple[Job, int]] = []
         if not self._jobs:
             return batch
-        shape = self._jobs[0].tiles.shape[2:]
+        if first is not None and first in self._jobs:
+            k = min(n, first.queued)
+            batch = [(first, first.next_tile + i) for i in range(k)]
+            first.next_tile += k
+            self._tiles -= k
+            if not first.queued:
+                self._jobs.remove(first)
+        if not self._jobs or len(batch) >= n:
+            return batch
+        shape = batch[0][0].tiles.shape[2:] if batch else self._jobs[0].tiles.shape[2:]
         passed: deque[Job] = deque()
         while self._jobs and len(batch) < n:
             job = self._jobs.popleft()
@@ -179,9 +198,18 @@ class LaneRotation:
         """The earliest time a lane is ready (maybe already past), or None when nothing is queued."""
         return min((t for t in map(self.ready_at, self._order) if t is not None), default=None)
 
-    def next_batch(self, now: float) -> tuple[str, list[tuple[Job, int]]] | None:
+    def queued_jobs(self) -> tuple[Job, ...]:
+        """Every request with queued tiles, lane by lane."""
+        return tuple(job for queue in self._queues.values() for job in queue.jobs())
+
+    def next_batch(self, now: float, urgent: Job | None = None) -> tuple[str, list[tuple[Job, int]]] | None:
         """The next lane in the rotation that is ready at ``now`` and up to ``max_batch`` of its tiles
-        (removed from its queue; the rotation moves past that lane), or None when no lane is ready."""
+        (removed from its queue; the rotation moves past that lane), or None when no lane is ready.
+
+        An ``urgent`` queued request goes first, whatever the rotation and readiness: its lane serves a
+        batch that starts with its tile, and the rotation stays where it was."""
+        if urgent is not None and urgent in self._queues[urgent.lane]:
+            return urgent.lane, self._queues[urgent.lane].take(self.max_batch[urgent.lane], first=urgent)
         n = len(self._order)
         for k in range(n):
             i = (self._turn + k) % n

@@ -337,3 +337,33 @@ def test_small_newcomers_cannot_eat_a_queued_request_s_margin() -> None:
     assert deadline_refusal("m", 0.5, lanes, 0.0, 30.0, 30.0) is None  # 10.5 s <= 0.8 x 14 s
     lanes = {"m": LaneLoad(1, (10.0,), cost, (12.5,))}  # after a few such newcomers, 12.5 s left
     assert isinstance(deadline_refusal("m", 0.5, lanes, 0.0, 30.0, 30.0), BacklogError)  # 10.5 > 10
+
+
+def test_a_request_that_needs_most_of_its_time_left_runs_before_round_robin_newcomers() -> None:
+    """Round-robin would mix the large request's tiles with the small ones' in every run; while its own
+    work needs half of its time left or more, its tiles go first (it fits the deadline: admission let it
+    in)."""
+    engine = PacedEngine(per_tile_s=0.05)
+
+    async def body(b: TileBatcher) -> None:
+        loop = asyncio.get_running_loop()
+        for r in range(3):  # measure: 0.05 s per full tile (4 per run)
+            await b.submit("m", tiles(r, 4), loop.time() + 60, f"warm{r}")
+        engine.calls.clear()
+        engine.gated, engine.entered = True, type(engine.entered)()  # the next run blocks
+        held = asyncio.create_task(b.submit("m", tiles(3, 1), loop.time() + 60, "held"))
+        await asyncio.to_thread(engine.entered.wait, 30)
+        # 24 tiles = 6 runs of 4 = 1.2 s of 2.2 s: admitted (<= 0.8 of it) and urgent (>= half of it)
+        big = asyncio.create_task(b.submit("m", tiles(4, 24), loop.time() + 2.2, "big"))
+        smalls = [
+            asyncio.create_task(b.submit("m", tiles(5 + i, 1), loop.time() + 60, f"s{i}")) for i in range(3)
+        ]
+        await until(lambda: b.queue_depth == 27)
+        engine.gate.set()
+        await asyncio.gather(held, big, *smalls)
+        runs = [sorted({int(t) // 100 for t in call[:, 0, 0, 0]}) for call in engine.calls[1:]]
+        # its runs go first, without a small tile among them, until its work is under half its time
+        # left again (2 runs at the measured speed); then round-robin resumes and mixes the rest
+        assert runs[:2] == [[4], [4]] and any(len(r) > 1 for r in runs[2:])
+
+    run_paced(body, engine, budget_s=60.0)

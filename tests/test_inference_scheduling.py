@@ -145,3 +145,40 @@ def test_a_lane_that_is_not_ready_is_skipped_not_waited_for(loop: asyncio.Abstra
 def test_a_rotation_needs_a_lane() -> None:
     with pytest.raises(ValueError):
         LaneRotation({}, max_delay_s=0.0)
+
+
+def test_an_urgent_request_goes_first_across_lanes_and_the_rotation_stays(
+    loop: asyncio.AbstractEventLoop,
+) -> None:
+    rot = LaneRotation({"q": 1, "f": 2}, max_delay_s=10.0)
+    small, big = make_job(loop, "f", 1, 1), make_job(loop, "f", 2, 4)
+    rot.add(small)
+    rot.add(big)
+    rot.add(make_job(loop, "q", 3, 1))
+    # q is ready (a full batch of 1), f is not (max_delay): the urgent request's lane is served anyway,
+    # with a batch of its own tiles, ahead of the small request whose turn it was
+    assert rot.next_batch(0.0, urgent=big) == ("f", [(big, 0), (big, 1)])
+    assert ids(rot.next_batch(0.0)[1]) == [300]  # the rotation did not move: q's turn as before
+    assert ids(rot.next_batch(0.0, urgent=big)[1]) == [202, 203]
+    assert ids(rot.next_batch(INF)[1]) == [100]  # done with it: the small one keeps its turn
+    other = make_job(loop, "q", 4, 1)
+    assert rot.next_batch(0.0, urgent=other) is None  # not queued here: ignored (nothing ready)
+
+
+def test_the_pacer_names_the_request_with_the_least_slack_among_the_urgent(
+    loop: asyncio.AbstractEventLoop,
+) -> None:
+    from inference.pacing import LaneShape, Pacer
+
+    pacer = Pacer({"f": LaneShape(2, 1)})
+    pacer.observe("f", 4, 1.0)  # 1 s per full 2x2 tile
+    rot = LaneRotation({"f": 1}, max_delay_s=0.0)
+    relaxed, tight, doomed = (make_job(loop, "f", r, n) for r, n in ((1, 2), (2, 4), (3, 4)))
+    relaxed.deadline, tight.deadline, doomed.deadline = 10.0, 7.0, 3.0  # work 2 s, 4 s, 4 s
+    for job in (relaxed, tight, doomed):
+        rot.add(job)
+    assert pacer.urgent(rot, now=0.0) is tight  # 4 s of 7 (>= half); the doomed one is not chosen
+    assert pacer.urgent(rot, now=-10.0) is None  # 13 s or more left: nothing needs half of it yet
+    tight.cpu_after_s = 2.0  # its encode comes out of its time too: now 4 s of 5
+    doomed.deadline = 8.5  # 4 s of 8.5: urgent, but with more slack than the tight one
+    assert pacer.urgent(rot, now=0.0) is tight
