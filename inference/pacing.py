@@ -48,10 +48,13 @@ HEADROOM = 0.8
 # slope. Tiles fit each image, so on a CPU lane (one tile per run) every size lies in (0, 1]: a threshold
 # in whole tiles (0.25) would never be reached there, and the lane would never refuse anything.
 _MIN_SIZE_VARIANCE = 0.01
-# A queued request whose own remaining engine work needs this share of its time left goes before every
-# other tile of every lane (least slack first). Round-robin serves concurrent requests in turn, which keeps
-# small requests fast, but a stream of newcomers would otherwise stretch a large request past its deadline.
-URGENT_SHARE = 0.5
+# A queued request whose slack (time left before its engine deadline, less its own remaining engine work)
+# is down to this share of its whole time goes before every other tile of every lane (least slack first).
+# Round-robin serves concurrent requests in turn, which keeps small requests fast, but a stream of
+# newcomers would otherwise stretch a large request right up to its deadline, where the estimate's error
+# ends it in a 504. A share of the request's time, not of its work: urgency then leaves the same margin to
+# every request (a rule on work / time left converges on finishing at the deadline itself).
+URGENT_SLACK_SHARE = 0.25
 
 
 class LinearCost:
@@ -306,9 +309,9 @@ class Pacer:
         return refusal, None if est is None else est.total_s
 
     def urgent(self, sched: QueueState, now: float) -> QueuedJob | None:
-        """The queued request with the least slack among those whose own remaining engine work needs
-        between :data:`URGENT_SHARE` and all of the time left before their engine deadline (None if
-        none)."""
+        """The queued request with the least slack among those whose slack (seconds left before its
+        engine deadline less its own remaining engine work) is at most :data:`URGENT_SLACK_SHARE` of its
+        time in the queue (``deadline - submitted``) and not negative (None if none)."""
         best, best_slack = None, math.inf
         for job in sched.queued_jobs():
             shape = self.lanes[job.lane]
@@ -316,10 +319,10 @@ class Pacer:
             work = self.costs[job.lane].work_seconds(
                 math.ceil(job.queued / shape.max_batch), self.full_tiles(job.lane, pixels)
             )
-            left = job.deadline - job.cpu_after_s - now
-            # one that cannot make it anyway (by the estimate) would only take others down with it
-            if work is None or work > left or work < URGENT_SHARE * left:
+            if work is None:
                 continue
-            if left - work < best_slack:
-                best, best_slack = job, left - work
+            slack = job.deadline - job.cpu_after_s - now - work
+            # one that cannot make it anyway (by the estimate) would only take others down with it
+            if 0 <= slack <= URGENT_SLACK_SHARE * (job.deadline - job.submitted) and slack < best_slack:
+                best, best_slack = job, slack
         return best

@@ -339,31 +339,38 @@ def test_small_newcomers_cannot_eat_a_queued_request_s_margin() -> None:
     assert isinstance(deadline_refusal("m", 0.5, lanes, 0.0, 30.0, 30.0), BacklogError)  # 10.5 > 10
 
 
-def test_a_request_that_needs_most_of_its_time_left_runs_before_round_robin_newcomers() -> None:
-    """Round-robin would mix the large request's tiles with the small ones' in every run; while its own
-    work needs half of its time left or more, its tiles go first (it fits the deadline: admission let it
-    in)."""
-    engine = PacedEngine(per_tile_s=0.05)
+def test_a_request_whose_slack_runs_out_goes_before_round_robin_newcomers() -> None:
+    """Round-robin would mix the large request's tiles with the small ones' in every run; once its slack
+    (time left less its own work) is down to a quarter of its time, its tiles go first, and it finishes
+    with that margin instead of being stretched to its deadline."""
+    engine, holder = PacedEngine(per_tile_s=0.1), FakeEngine(gated=True)  # the holder's run blocks
 
-    async def body(b: TileBatcher) -> None:
+    async def main() -> None:
+        lanes = {"m": Lane(engine, T, 4), "hold": Lane(holder, T, 1)}  # own lanes: own cost fits
+        b = TileBatcher(lanes, max_queue_tiles=100, deadline_budget_s=60.0)
+        b.start()
         loop = asyncio.get_running_loop()
-        for r in range(3):  # measure: 0.05 s per full tile (4 per run)
-            await b.submit("m", tiles(r, 4), loop.time() + 60, f"warm{r}")
-        engine.calls.clear()
-        engine.gated, engine.entered = True, type(engine.entered)()  # the next run blocks
-        held = asyncio.create_task(b.submit("m", tiles(3, 1), loop.time() + 60, "held"))
-        await asyncio.to_thread(engine.entered.wait, 30)
-        # 24 tiles = 6 runs of 4 = 1.2 s of 2.2 s: admitted (<= 0.8 of it) and urgent (>= half of it)
-        big = asyncio.create_task(b.submit("m", tiles(4, 24), loop.time() + 2.2, "big"))
-        smalls = [
-            asyncio.create_task(b.submit("m", tiles(5 + i, 1), loop.time() + 60, f"s{i}")) for i in range(3)
-        ]
-        await until(lambda: b.queue_depth == 27)
-        engine.gate.set()
-        await asyncio.gather(held, big, *smalls)
-        runs = [sorted({int(t) // 100 for t in call[:, 0, 0, 0]}) for call in engine.calls[1:]]
-        # its runs go first, without a small tile among them, until its work is under half its time
-        # left again (2 runs at the measured speed); then round-robin resumes and mixes the rest
-        assert runs[:2] == [[4], [4]] and any(len(r) > 1 for r in runs[2:])
+        try:
+            for r in range(3):  # measure: 0.1 s per full tile (4 per run)
+                await b.submit("m", tiles(r, 4), loop.time() + 60, f"warm{r}")
+            engine.calls.clear()
+            held = asyncio.create_task(b.submit("hold", tiles(3, 1), loop.time() + 60, "held"))
+            await asyncio.to_thread(holder.entered.wait, 30)
+            # 24 tiles = 6 runs of 4 = 2.4 s of work in 6 s: admitted, not urgent (slack 3.6 s > 1.5 s)
+            big = asyncio.create_task(b.submit("m", tiles(4, 24), loop.time() + 6.0, "big"))
+            smalls = [
+                asyncio.create_task(b.submit("m", tiles(5 + i, 1), loop.time() + 60, f"s{i}"))
+                for i in range(3)
+            ]
+            await until(lambda: b.queue_depth == 27)
+            await asyncio.sleep(2.8)  # the engine is held: the large request's slack shrinks to ~0.8 s
+            holder.gate.set()
+            await asyncio.gather(held, big, *smalls)
+        finally:
+            holder.gate.set()
+            await b.stop(grace_s=30)
+        runs = [sorted({int(t) // 100 for t in call[:, 0, 0, 0]}) for call in engine.calls]
+        assert runs[:6] == [[4]] * 6  # its 6 runs first, no small tile among them
+        assert runs[6:] == [[5, 6, 7]]
 
-    run_paced(body, engine, budget_s=60.0)
+    asyncio.run(main())

@@ -174,11 +174,13 @@ def test_the_pacer_names_the_request_with_the_least_slack_among_the_urgent(
     pacer.observe("f", 4, 1.0)  # 1 s per full 2x2 tile
     rot = LaneRotation({"f": 1}, max_delay_s=0.0)
     relaxed, tight, doomed = (make_job(loop, "f", r, n) for r, n in ((1, 2), (2, 4), (3, 4)))
-    relaxed.deadline, tight.deadline, doomed.deadline = 10.0, 7.0, 3.0  # work 2 s, 4 s, 4 s
+    # all queued at 0 with 20 s: urgent once their slack is down to 5 s
+    relaxed.deadline, tight.deadline, doomed.deadline = 20.0, 20.0, 20.0  # work 2 s, 4 s, 4 s
+    doomed.cpu_after_s = 17.0  # its encode is estimated to need most of its time
     for job in (relaxed, tight, doomed):
         rot.add(job)
-    assert pacer.urgent(rot, now=0.0) is tight  # 4 s of 7 (>= half); the doomed one is not chosen
-    assert pacer.urgent(rot, now=-10.0) is None  # 13 s or more left: nothing needs half of it yet
-    tight.cpu_after_s = 2.0  # its encode comes out of its time too: now 4 s of 5
-    doomed.deadline = 8.5  # 4 s of 8.5: urgent, but with more slack than the tight one
-    assert pacer.urgent(rot, now=0.0) is tight
+    assert pacer.urgent(rot, now=0.0) is None  # slack 18 s, 16 s (and -2 s: doomed, never chosen)
+    assert pacer.urgent(rot, now=12.0) is tight  # slack 4 s <= 5 s; the relaxed one has 6 s
+    assert pacer.urgent(rot, now=14.0) is tight  # both urgent now (2 s and 4 s): the least slack first
+    tight.cpu_after_s = 3.0  # its encode comes out of its time too: slack 4 s - 3 s < 0, doomed
+    assert pacer.urgent(rot, now=14.0) is relaxed
