@@ -337,7 +337,7 @@ class TileBatcher:
         not since the worker looked, so a tile that queued while the engine was busy has already waited);
         take the next ready lane's batch. Sleeps until the earliest lane readiness or the next submit."""
         loop = asyncio.get_running_loop()
-        while (picked := self._sched.next_batch(loop.time(), self._urgent(loop.time()))) is None:
+        while (picked := self._next_from(loop.time())) is None:
             wake_at = self._sched.wake_at()
             self._wakeup.clear()
             try:  # re-evaluated on waking: a lane may have filled, or its oldest tiles been dropped
@@ -349,11 +349,16 @@ class TileBatcher:
         self.observer.on_queue_depth(model, self._sched.queued(model))
         return picked
 
-    def _urgent(self, now: float) -> Job | None:
-        """The request that must go first to meet its deadline (only with deadline admission)."""
-        if self.deadline_budget_s is None:
-            return None
-        return self.pacer.urgent(self._sched, now)  # type: ignore[return-value]
+    def _next_from(self, now: float) -> tuple[str, list[tuple[Job, int]]] | None:
+        """The scheduler's next batch, with the request that must go first to meet its deadline (only
+        with deadline admission): a critical one alone, else alternating with tiles of a quarter of a
+        full tile or less (small requests)."""
+        urgent = None if self.deadline_budget_s is None else self.pacer.urgent(self._sched, now)
+        if urgent is None:
+            return self._sched.next_batch(now)
+        job, critical = urgent
+        cheap = 0 if critical else self.lanes[job.lane].tile ** 2 // 4
+        return self._sched.next_batch(now, job, cheap)  # type: ignore[arg-type]
 
     def _stalled(self, model: str) -> None:
         """Watchdog: the engine call started ``engine_stall_s`` ago is still running. It cannot be stopped,

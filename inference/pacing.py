@@ -55,6 +55,9 @@ _MIN_SIZE_VARIANCE = 0.01
 # ends it in a 504. A share of the request's time, not of its work: urgency then leaves the same margin to
 # every request (a rule on work / time left converges on finishing at the deadline itself).
 URGENT_SLACK_SHARE = 0.25
+# Above this share, an urgent request's batches alternate with batches of small tiles of its lane (so
+# small requests behind it keep moving); at or below it, the urgent request has the engine to itself.
+CRITICAL_SLACK_SHARE = 0.1
 
 
 class LinearCost:
@@ -308,11 +311,12 @@ class Pacer:
         est = finish_estimate(lane, n_tiles, loads, busy_left)
         return refusal, None if est is None else est.total_s
 
-    def urgent(self, sched: QueueState, now: float) -> QueuedJob | None:
+    def urgent(self, sched: QueueState, now: float) -> tuple[QueuedJob, bool] | None:
         """The queued request with the least slack among those whose slack (seconds left before its
         engine deadline less its own remaining engine work) is at most :data:`URGENT_SLACK_SHARE` of its
-        time in the queue (``deadline - submitted``) and not negative (None if none)."""
-        best, best_slack = None, math.inf
+        time in the queue (``deadline - submitted``) and not negative, and whether its slack is down to
+        :data:`CRITICAL_SLACK_SHARE` (None if none)."""
+        best, best_slack, best_share = None, math.inf, 0.0
         for job in sched.queued_jobs():
             shape = self.lanes[job.lane]
             pixels = job.queued * job.tiles.shape[2] * job.tiles.shape[3]
@@ -321,8 +325,8 @@ class Pacer:
             )
             if work is None:
                 continue
-            slack = job.deadline - job.cpu_after_s - now - work
+            slack, span = job.deadline - job.cpu_after_s - now - work, job.deadline - job.submitted
             # one that cannot make it anyway (by the estimate) would only take others down with it
-            if 0 <= slack <= URGENT_SLACK_SHARE * (job.deadline - job.submitted) and slack < best_slack:
-                best, best_slack = job, slack
-        return best
+            if 0 <= slack <= URGENT_SLACK_SHARE * span and slack < best_slack:
+                best, best_slack, best_share = job, slack, slack / span
+        return None if best is None else (best, best_share <= CRITICAL_SLACK_SHARE)

@@ -110,13 +110,14 @@ class RoundRobinQueue:
         """The requests with queued tiles, in rotation order."""
         return tuple(self._jobs)
 
-    def take(self, n: int, first: Job | None = None) -> list[tuple[Job, int]]:
+    def take(self, n: int, first: Job | None = None, max_pixels: int | None = None) -> list[tuple[Job, int]]:
         """Up to ``n`` ``(job, tile index)`` pairs, one per request in turn; removes them from the queue.
 
         A batch stacks tiles of one shape: the shape of the request whose turn it is. Requests with other
         shapes are passed over and keep their place at the front of the rotation. ``first``, a queued
         request (an urgent one, :meth:`inference.pacing.Pacer.urgent`), fills the batch with its own tiles
-        before the others get their turns, and then keeps its place."""
+        before the others get their turns, and then keeps its place. With ``max_pixels``, requests whose
+        tiles are larger are passed over too (a batch of cheap tiles only)."""
         batch: list[tuple[Job, int]] = []
         if not self._jobs:
             return batch
@@ -129,11 +130,16 @@ class RoundRobinQueue:
                 self._jobs.remove(first)
         if not self._jobs or len(batch) >= n:
             return batch
-        shape = batch[0][0].tiles.shape[2:] if batch else self._jobs[0].tiles.shape[2:]
+        shape = batch[0][0].tiles.shape[2:] if batch else None
         passed: deque[Job] = deque()
         while self._jobs and len(batch) < n:
             job = self._jobs.popleft()
-            if job.tiles.shape[2:] != shape:
+            tile_shape = job.tiles.shape[2:]
+            if max_pixels is not None and tile_shape[0] * tile_shape[1] > max_pixels:
+                passed.append(job)
+                continue
+            shape = shape or tile_shape
+            if tile_shape != shape:
                 passed.append(job)
                 continue
             batch.append((job, job.next_tile))
@@ -160,6 +166,7 @@ class LaneRotation:
         self._queues = {name: RoundRobinQueue() for name in self.max_batch}
         self._order = list(self.max_batch)
         self._turn = 0  # index in _order of the lane that is asked first next time
+        self._urgent_ran_last = False  # the last batch was an urgent request's (see next_batch)
 
     def __len__(self) -> int:
         """Queued tiles over all lanes."""
@@ -202,14 +209,25 @@ class LaneRotation:
         """Every request with queued tiles, lane by lane."""
         return tuple(job for queue in self._queues.values() for job in queue.jobs())
 
-    def next_batch(self, now: float, urgent: Job | None = None) -> tuple[str, list[tuple[Job, int]]] | None:
+    def next_batch(
+        self, now: float, urgent: Job | None = None, cheap_pixels: int = 0
+    ) -> tuple[str, list[tuple[Job, int]]] | None:
         """The next lane in the rotation that is ready at ``now`` and up to ``max_batch`` of its tiles
         (removed from its queue; the rotation moves past that lane), or None when no lane is ready.
 
         An ``urgent`` queued request goes first, whatever the rotation and readiness: its lane serves a
-        batch that starts with its tile, and the rotation stays where it was."""
+        batch filled with its tiles, and the rotation stays where it was. With ``cheap_pixels``, its
+        batches alternate with batches of its lane's tiles of at most that many pixels, if any are
+        queued: small requests keep moving behind a large urgent one, at a small cost to it."""
         if urgent is not None and urgent in self._queues[urgent.lane]:
-            return urgent.lane, self._queues[urgent.lane].take(self.max_batch[urgent.lane], first=urgent)
+            queue, n = self._queues[urgent.lane], self.max_batch[urgent.lane]
+            if cheap_pixels and self._urgent_ran_last:
+                self._urgent_ran_last = False
+                if cheap := queue.take(n, max_pixels=cheap_pixels):
+                    return urgent.lane, cheap
+            self._urgent_ran_last = True
+            return urgent.lane, queue.take(n, first=urgent)
+        self._urgent_ran_last = False
         n = len(self._order)
         for k in range(n):
             i = (self._turn + k) % n

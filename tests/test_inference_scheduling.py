@@ -180,7 +180,26 @@ def test_the_pacer_names_the_request_with_the_least_slack_among_the_urgent(
     for job in (relaxed, tight, doomed):
         rot.add(job)
     assert pacer.urgent(rot, now=0.0) is None  # slack 18 s, 16 s (and -2 s: doomed, never chosen)
-    assert pacer.urgent(rot, now=12.0) is tight  # slack 4 s <= 5 s; the relaxed one has 6 s
-    assert pacer.urgent(rot, now=14.0) is tight  # both urgent now (2 s and 4 s): the least slack first
+    assert pacer.urgent(rot, now=12.0) == (tight, False)  # slack 4 s <= 5 s; the relaxed one has 6 s
+    assert pacer.urgent(rot, now=14.0) == (tight, True)  # 2 s <= 10% of 20 s: critical, and least slack
     tight.cpu_after_s = 3.0  # its encode comes out of its time too: slack 4 s - 3 s < 0, doomed
-    assert pacer.urgent(rot, now=14.0) is relaxed
+    assert pacer.urgent(rot, now=14.0) == (relaxed, False)
+
+
+def test_an_urgent_request_alternates_with_cheap_tiles_unless_critical(
+    loop: asyncio.AbstractEventLoop,
+) -> None:
+    rot = LaneRotation({"f": 1}, max_delay_s=0.0)
+    big = make_job(loop, "f", 1, 4, shape=(4, 4))
+    mid = make_job(loop, "f", 2, 2, shape=(4, 3))  # 12 pixels: not cheap at 4
+    small = make_job(loop, "f", 3, 2, shape=(2, 2))  # 4 pixels: cheap
+    for job in (big, mid, small):
+        rot.add(job)
+    order = [ids(rot.next_batch(0.0, big, cheap_pixels=4)[1]) for _ in range(4)]
+    assert order == [[100], [300], [101], [301]]  # urgent, cheap, urgent, cheap: the mid one waits
+    assert ids(rot.next_batch(0.0, big, cheap_pixels=4)[1]) == [102]
+    assert ids(rot.next_batch(0.0, big, cheap_pixels=4)[1]) == [103]  # no cheap tile left: urgent again
+    assert drain(rot) == [("f", [200]), ("f", [201])]
+    rot.add(big := make_job(loop, "f", 4, 2, shape=(4, 4)))
+    rot.add(make_job(loop, "f", 5, 1, shape=(2, 2)))
+    assert [ids(rot.next_batch(0.0, big)[1]) for _ in range(2)] == [[400], [401]]  # critical: alone
