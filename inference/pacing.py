@@ -199,12 +199,11 @@ def deadline_refusal(
 def _pushes_past_deadline(
     lane: str, n_tiles: float, lanes: Mapping[str, LaneLoad], busy_left_s: float
 ) -> bool:
-    """Whether admitting ``n_tiles`` more tiles on ``lane`` would push a queued request, which would finish
-    in time without them, past :data:`HEADROOM` of its time left. Round-robin gives the newcomer a tile in
-    each of its own lane's turns, and the lane rotation gives its lane a run per run of every other lane:
-    admitting it can delay a queued request of any lane. The headroom is kept for the queued as for the
-    newcomer: without it, a stream of small newcomers, each harmless alone, eats a large request's whole
-    margin, and the estimate's error then ends it in a 504 (the soak measured that)."""
+    """Whether admitting ``n_tiles`` more tiles on ``lane`` would make a queued request, which would finish
+    in time without them, miss its deadline. Round-robin gives the newcomer a tile in each of its own
+    lane's turns, and the lane rotation gives its lane a run per run of every other lane: admitting it
+    can delay a queued request of any lane. (A stream of small newcomers, each harmless alone, could still
+    take a large request's whole margin: :meth:`Pacer.urgent` then serves the large one first.)"""
     after = _with_newcomer(lanes, lane, n_tiles)
     for name, load in lanes.items():
         if not load.time_left_s:
@@ -212,12 +211,7 @@ def _pushes_past_deadline(
         for q_j, left in zip(load.queued_per_request, load.time_left_s, strict=True):
             without = _engine_done_s(name, q_j, lanes, busy_left_s)
             with_new = _engine_done_s(name, q_j, after, busy_left_s)
-            if (
-                without is not None
-                and with_new is not None
-                and without <= left
-                and with_new > left * HEADROOM
-            ):
+            if without is not None and with_new is not None and without <= left < with_new:
                 return True
     return False
 

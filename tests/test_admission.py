@@ -327,18 +327,6 @@ def test_a_lane_that_served_only_small_images_for_a_while_still_knows_what_a_ful
     assert isinstance(refusal, DeadlineUnreachableError)
 
 
-def test_small_newcomers_cannot_eat_a_queued_request_s_margin() -> None:
-    """Each small newcomer alone delays a large queued request by little, but a stream of them (the
-    soak's 16 clients) would take its whole margin; the queued request keeps the same headroom the
-    newcomer must have."""
-    cost = LinearCost()
-    cost.observe(1.0, 1.0)  # 1 s per full tile
-    lanes = {"m": LaneLoad(1, (10.0,), cost, (14.0,))}  # 10 s of work, 14 s left
-    assert deadline_refusal("m", 0.5, lanes, 0.0, 30.0, 30.0) is None  # 10.5 s <= 0.8 x 14 s
-    lanes = {"m": LaneLoad(1, (10.0,), cost, (12.5,))}  # after a few such newcomers, 12.5 s left
-    assert isinstance(deadline_refusal("m", 0.5, lanes, 0.0, 30.0, 30.0), BacklogError)  # 10.5 > 10
-
-
 def test_a_request_whose_slack_runs_out_goes_before_round_robin_newcomers() -> None:
     """Round-robin would mix the large request's tiles with the small ones' in every run; once its slack
     (time left less its own work) is down to a quarter of its time, its tiles go first, and it finishes
