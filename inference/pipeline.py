@@ -127,10 +127,18 @@ def _check_ensemble(ensemble: int, output_size: tuple[int, int], limits: ImageLi
 
 def _ensemble_plans(out_shape: tuple[int, int], tile: int, margin: int, ensemble: int) -> list[TilePlan]:
     """One tile plan per transform: the output's, and its transpose for the quarter turns. Square tiles, so
-    the tiles of all 8 transforms stack into one batchable array."""
+    the tiles of all 8 transforms stack into one batchable array; no larger than the output's long side
+    (a 100x200 output runs on 200x200 tiles, not on T x T ones)."""
     h, w = out_shape
-    upright, turned = plan_tiles(h, w, tile, margin, "square"), plan_tiles(w, h, tile, margin, "square")
+    side = _ensemble_side(out_shape, tile, margin)
+    upright, turned = plan_tiles(h, w, side, margin, "square"), plan_tiles(w, h, side, margin, "square")
     return [turned if k % 4 in (1, 3) else upright for k in range(ensemble)]
+
+
+def _ensemble_side(out_shape: tuple[int, int], tile: int, margin: int) -> int:
+    """The ensemble's square tile side: ``tile``, or the output's long side when that is shorter (but more
+    than twice the margin, which a tile needs)."""
+    return min(tile, max(*out_shape, 2 * margin + 1))
 
 
 @dataclass
@@ -198,7 +206,7 @@ def tile_load(
     width, height = output_size
     if ensemble > 1:
         plans = _ensemble_plans((height, width), tile, margin, ensemble)
-        return sum(len(p) for p in plans), tile * tile
+        return sum(len(p) for p in plans), _ensemble_side((height, width), tile, margin) ** 2
     plan = plan_tiles(height, width, tile, margin, shape)
     return len(plan), plan.tile_h * plan.tile_w
 

@@ -13,7 +13,7 @@ from imaging.ensemble import dihedral, self_ensemble, undo_dihedral
 from imaging.protocol import quantize
 from imaging.resize import imresize
 from imaging.tiling import run_tiled
-from inference.pipeline import ImageError, ImageLimits, count_tiles, parse_ensemble, upscale_bytes
+from inference.pipeline import ImageError, ImageLimits, count_tiles, parse_ensemble, tile_load, upscale_bytes
 
 
 def test_the_8_transforms_are_distinct_and_undo_exactly() -> None:
@@ -54,10 +54,12 @@ def test_parse_ensemble() -> None:
         assert info.value.status == 422 and info.value.code == "bad_ensemble"
 
 
-def test_pipeline_ensemble_matches_the_eval_ensemble(tiny_runner) -> None:
-    """?ensemble=8 in the service = imaging.ensemble over the tiled model, as ``drrn eval --ensemble 8``."""
+@pytest.mark.parametrize("tile", [32, 128])
+def test_pipeline_ensemble_matches_the_eval_ensemble(tiny_runner, tile: int) -> None:
+    """?ensemble=8 in the service = imaging.ensemble over the tiled model, as ``drrn eval --ensemble 8``,
+    with tiles smaller than the output (32) and larger (128: square tiles of the output's long side)."""
     run, depth = tiny_runner
-    tile, margin, scale = 32, depth, 2
+    margin, scale = depth, 2
     grey = np.random.default_rng(1).integers(0, 256, (23, 30), dtype=np.uint8)
     buf = io.BytesIO()
     Image.fromarray(grey, "L").save(buf, "PNG")
@@ -70,10 +72,12 @@ def test_pipeline_ensemble_matches_the_eval_ensemble(tiny_runner) -> None:
     assert got8.shape == (46, 60)
     assert np.abs(got8.astype(int) - want8.astype(int)).max() <= 1  # float summation order only
     assert not np.array_equal(got8, np.asarray(Image.open(io.BytesIO(png1))))  # the ensemble did something
-    # 8 transforms: 4 upright + 4 turned plans
-    assert count_tiles((60, 46), tile, margin, 8) == 4 * count_tiles(
-        (60, 46), tile, margin
-    ) + 4 * count_tiles((46, 60), tile, margin)
+    if tile == 32:  # 8 transforms: 4 upright + 4 turned plans
+        assert count_tiles((60, 46), tile, margin, 8) == 4 * count_tiles(
+            (60, 46), tile, margin
+        ) + 4 * count_tiles((46, 60), tile, margin)
+    else:  # one 60x60 tile per transform, not 128x128
+        assert tile_load((60, 46), tile, margin, 8) == (8, 60 * 60)
 
 
 def test_ensemble_has_its_own_output_limit(tiny_runner) -> None:
