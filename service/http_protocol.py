@@ -182,6 +182,17 @@ class GuardedHTTPProtocol(CoalescingHTTPProtocol):
     def on_headers_complete(self) -> None:
         self._in_head = False
         self._cancel_head_timer()
+        n = self.limit_concurrency
+        if n is not None and (len(self.connections) >= n or len(self.tasks) >= n):
+            # the check uvicorn makes next, answered with the service's JSON and a Retry-After instead of
+            # uvicorn's plain-text 503
+            self._rejection = (
+                503,
+                "overloaded",
+                f"more than {n} connections or requests at once (max_connections={n})",
+                {"name": "max_connections", "value": n},
+            )
+            raise _HeadRejected
         super().on_headers_complete()
 
     def on_response_complete(self) -> None:
@@ -203,9 +214,16 @@ class GuardedHTTPProtocol(CoalescingHTTPProtocol):
         rid = uuid.uuid4().hex  # the request never reached the app: a fresh id, as for any bad one
         body = json.dumps({"error": code, "detail": detail, "limit": limit or None, "request_id": rid})
         body = body.encode()
-        reason = {400: b"Bad Request", 408: b"Request Timeout", 431: b"Request Header Fields Too Large"}
+        reason = {
+            400: b"Bad Request",
+            408: b"Request Timeout",
+            431: b"Request Header Fields Too Large",
+            503: b"Service Unavailable",
+        }
         head = b"HTTP/1.1 %d %s\r\n" % (status, reason[status])
         head += b"x-request-id: %s\r\n" % rid.encode()
+        if status == 503:
+            head += b"retry-after: 1\r\n"
         head += b"content-type: application/json\r\ncontent-length: %d\r\nconnection: close\r\n\r\n" % len(
             body
         )

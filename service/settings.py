@@ -162,7 +162,7 @@ class Settings(BaseSettings):
         default=2048,
         ge=1,
         description="uvicorn limit_concurrency: beyond this many open connections (or running requests) "
-        "new requests get uvicorn's plain-text 503; empty = no limit.",
+        "new requests get a JSON 503 (`overloaded`) with Retry-After; empty = no limit.",
     )
     shutdown_grace_s: float = Field(
         default=30.0,

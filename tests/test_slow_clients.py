@@ -285,3 +285,31 @@ def test_request_heads_are_bounded_in_bytes_count_and_time() -> None:
         with httpx.Client(base_url=url) as client:
             assert [client.get("/healthz").status_code for _ in range(3)] == [200] * 3
         assert np.isfinite(gauge(metrics(url), "drrn_inflight_requests"))
+
+
+def test_connections_over_max_connections_get_a_json_503_with_retry_after() -> None:
+    with live_server(max_connections=3) as (_url, port, _engine):
+        idle = [socket.create_connection(("127.0.0.1", port), timeout=60) for _ in range(3)]
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=60) as conn:
+                conn.sendall(b"GET /healthz HTTP/1.1\r\nHost: drrn\r\n\r\n")
+                status, headers, body, _ = read_response(conn)
+                err = json.loads(body)
+                assert status == 503 and headers["content-type"] == "application/json"
+                assert err["error"] == "overloaded" and err["limit"] == {
+                    "name": "max_connections",
+                    "value": 3,
+                }
+                assert int(headers["retry-after"]) >= 1
+                assert conn.recv(1) == b""
+        finally:
+            for c in idle:
+                c.close()
+        for _ in range(3000):  # once the idle connections are gone, requests are served again
+            with socket.create_connection(("127.0.0.1", port), timeout=60) as conn:
+                conn.sendall(b"GET /healthz HTTP/1.1\r\nHost: drrn\r\nConnection: close\r\n\r\n")
+                if read_response(conn)[0] == 200:
+                    break
+            threading.Event().wait(0.01)
+        else:
+            raise AssertionError("never served again after the idle connections closed")
