@@ -27,6 +27,7 @@ from service.auth import ApiKeyMiddleware, open_paths
 from service.errors import install_exception_handlers, sane_request_id
 from service.lifecycle import Lifecycle, model_loader
 from service.metrics import ServiceMetrics
+from service.openapi import add_bearer_security
 from service.routes import router
 from service.settings import Settings
 from service.web import router as web_router
@@ -178,5 +179,13 @@ def create_app(settings: Settings | None = None, engines: Mapping[str, Engine] |
             retry_after_s=settings.retry_after_s,
             open_paths=open_paths(settings.metrics_require_key),
         )
+        plain_openapi = app.openapi
+
+        def openapi() -> dict[str, Any]:
+            if app.openapi_schema is None:
+                add_bearer_security(plain_openapi(), open_paths(settings.metrics_require_key))
+            return app.openapi_schema
+
+        app.openapi = openapi  # type: ignore[method-assign]
     app.add_middleware(AccessLogMiddleware, metrics=metrics, retry_after_s=settings.retry_after_s)
     return app

@@ -30,6 +30,7 @@ __all__ = [
     "ModelEntry",
     "ModelList",
     "Status",
+    "add_bearer_security",
 ]
 
 
@@ -215,3 +216,21 @@ UPSCALE_EXTRA: dict[str, Any] = {
         },
     },
 }
+
+
+def add_bearer_security(schema: dict[str, Any], open_paths: frozenset[str]) -> dict[str, Any]:
+    """Declare the API keys in ``schema`` (in place; returned): an HTTP bearer scheme, required by every
+    operation whose path is not in ``open_paths`` (:func:`service.auth.open_paths`). Only when the server
+    has keys (``DRRN_API_KEYS_FILE``): without them nothing asks for one, and the document says so."""
+    components = schema.setdefault("components", {})
+    components.setdefault("securitySchemes", {})["apiKey"] = {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "an API key from DRRN_API_KEYS_FILE (`drrn keys add`): `Authorization: Bearer <key>`",
+    }
+    for path, operations in schema.get("paths", {}).items():
+        if path in open_paths:
+            continue
+        for operation in operations.values():
+            operation["security"] = [{"apiKey": []}]
+    return schema

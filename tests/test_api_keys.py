@@ -179,6 +179,31 @@ def test_metrics_require_the_key_when_configured_and_probes_stay_open(
     asyncio.run(main())
 
 
+def test_the_openapi_document_declares_the_key_where_it_is_required(
+    keys: tuple[Path, dict[str, str]], tmp_path: Path
+) -> None:
+    path, _ = keys
+
+    def security(app: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+        doc = app.openapi()
+        required = {
+            f"{method.upper()} {route}": op.get("security")
+            for route, ops in doc["paths"].items()
+            for method, op in ops.items()
+        }
+        return doc.get("components", {}).get("securitySchemes", {}), required
+
+    schemes, required = security(keyed_app(path, tmp_path, metrics_require_key=True)[0])
+    assert schemes["apiKey"]["type"] == "http" and schemes["apiKey"]["scheme"] == "bearer"
+    assert required["POST /upscale"] == required["GET /v1/models"] == [{"apiKey": []}]
+    assert required["GET /metrics"] == [{"apiKey": []}]
+    assert required["GET /healthz"] is None and required["GET /readyz"] is None
+    _, required = security(keyed_app(path, tmp_path)[0])
+    assert required["GET /metrics"] is None  # open unless DRRN_METRICS_REQUIRE_KEY
+    schemes, required = security(create_app(settings(tmp_path), {"fast": ToneEngine(TILE, MAX_BATCH)}))
+    assert schemes == {} and required["POST /upscale"] is None  # no keys: nothing asks for one
+
+
 def test_a_key_over_its_inflight_quota_gets_429_with_retry_after_and_other_keys_do_not(
     keys: tuple[Path, dict[str, str]], tmp_path: Path
 ) -> None:
