@@ -22,7 +22,8 @@ itself dies (a bug), every pending request fails with :class:`EngineError` at on
 Deadline-aware admission (``deadline_budget_s`` set): a request the measured engine speed cannot finish by
 its deadline is refused before it is queued (:mod:`inference.pacing`): :class:`DeadlineUnreachableError`
 when it alone needs more than the whole budget, :class:`BacklogError` (with a Retry-After computed from the
-queue) when the work ahead of it is the reason. A watchdog (``engine_stall_s``) notices an engine call that
+queue) when the work ahead of it is the reason; a queued request whose slack runs low goes before the
+round-robin (:meth:`inference.pacing.Pacer.urgent`). A watchdog (``engine_stall_s``) notices an engine call that
 hangs: the call cannot be interrupted, so the batcher stops accepting work, sets :attr:`TileBatcher.failure`
 (the service reports itself unhealthy) and lets the stuck requests end at their deadlines.
 
