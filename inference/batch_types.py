@@ -100,6 +100,10 @@ class BatcherObserver:
     def on_queue_depth(self, model: str, tiles: int) -> None:
         """The number of queued (not yet running) tiles of lane ``model`` changed to ``tiles``."""
 
+    def on_queued_work(self, model: str, seconds: float) -> None:
+        """The estimated engine seconds of lane ``model``'s queued tiles changed to ``seconds`` (tiles fit
+        each image, so their count is not the work; called once the lane's speed was measured)."""
+
     def on_reject(self, model: str, reason: str) -> None:
         """A request was refused or abandoned: queue_full, too_large, too_slow (its deadline is out of
         reach), backlog (the queue ahead would make it miss its deadline), deadline, shutting_down,

@@ -23,9 +23,10 @@ Deadline-aware admission (``deadline_budget_s`` set): a request the measured eng
 its deadline is refused before it is queued (:mod:`inference.pacing`): :class:`DeadlineUnreachableError`
 when it alone needs more than the whole budget, :class:`BacklogError` (with a Retry-After computed from the
 queue) when the work ahead of it is the reason; a queued request whose slack runs low goes before the
-round-robin (:meth:`inference.pacing.Pacer.urgent`). A watchdog (``engine_stall_s``) notices an engine call that
-hangs: the call cannot be interrupted, so the batcher stops accepting work, sets :attr:`TileBatcher.failure`
-(the service reports itself unhealthy) and lets the stuck requests end at their deadlines.
+round-robin (:meth:`inference.pacing.Pacer.urgent`). A watchdog (``engine_stall_s``) notices an engine call
+that hangs: the call cannot be interrupted, so the batcher stops accepting work, sets
+:attr:`TileBatcher.failure` (the service reports itself unhealthy) and lets the stuck requests end at their
+deadlines.
 
 Admission is all-or-nothing per request: a request needs room for all of its tiles at once. Under a
 sustained load of small requests that keeps a lane near ``max_queue_tiles``, a very large request can be
@@ -283,7 +284,7 @@ class TileBatcher:
         self._jobs.add(job)
         self._idle.clear()
         self._sched.add(job)
-        self.observer.on_queue_depth(model, self._sched.queued(model))
+        self._queue_changed(model)
         self._wakeup.set()
         timer = loop.call_at(deadline, self._expire, job)
         try:
@@ -330,7 +331,12 @@ class TileBatcher:
         if not self._jobs:
             self._idle.set()
         if dropped:
-            self.observer.on_queue_depth(job.lane, self._sched.queued(job.lane))
+            self._queue_changed(job.lane)
+
+    def _queue_changed(self, model: str) -> None:
+        self.observer.on_queue_depth(model, self._sched.queued(model))
+        if (seconds := self.pacer.queued_seconds(self._sched, model)) is not None:
+            self.observer.on_queued_work(model, seconds)
 
     # --- worker -----------------------------------------------------------------------------------------
     async def _next_batch(self) -> tuple[str, list[tuple[Job, int]]]:
@@ -347,7 +353,7 @@ class TileBatcher:
             except TimeoutError:
                 pass
         model = picked[0]
-        self.observer.on_queue_depth(model, self._sched.queued(model))
+        self._queue_changed(model)
         return picked
 
     def _next_from(self, now: float) -> tuple[str, list[tuple[Job, int]]] | None:

@@ -305,6 +305,16 @@ class Pacer:
         est = finish_estimate(lane, n_tiles, loads, busy_left)
         return refusal, None if est is None else est.total_s
 
+    def queued_seconds(self, sched: QueueState, lane: str) -> float | None:
+        """Estimated engine seconds of ``lane``'s queued tiles (None before a run was measured)."""
+        shape = self.lanes[lane]
+        jobs = [job for job in sched.queued_jobs() if job.lane == lane]
+        tiles = sum(job.queued for job in jobs)
+        pixels = sum(job.queued * job.tiles.shape[2] * job.tiles.shape[3] for job in jobs)
+        return self.costs[lane].work_seconds(
+            math.ceil(tiles / shape.max_batch), self.full_tiles(lane, pixels)
+        )
+
     def urgent(self, sched: QueueState, now: float) -> tuple[QueuedJob, bool] | None:
         """The queued request with the least slack among those whose slack (seconds left before its
         engine deadline less its own remaining engine work) is at most :data:`URGENT_SLACK_SHARE` of its

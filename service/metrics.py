@@ -25,6 +25,7 @@ METRICS: tuple[tuple[str, str], ...] = (
     ("drrn_request_tiles", "histogram"),
     ("drrn_input_megapixels", "histogram"),
     ("drrn_queue_depth_tiles", "gauge"),
+    ("drrn_queued_engine_seconds", "gauge"),
     ("drrn_inflight_requests", "gauge"),
     ("drrn_uploading_requests", "gauge"),
     ("drrn_deadline_engine_seconds", "counter"),
@@ -139,6 +140,12 @@ class ServiceMetrics(UpscalerObserver):
         self.queue_depth = Gauge(
             "drrn_queue_depth_tiles", "Tiles waiting for an engine run.", ["model"], registry=r
         )
+        self.queued_work = Gauge(
+            "drrn_queued_engine_seconds",
+            "Estimated engine seconds of the tiles waiting (measured seconds per tile; the HPA signal).",
+            ["model"],
+            registry=r,
+        )
         self.inflight = Gauge(
             "drrn_inflight_requests", "Upscale requests being handled (body received).", registry=r
         )
@@ -175,6 +182,7 @@ class ServiceMetrics(UpscalerObserver):
         keys = ("name", "provider", "precision", "tile", "margin", "max_batch", "default")
         self.model.labels(model=model).info({k: str(info.get(k, "")) for k in keys})
         self.queue_depth.labels(model=model)
+        self.queued_work.labels(model=model)
         self.deadline_engine.labels(model=model)
         for reason in REJECTION_REASONS:
             self.rejections.labels(reason=reason, model=model)
@@ -195,6 +203,9 @@ class ServiceMetrics(UpscalerObserver):
 
     def on_queue_depth(self, model: str, tiles: int) -> None:
         self.queue_depth.labels(model=model).set(tiles)
+
+    def on_queued_work(self, model: str, seconds: float) -> None:
+        self.queued_work.labels(model=model).set(seconds)
 
     def on_reject(self, model: str, reason: str) -> None:
         self.rejections.labels(reason=reason, model=self.label(model)).inc()

@@ -362,3 +362,38 @@ def test_a_request_whose_slack_runs_out_goes_before_round_robin_newcomers() -> N
         assert runs[6:] == [[5, 6, 7]]
 
     asyncio.run(main())
+
+
+def test_the_queued_work_gauge_counts_tiles_by_their_pixels_at_the_measured_speed() -> None:
+    """The HPA signal: 8 full tiles and 16 quarter tiles queued are 24 tiles but 12 full tiles of work."""
+    engine = PacedEngine(per_tile_s=0.05)
+
+    class Work(Recorder):
+        def __init__(self) -> None:
+            super().__init__()
+            self.work: list[tuple[str, float]] = []
+
+        def on_queued_work(self, model: str, seconds: float) -> None:
+            self.work.append((model, seconds))
+
+    async def body(b: TileBatcher) -> None:
+        loop = asyncio.get_running_loop()
+        for r in range(3):  # measure the speed first: nothing is reported before
+            await b.submit("m", tiles(r, 4), loop.time() + 60, f"warm{r}")
+        engine.calls.clear()
+        engine.gated, engine.entered = True, type(engine.entered)()  # the next run blocks
+        held = asyncio.create_task(b.submit("m", tiles(3, 1), loop.time() + 60, "held"))
+        await asyncio.to_thread(engine.entered.wait, 30)
+        full = asyncio.create_task(b.submit("m", tiles(4, 8), loop.time() + 60, "full"))
+        quarter = np.zeros((16, 1, T // 2, T // 2), np.float32)
+        small = asyncio.create_task(b.submit("m", quarter, loop.time() + 60, "small"))
+        await until(lambda: b.queue_depth == 24)
+        per_tile = b.pacer.costs["m"].seconds(1.0)
+        assert rec.work[-1] == ("m", pytest.approx(12 * per_tile))
+        engine.gate.set()
+        await asyncio.gather(held, full, small)
+        assert rec.work[-1] == ("m", 0.0)
+
+    rec = Work()
+    run_paced(body, engine, budget_s=60.0, rec=rec)
+    assert rec.work and rec.depths

@@ -351,7 +351,7 @@ def test_k8s_objects_fit_together() -> None:
     assert all(m["type"] == "Pods" for m in hpa["spec"]["metrics"])
     adapter_names = {rule["name"]["as"] for rule in load_yaml(ADAPTER_VALUES)["rules"]["custom"]}
     assert hpa_metrics <= adapter_names
-    assert hpa_metrics & {"drrn_queue_depth_tiles", "drrn_inflight_requests"}
+    assert hpa_metrics == {"drrn_queued_engine_seconds", "drrn_inflight_requests"}
 
 
 # --------------------------------------------------------------------------------------------------------
