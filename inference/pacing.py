@@ -327,7 +327,7 @@ class Pacer:
             work = self.costs[job.lane].work_seconds(
                 math.ceil(job.queued / shape.max_batch), self.full_tiles(job.lane, pixels)
             )
-            if work is None:
+            if work is None or not math.isfinite(job.deadline):
                 continue
             slack, span = job.deadline - job.cpu_after_s - now - work, job.deadline - job.submitted
             # one that cannot make it anyway (by the estimate) would only take others down with it
