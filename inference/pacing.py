@@ -96,7 +96,12 @@ class LinearCost:
         if self.runs == 0:
             return None
         if self._slope is not None:
-            return max(0.0, self._s - self._slope * self._k), self._slope
+            slope = self._slope
+            if self._kk - self._k * self._k < _MIN_SIZE_VARIANCE and self._k > 0:
+                # a kept slope may not claim more per unit than the recent events cost (a noisy fit frozen
+                # high would over-predict for ever, and what it refuses never runs to correct it)
+                slope = min(slope, self._s / self._k)
+            return max(0.0, self._s - slope * self._k), slope
         return (0.0, self._s / self._k) if self._k >= 0.5 else (self._s, 0.0)
 
     def seconds(self, size: float) -> float | None:

@@ -4,9 +4,11 @@
 run holding tiles of one lane only): a lane is *ready* when it has a full batch queued (``max_batch``
 tiles) or its oldest queued tile has waited ``max_delay``. The next run serves the next ready lane in a
 fixed rotation, one batch per turn, and the rotation carries over from one run to the next. So a lane with
-a deep backlog cannot starve another: once a lane is ready it waits for at most one run of each other
-lane (with two lanes, a fast-model request that arrives behind 500 queued quality-model tiles runs right
-after the quality batch that is running, or the next one). While no lane is ready, the worker sleeps
+a deep backlog cannot starve another (except while a request is urgent, see
+:meth:`LaneRotation.next_batch`: a request about to miss its deadline goes first, whatever its lane): once
+a lane is ready it waits for at most one run of each other lane (with two lanes, a fast-model request
+that arrives behind 500 queued quality-model tiles runs right after the quality batch that is running, or
+the next one). While no lane is ready, the worker sleeps
 until the earliest time one becomes ready (:meth:`LaneRotation.wake_at`) or a new request arrives; a lane
 waiting for its partial batch to fill never holds up a lane that is ready.
 

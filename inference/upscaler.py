@@ -32,6 +32,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from engines.repository import UnknownModelError
+from imaging.ensemble import ENSEMBLE_SIZES
 from inference import pipeline
 from inference.batcher import DeadlineExceededError, EngineStalledError, Lane, TileBatcher
 from inference.pacing import LinearCost
@@ -79,7 +80,8 @@ class Upscaler:
         self._idle.set()
         # Seconds of each CPU stage against output megapixels, for deadline admission: the engine is not
         # the only cost of a large output (bicubic and PNG encoding take seconds on a small CPU).
-        self.cpu_costs = {"prepare": LinearCost(), "finish": LinearCost()}
+        # Keyed by (stage, ensemble): an ensembled output costs several times more per megapixel.
+        self.cpu_costs = {(st, n): LinearCost() for st in ("prepare", "finish") for n in ENSEMBLE_SIZES}
 
     # --- readiness --------------------------------------------------------------------------------------
     def _set_phase(self, phase: Phase, failure: str | None = None) -> None:
@@ -268,7 +270,9 @@ class Upscaler:
         facts["bytes_in"], facts["read_ms"] = len(data), round((time.perf_counter() - t0) * 1000, 3)
         return data
 
-    def _cpu_stage(self, stage: str, mpx: float, fn: Callable[..., Any], *args: Any) -> asyncio.Future:
+    def _cpu_stage(
+        self, stage: tuple[str, int], mpx: float, fn: Callable[..., Any], *args: Any
+    ) -> asyncio.Future:
         """``(fn(*args), seconds)`` from the CPU pool. The seconds feed the stage's cost fit from the
         thread, so a step that outlives its request's deadline (the request stops waiting; the thread
         cannot be interrupted) still teaches admission what such an output costs."""
@@ -294,7 +298,7 @@ class Upscaler:
                 facts.update(input=f"{w}x{h}", output=f"{ow}x{oh}", tiles=n_tiles)
                 # Refuse before the expensive part.
                 mpx = ow * oh / 1e6
-                cpu_s = {k: cost.seconds(mpx) or 0.0 for k, cost in self.cpu_costs.items()}
+                cpu_s = {st: self.cpu_costs[st, ensemble].seconds(mpx) or 0.0 for st in ("prepare", "finish")}
                 est = self.batcher.check_capacity(m.name, n_tiles, deadline, tile_px, sum(cpu_s.values()))
                 if est is not None:  # what admission expected, beside what happened, in the access log
                     facts.update(
@@ -302,7 +306,7 @@ class Upscaler:
                     )
                 probe_s, t0 = time.perf_counter() - t0, time.perf_counter()
                 prepared, prepare_s = await self._cpu_stage(
-                    "prepare",
+                    ("prepare", ensemble),
                     mpx,
                     pipeline.prepare,
                     data,
@@ -327,7 +331,7 @@ class Upscaler:
 
                 stage, t0 = "encode", time.perf_counter()
                 png, encode_s = await self._cpu_stage(
-                    "finish", mpx, pipeline.finish, prepared, result.outputs
+                    ("finish", ensemble), mpx, pipeline.finish, prepared, result.outputs
                 )
                 cpu_wait += time.perf_counter() - t0 - encode_s
                 timings["encode"] = encode_s

@@ -108,6 +108,7 @@ class ConnectionLimits:
     header_timeout_s: float = 10.0  # connect (or a keep-alive request's first byte) -> end of headers
     max_header_bytes: int = 16 * 1024  # request line + header fields
     max_headers: int = 64  # header fields per request
+    retry_after_s: int = 1  # Retry-After of the 503 for connections over max_connections
 
 
 class _HeadRejected(Exception):
@@ -223,7 +224,7 @@ class GuardedHTTPProtocol(CoalescingHTTPProtocol):
         head = b"HTTP/1.1 %d %s\r\n" % (status, reason[status])
         head += b"x-request-id: %s\r\n" % rid.encode()
         if status == 503:
-            head += b"retry-after: 1\r\n"
+            head += b"retry-after: %d\r\n" % max(1, int(self.limits.retry_after_s))
         head += b"content-type: application/json\r\ncontent-length: %d\r\nconnection: close\r\n\r\n" % len(
             body
         )

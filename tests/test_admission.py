@@ -301,7 +301,9 @@ def test_an_encode_past_the_deadline_counts_its_engine_work_as_wasted_and_teache
             late = await post(client, png(40, 40))
             assert late.status_code == 504
             upscaler = app.state.upscaler
-            await until(lambda: upscaler.cpu_costs["finish"].runs == 1)  # the thread finished after the 504
+            await until(
+                lambda: upscaler.cpu_costs["finish", 1].runs == 1
+            )  # the thread finished after the 504
             samples = metric_samples((await client.get("/metrics")).text)["drrn_deadline_engine_seconds"]
             wasted = sum(s.value for s in samples if s.name.endswith("_total"))
             assert wasted > 0
@@ -344,14 +346,14 @@ def test_a_request_whose_slack_runs_out_goes_before_round_robin_newcomers() -> N
             engine.calls.clear()
             held = asyncio.create_task(b.submit("hold", tiles(3, 1), loop.time() + 60, "held"))
             await asyncio.to_thread(holder.entered.wait, 30)
-            # 24 tiles = 6 runs of 4 = 2.4 s of work in 6 s: admitted, not urgent (slack 3.6 s > 1.5 s)
-            big = asyncio.create_task(b.submit("m", tiles(4, 24), loop.time() + 6.0, "big"))
+            # 24 tiles = 6 runs of 4 = 2.4 s of work in 8 s: admitted, not urgent (slack 5.6 s > 2 s)
+            big = asyncio.create_task(b.submit("m", tiles(4, 24), loop.time() + 8.0, "big"))
             smalls = [
                 asyncio.create_task(b.submit("m", tiles(5 + i, 1), loop.time() + 60, f"s{i}"))
                 for i in range(3)
             ]
             await until(lambda: b.queue_depth == 27)
-            await asyncio.sleep(2.8)  # the engine is held: the large request's slack shrinks to ~0.8 s
+            await asyncio.sleep(3.9)  # the engine is held: its slack shrinks to ~1.7 s (< 2 s: urgent)
             holder.gate.set()
             await asyncio.gather(held, big, *smalls)
         finally:
@@ -397,3 +399,15 @@ def test_the_queued_work_gauge_counts_tiles_by_their_pixels_at_the_measured_spee
     rec = Work()
     run_paced(body, engine, budget_s=60.0, rec=rec)
     assert rec.work and rec.depths
+
+
+def test_a_kept_slope_never_claims_more_than_the_recent_runs_cost() -> None:
+    """A slope fitted from noisy runs (one slow large event) and then kept through same-size traffic must
+    not over-predict the size it keeps seeing: what admission refuses never runs to correct the fit."""
+    cost = LinearCost()
+    for k, s in [(1.0, 0.3), (0.25, 0.075), (1.0, 0.3), (16.0, 14.4)]:  # the 16-unit event ran 3x slow
+        cost.observe(k, s)
+    for _ in range(200):  # then only 1-unit events at the true 0.3 s
+        cost.observe(1.0, 0.3)
+    assert cost.seconds(1.0) == pytest.approx(0.3, rel=0.01)
+    assert cost.seconds(16.0) <= 16 * 0.3 * 1.01
