@@ -191,6 +191,20 @@ def deadline_refusal(
     it would make a queued request of any lane miss a deadline it would otherwise meet (its Retry-After
     is when the work ahead should have drained enough for a fresh deadline)."""
     est = finish_estimate(lane, n_tiles, lanes, busy_left_s)
+    return _verdict(est, lane, n_tiles, lanes, busy_left_s, remaining_s, budget_s, cpu_s)
+
+
+def _verdict(
+    est: Estimate | None,
+    lane: str,
+    n_tiles: float,
+    lanes: Mapping[str, LaneLoad],
+    busy_left_s: float,
+    remaining_s: float,
+    budget_s: float,
+    cpu_s: float,
+) -> DeadlineUnreachableError | BacklogError | None:
+    """:func:`deadline_refusal` given the request's :func:`finish_estimate` ``est``."""
     if est is None:
         return None
     need_s = est.total_s + cpu_s
@@ -306,8 +320,8 @@ class Pacer:
             )
             for name, shape in self.lanes.items()
         }
-        refusal = deadline_refusal(lane, n_tiles, loads, busy_left, deadline - now, budget_s, cpu_s)
         est = finish_estimate(lane, n_tiles, loads, busy_left)
+        refusal = _verdict(est, lane, n_tiles, loads, busy_left, deadline - now, budget_s, cpu_s)
         return refusal, None if est is None else est.total_s
 
     def queued_seconds(self, sched: QueueState, lane: str) -> float | None:
