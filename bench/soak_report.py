@@ -50,6 +50,8 @@ def windows(records: list[Any], samples: list[tuple[float, int, int]], size: int
         ok = [(r.t_done - r.t_start) * 1e3 for r in chunk if r.status == 200 and r.wrong_output is None]
         answered = [(r.t_done - r.t_start) * 1e3 for r in chunk if r.status > 0]
         rss = [kib / 1024 for t, kib, _ in samples if t_prev < t <= t_end]
+        if not rss:  # a window shorter than the sampling interval: the RSS in force at its end
+            rss = [kib / 1024 for t, kib, _ in samples if t <= t_end][-1:]
         out.append({
             "window": len(out),
             "requests": [k, k + len(chunk)],
