@@ -38,8 +38,9 @@ from drrn.paths import PROJECT_ROOT
 DEFAULT_PLOT = PROJECT_ROOT / "docs" / "bench" / "latency_throughput.png"
 LEVELS, QUICK_LEVELS = (1, 2, 4, 8, 16, 32), (1, 4)
 PROBE_REQUEST = "crop64_x2"
-# A 2-core CPU needs ~15 s for the 88-tile photo alone, and round-robin scheduling stretches every request
-# by the number in flight: the service's 30 s production deadline would turn the high levels into 504s.
+# A 2-core CPU needs ~15 s for the 88-tile photo alone, and concurrent requests share the engine, so each
+# is stretched by the others in flight: the service's 30 s production deadline would turn the high levels
+# into 504s (or, with deadline admission, refusals).
 # Spawned services get a deadline long enough that the bench measures throughput, not timeouts.
 SPAWN_DEFAULTS = {"DRRN_REQUEST_TIMEOUT_S": "900"}
 

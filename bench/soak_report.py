@@ -180,12 +180,12 @@ def plot_soak(report: dict[str, Any], out: str | Path) -> Path:
         bottom.plot(mids, [(w[key] or math.nan) / 1e3 for w in wins], style, label=key[3:6] + ", 200s")
     if len(wins) > 1 and wins[1]["ok_p99_ms"]:
         bottom.axhline(wins[1]["ok_p99_ms"] * 1.5 / 1e3, color="red", ls=":", label="1.5x window-2 p99")
-    bottom.set_ylim(bottom=0)
-    bottom.set_ylabel("latency (s)")
+    bottom.set_yscale("log")  # p50 (~0.1 s) and p99 (~20 s) differ by two orders of magnitude
+    bottom.set_ylabel("latency (s, log)")
     bottom.set_xlabel("requests answered")
-    for ax in (top, bottom):
+    for ax, where in ((top, "lower right"), (bottom, "center right")):
         ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=8, loc="lower right")
+        ax.legend(fontsize=8, loc=where)
     load = report["load"]
     verdict = "PASS" if report["verdict"]["passed"] else "FAIL"
     fig.suptitle(f"soak: {load['requests']:,} requests at concurrency {load['concurrency']} in "

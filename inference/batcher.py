@@ -5,9 +5,10 @@ Each model is a :class:`Lane` (engine call, tile side T, ``max_batch``); a reque
 (``float32[N, 1, th, tw]``, at most T**2 pixels each, one shape per request) join that lane's queue; a run
 stacks tiles of one shape only. A single worker task takes the next ready lane's batch
 (:mod:`inference.scheduling`: rotation over lanes with a full batch or whose oldest tile waited
-``max_delay_ms``, so one model's backlog delays another's ready request by at most one run; round-robin
-over requests within a lane), stacks it, runs the lane's engine once in a single-thread executor (one
-engine call at a time on the device) and routes each output row back to its request. So a run holds tiles
+``max_delay_ms``, so one model's backlog delays another's ready request by at most one run; within a
+lane, time alternates between the request that has waited longest for its work and the oldest), stacks
+it, runs the lane's engine once in a single-thread executor (one engine call at a time on the device)
+and routes each output row back to its request. So a run holds tiles
 of one model but may mix requests, and a large request spans several runs. A partial batch waits for more
 tiles until ``max_delay_ms`` after its lane's oldest queued tile arrived, never longer, and never while
 another lane is ready.
@@ -23,7 +24,7 @@ Deadline-aware admission (``deadline_budget_s`` set): a request the measured eng
 its deadline is refused before it is queued (:mod:`inference.pacing`): :class:`DeadlineUnreachableError`
 when it alone needs more than the whole budget, :class:`BacklogError` (with a Retry-After computed from the
 queue) when the work ahead of it is the reason; a queued request whose slack runs low goes before the
-round-robin (:meth:`inference.pacing.Pacer.urgent`). A watchdog (``engine_stall_s``) notices an engine call
+others (:meth:`inference.pacing.Pacer.urgent`). A watchdog (``engine_stall_s``) notices an engine call
 that hangs: the call cannot be interrupted, so the batcher stops accepting work, sets
 :attr:`TileBatcher.failure` (the service reports itself unhealthy) and lets the stuck requests end at their
 deadlines.
@@ -183,6 +184,12 @@ class TileBatcher:
     def inflight(self) -> int:
         """Requests accepted and not yet finished."""
         return len(self._jobs)
+
+    def calibrate(self, model: str, pixels: int, seconds: float) -> None:
+        """Count an engine run made outside the batcher (the warmup: ``pixels`` in ``seconds``) in
+        ``model``'s measured cost, as if it had run here."""
+        self._lane(model)
+        self.pacer.observe(model, pixels, seconds)
 
     # --- requests ---------------------------------------------------------------------------------------
     def _lane(self, model: str) -> Lane:
@@ -358,14 +365,13 @@ class TileBatcher:
 
     def _next_from(self, now: float) -> tuple[str, list[tuple[Job, int]]] | None:
         """The scheduler's next batch, with the request that must go first to meet its deadline (only
-        with deadline admission): a critical one alone, else alternating with tiles of a quarter of a
-        full tile or less (small requests)."""
+        with deadline admission): alone once critical, else alternating with batches its slack can
+        afford."""
         urgent = None if self.deadline_budget_s is None else self.pacer.urgent(self._sched, now)
         if urgent is None:
             return self._sched.next_batch(now)
-        job, critical = urgent
-        cheap = 0 if critical else self.lanes[job.lane].tile ** 2 // 4
-        return self._sched.next_batch(now, job, cheap)  # type: ignore[arg-type]
+        job, spare_s = urgent
+        return self._sched.next_batch(now, job, self.pacer.alternate_pixels(spare_s))  # type: ignore[arg-type]
 
     def _stalled(self, model: str) -> None:
         """Watchdog: the engine call started ``engine_stall_s`` ago is still running. It cannot be stopped,

@@ -9,20 +9,21 @@ it reaches the engine (:meth:`inference.batcher.TileBatcher.check_capacity`).
 Units: "tiles" here are *full* tiles of T*T pixels. Tiles fit each image (:mod:`imaging.tiling`), so the
 batcher converts pixels to full tiles before asking (a 64x64 image's one tile is 1/16 of a 256-pixel one).
 
-**Cost of a run** (:class:`LinearCost`): an exponentially weighted least-squares fit of engine seconds per
-run as ``a + b * tiles``, per lane. A run's cost grows with its size on CPU (``a ~ 0``) and hardly at all on
-a GPU (``b ~ 0``); one EWMA of seconds per run would, after a quiet period of 1-tile runs, under-estimate
-the full runs a burst brings by up to ``max_batch`` times. While every run seen had about the same size the
-fit is undetermined, and the cost is taken as proportional to the tiles (exact on CPU; on a GPU it
-over-estimates, but its runs are milliseconds against a deadline of seconds). The Upscaler fits its CPU
-stages the same way against output megapixels: a 16-Mpx output spends seconds in bicubic and PNG encoding
-on a small CPU, outside the engine.
+**Cost of a run**: :class:`inference.linear_cost.LinearCost`, fitted per lane to engine seconds per run
+against its size in full tiles.
 
-**Engine work done** (:func:`finish_estimate`): within a lane, batches take one tile per request in turn
-(:mod:`inference.scheduling`), so a request's last tile is taken once every queued request of its lane has
-had ``min(its queued tiles, q)`` taken: ``R = ceil(sum_j min(q_j, q) / max_batch)`` runs of its lane. The
-rotation over lanes gives every other lane with work one run per run of ours: ``min(R, its runs)`` runs
-each. Plus what is left of the run on the device now.
+**Engine work done** (:func:`finish_estimate`): within a lane, the lane's time alternates between the
+request that has waited longest for its queued work and the oldest one (:mod:`inference.scheduling`).
+Among requests that have waited alike the first is the one with the least queued work, so a request's
+last tile is taken about when every queued request of its lane with at most as much queued work has had
+all of its tiles taken (equals count as ahead): ``A = sum_{j: q_j <= q} q_j`` tiles in
+``ceil(A / max_batch)`` runs;
+meanwhile the oldest-first turns (half of the time) take up to ``A + max_batch`` tiles of the older
+requests with more work.
+The rotation over lanes gives every other lane with work one run per run of ours: ``min(runs, its
+runs)`` runs each. Plus what is left of the run on the device now. Requests that arrive later with less
+work overtake it in the response-ratio turns; admission cannot know them, so :meth:`Pacer.urgent` protects a
+request whose slack they eat.
 
 **Who a newcomer delays**: the same formula for every queued request of every lane, with and without the
 newcomer. A newcomer that would turn a request that meets its deadline into one that misses it is refused
@@ -38,16 +39,13 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from inference.batch_types import BacklogError, DeadlineUnreachableError
+from inference.linear_cost import LinearCost
+from inference.scheduling import OLDEST_SHARE
 
-ALPHA = 0.2  # weight of the newest run: ~the last 10 runs count
 # A request is admitted only if its estimated time (engine work from the queue model, plus its CPU stages
 # from :class:`LinearCost` fits of decode and encode) fits this share of its remaining time: the rest
 # absorbs estimate noise (runs slow down while CPU stages of other requests share the cores).
 HEADROOM = 0.8
-# Below this (size units^2: a spread of 0.1 full tile, or 0.1 Mpx) the sizes seen are too alike to fit a
-# slope. Tiles fit each image, so on a CPU lane (one tile per run) every size lies in (0, 1]: a threshold
-# in whole tiles (0.25) would never be reached there, and the lane would never refuse anything.
-_MIN_SIZE_VARIANCE = 0.01
 # A queued request whose slack (time left before its engine deadline, less its own remaining engine work)
 # is down to this share of its whole time goes before every other tile of every lane (least slack first).
 # Round-robin serves concurrent requests in turn, which keeps small requests fast, but a stream of
@@ -55,70 +53,19 @@ _MIN_SIZE_VARIANCE = 0.01
 # ends it in a 504. A share of the request's time, not of its work: urgency then leaves the same margin to
 # every request (a rule on work / time left converges on finishing at the deadline itself).
 URGENT_SLACK_SHARE = 0.25
-# Above this share, an urgent request's batches alternate with batches of small tiles of its lane (so
-# small requests behind it keep moving); at or below it, the urgent request has the engine to itself.
+# Above this share, an urgent request's batches alternate with other batches (so small requests behind it
+# keep moving) that cost at most ALTERNATE_SHARE of its slack above this share: each alternation spends
+# part of what is left, so the urgent request nears this share but does not cross it on their account. At
+# or below it, the urgent request has the engine to itself.
 CRITICAL_SLACK_SHARE = 0.1
-
-
-class LinearCost:
-    """EWMA least-squares fit of seconds per event against its size: ``seconds(k) ~ a + b * k``.
-
-    The batcher fits one per lane with ``k`` = full tiles per engine run; the Upscaler fits its CPU stages
-    (decode + bicubic + tiling, and stitch + colour + PNG) with ``k`` = output megapixels."""
-
-    def __init__(self, alpha: float = ALPHA) -> None:
-        self.alpha, self.runs = alpha, 0
-        self._k = self._s = self._kk = self._ks = 0.0  # weighted means of k, s, k^2, k*s
-        self._slope: float | None = None  # the last slope the sizes seen could determine
-
-    def observe(self, size: float, seconds: float) -> None:
-        """One event of ``size`` took ``seconds``."""
-        k, s = float(size), float(seconds)
-        w = 1.0 if self.runs == 0 else self.alpha
-        self._k += w * (k - self._k)
-        self._s += w * (s - self._s)
-        self._kk += w * (k * k - self._kk)
-        self._ks += w * (k * s - self._ks)
-        self.runs += 1
-        var = self._kk - self._k * self._k
-        if var >= _MIN_SIZE_VARIANCE:
-            self._slope = max(0.0, (self._ks - self._k * self._s) / var)
-
-    def coefficients(self) -> tuple[float, float] | None:
-        """``(a, b)``: seconds per event and per unit of size; None before the first event.
-
-        While the recent sizes are too alike to fit a slope, the last slope they could fit is kept (a CPU
-        lane that served only small images for a while still knows what a full tile costs, and must
-        refuse a 16-Mpx request that arrives then). Before any slope was fitted, the cost is taken as
-        proportional to the size if the events were at least half a unit, and as the constant seen
-        otherwise: the time of runs of a few pixels is mostly fixed per-run overhead, and scaling it up
-        to a full tile would refuse everything (nothing is refused on a guess)."""
-        if self.runs == 0:
-            return None
-        if self._slope is not None:
-            slope = self._slope
-            if self._kk - self._k * self._k < _MIN_SIZE_VARIANCE and self._k > 0:
-                # a kept slope may not claim more per unit than the recent events cost (a noisy fit frozen
-                # high would over-predict for ever, and what it refuses never runs to correct it)
-                slope = min(slope, self._s / self._k)
-            return max(0.0, self._s - slope * self._k), slope
-        return (0.0, self._s / self._k) if self._k >= 0.5 else (self._s, 0.0)
-
-    def seconds(self, size: float) -> float | None:
-        """Expected seconds of one event of ``size``; None while :meth:`coefficients` is."""
-        return self.work_seconds(1, size)
-
-    def work_seconds(self, runs: int, size: float) -> float | None:
-        """Expected seconds of ``runs`` events of ``size`` in all (None as :meth:`seconds`)."""
-        coef = self.coefficients()
-        return None if coef is None else runs * coef[0] + coef[1] * size
+ALTERNATE_SHARE = 0.5
 
 
 @dataclass(frozen=True)
 class LaneLoad:
-    """One lane as the estimate sees it: its batch bound, queued (full) tiles per request, its cost model,
-    and seconds until each queued request's engine work must end (its deadline less what its CPU stages
-    still need after the engine; same order; empty = not checked)."""
+    """One lane as the estimate sees it: its batch bound, queued (full) tiles per request (in arrival
+    order), its cost model, and seconds until each queued request's engine work must end (its deadline
+    less what its CPU stages still need after the engine; same order; empty = not checked)."""
 
     max_batch: int
     queued_per_request: tuple[float, ...]
@@ -135,16 +82,25 @@ class Estimate:
     alone_s: float
 
 
-def _engine_done_s(lane: str, q: float, lanes: Mapping[str, LaneLoad], busy_left_s: float) -> float | None:
-    """Seconds until a request with ``q`` tiles queued on ``lane`` (and counted in ``lanes``) has had them
-    all run: its lane's runs that come first under round-robin, and one run of every other lane with work
-    per run of its own (see the module doc)."""
+def _engine_done_s(lane: str, index: int, lanes: Mapping[str, LaneLoad], busy_left_s: float) -> float | None:
+    """Seconds until request ``index`` of ``lane``'s queued requests (arrival order) has had its tiles all
+    run: its lane's runs that come first (see the module doc), and one run of every other lane with work
+    per run of its own."""
     own = lanes[lane]
-    ahead = sum(min(qi, q) for qi in own.queued_per_request)
+    q = own.queued_per_request[index]
+    ahead = sum(qi for qi in own.queued_per_request if qi <= q)
     runs = max(1, math.ceil(ahead / own.max_batch))
     own_s = own.cost.work_seconds(runs, ahead)
     if own_s is None:
         return None
+    # the oldest-first turns run OLDEST_SHARE of the pixels, give or take a batch: older requests with more
+    # work take up to that much (older ones with less work are in ``ahead`` already)
+    older = sum(qi for qi in own.queued_per_request[:index] if qi > q)
+    if older:
+        taken = min(older, ahead * OLDEST_SHARE / (1 - OLDEST_SHARE) + own.max_batch)
+        oldest_runs = math.ceil(taken / own.max_batch)
+        own_s += own.cost.work_seconds(oldest_runs, taken) or 0.0
+        runs += oldest_runs
     total = busy_left_s + own_s
     for name, other in lanes.items():
         queued = sum(other.queued_per_request)
@@ -169,7 +125,9 @@ def finish_estimate(
     guess)."""
     own = lanes[lane]
     alone_s = own.cost.work_seconds(math.ceil(n_tiles / own.max_batch), n_tiles)
-    total_s = _engine_done_s(lane, n_tiles, _with_newcomer(lanes, lane, n_tiles), busy_left_s)
+    total_s = _engine_done_s(
+        lane, len(own.queued_per_request), _with_newcomer(lanes, lane, n_tiles), busy_left_s
+    )
     if alone_s is None or total_s is None:
         return None
     return Estimate(max(total_s, busy_left_s + alone_s), alone_s)
@@ -219,17 +177,17 @@ def _pushes_past_deadline(
     lane: str, n_tiles: float, lanes: Mapping[str, LaneLoad], busy_left_s: float
 ) -> bool:
     """Whether admitting ``n_tiles`` more tiles on ``lane`` would make a queued request, which would finish
-    in time without them, miss its deadline. Round-robin gives the newcomer a tile in each of its own
-    lane's turns, and the lane rotation gives its lane a run per run of every other lane: admitting it
-    can delay a queued request of any lane. (A stream of small newcomers, each harmless alone, could still
+    in time without them, miss its deadline. A newcomer with less work goes before a queued request of its
+    own lane, and the lane rotation gives its lane a run per run of every other lane: admitting it can
+    delay a queued request of any lane. (A stream of small newcomers, each harmless alone, could still
     take a large request's whole margin: :meth:`Pacer.urgent` then serves the large one first.)"""
     after = _with_newcomer(lanes, lane, n_tiles)
     for name, load in lanes.items():
         if not load.time_left_s:
             continue
-        for q_j, left in zip(load.queued_per_request, load.time_left_s, strict=True):
-            without = _engine_done_s(name, q_j, lanes, busy_left_s)
-            with_new = _engine_done_s(name, q_j, after, busy_left_s)
+        for j, left in enumerate(load.time_left_s):
+            without = _engine_done_s(name, j, lanes, busy_left_s)
+            with_new = _engine_done_s(name, j, after, busy_left_s)
             if without is not None and with_new is not None and without <= left < with_new:
                 return True
     return False
@@ -334,12 +292,12 @@ class Pacer:
             math.ceil(tiles / shape.max_batch), self.full_tiles(lane, pixels)
         )
 
-    def urgent(self, sched: QueueState, now: float) -> tuple[QueuedJob, bool] | None:
+    def urgent(self, sched: QueueState, now: float) -> tuple[QueuedJob, float] | None:
         """The queued request with the least slack among those whose slack (seconds left before its
         engine deadline less its own remaining engine work) is at most :data:`URGENT_SLACK_SHARE` of its
-        time in the queue (``deadline - submitted``) and not negative, and whether its slack is down to
-        :data:`CRITICAL_SLACK_SHARE` (None if none)."""
-        best, best_slack, best_share = None, math.inf, 0.0
+        time in the queue (``deadline - submitted``) and not negative, and its *spare* seconds: its slack
+        above :data:`CRITICAL_SLACK_SHARE` of that time (<= 0: critical). None if none is urgent."""
+        best, best_slack, best_spare = None, math.inf, 0.0
         for job in sched.queued_jobs():
             shape = self.lanes[job.lane]
             pixels = job.queued * job.tiles.shape[2] * job.tiles.shape[3]
@@ -351,5 +309,20 @@ class Pacer:
             slack, span = job.deadline - job.cpu_after_s - now - work, job.deadline - job.submitted
             # one that cannot make it anyway (by the estimate) would only take others down with it
             if 0 <= slack <= URGENT_SLACK_SHARE * span and slack < best_slack:
-                best, best_slack, best_share = job, slack, slack / span
-        return None if best is None else (best, best_share <= CRITICAL_SLACK_SHARE)
+                best, best_slack, best_spare = job, slack, slack - CRITICAL_SLACK_SHARE * span
+        return None if best is None else (best, best_spare)
+
+    def alternate_pixels(self, spare_s: float) -> dict[str, int]:
+        """Per lane, the pixels one run may hold to cost at most :data:`ALTERNATE_SHARE` of ``spare_s``
+        (by the lane's measured cost; 0 for a lane never measured, or when ``spare_s <= 0``): what an
+        urgent request can let others run between its own batches."""
+        budget, out = ALTERNATE_SHARE * spare_s, {}
+        for name, shape in self.lanes.items():
+            coef = self.costs[name].coefficients()
+            if coef is None or budget <= 0 or coef[0] > budget:
+                out[name] = 0
+                continue
+            a, b = coef
+            full_tiles = shape.max_batch if b <= 0 else min(shape.max_batch, (budget - a) / b)
+            out[name] = int(full_tiles * shape.tile**2)
+        return out

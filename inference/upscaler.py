@@ -35,7 +35,7 @@ from engines.repository import UnknownModelError
 from imaging.ensemble import ENSEMBLE_SIZES
 from inference import pipeline
 from inference.batcher import DeadlineExceededError, EngineStalledError, Lane, TileBatcher
-from inference.pacing import LinearCost
+from inference.linear_cost import LinearCost
 from inference.pipeline import ImageLimits
 from inference.upscaler_types import (
     NotReadyError,
@@ -119,6 +119,7 @@ class Upscaler:
     async def warm_and_start(self) -> None:
         """Warm every model on its thread, then start the batcher: READY. A failed warmup is FAILED."""
         loop = asyncio.get_running_loop()
+        warm_s: dict[str, float] = {}
         for m in self.models.values():
             if self.phase is not Phase.STARTING:  # a shutdown arrived: warm nothing more
                 return
@@ -131,7 +132,8 @@ class Upscaler:
                 log.exception("warmup of model %r failed; the service stays unready and unhealthy", m.name)
                 self._set_phase(Phase.FAILED, f"warmup of model {m.name!r} failed: {exc}")
                 return
-            log.info("warmed model %r (tile %d) in %.2fs", m.name, m.tile, time.perf_counter() - t0)
+            warm_s[m.name] = time.perf_counter() - t0
+            log.info("warmed model %r (tile %d) in %.2fs", m.name, m.tile, warm_s[m.name])
         if self.phase is not Phase.STARTING:  # a shutdown arrived during warmup
             return
         lanes = {n: Lane(m.engine.run, m.tile, m.engine.max_batch) for n, m in self.models.items()}
@@ -146,6 +148,12 @@ class Upscaler:
             deadline_budget_s=c.request_timeout_s if c.deadline_admission else None,
             engine_stall_s=c.engine_stall_s,
         )
+        for name, seconds in warm_s.items():
+            # Admission's first estimates: without them a lane that has only run tiny tiles has no
+            # per-pixel cost, and a large request arriving then is admitted on a guess. The warmup's
+            # first runs are the slowest ones, so this errs towards refusing, and real runs correct it.
+            m = self.models[name]
+            self.batcher.calibrate(name, sum(m.engine.warmup_batch_sizes()) * m.tile**2, seconds)
         self.batcher.start()
         self._set_phase(Phase.READY)
 

@@ -3,7 +3,8 @@ and service do around it; the pipeline, batcher and HTTP layers under test are t
 
 :class:`ToneEngine` maps every tile ``x -> 0.9 x + 0.05`` element-wise, so a tile's output does not depend
 on which batch it ran in: a run of the same requests in any batching gives byte-identical PNGs, and a tile
-routed to the wrong request shows up as different bytes. Hooks: ``sleep_per_tile_s`` (a known speed),
+routed to the wrong request shows up as different bytes. Hooks: ``sleep_per_tile_s`` (a known speed, warmup
+included),
 ``hang`` (a run that blocks until released) and ``fail_runs`` (run numbers that raise).
 """
 
@@ -52,6 +53,6 @@ class ToneEngine(Engine):
             if len(self.runs) in self.fail_runs:
                 self.failed.append(batch.copy())
                 raise RuntimeError(f"simulated device fault in run {len(self.runs)}")
-            if self.sleep_per_tile_s:
-                time.sleep(self.sleep_per_tile_s * len(batch))
+        if self.sleep_per_tile_s:  # the warmup too: its timing is the batcher's first measurement
+            time.sleep(self.sleep_per_tile_s * len(batch))
         return batch * np.float32(0.9) + np.float32(0.05)

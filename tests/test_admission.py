@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from inference.batcher import BacklogError, DeadlineUnreachableError, Lane, TileBatcher
-from inference.pacing import LaneLoad, LinearCost, deadline_refusal, finish_estimate
+from inference.linear_cost import LinearCost
+from inference.pacing import LaneLoad, deadline_refusal, finish_estimate
 from service.app import create_app
 from tests.conftest import until
 from tests.fake_engines import ToneEngine
@@ -34,18 +35,24 @@ def test_run_cost_fits_fixed_and_per_tile_costs() -> None:
     assert LinearCost().seconds(4) is None
 
 
-def test_finish_estimate_follows_round_robin_and_the_lane_rotation() -> None:
+def test_finish_estimate_follows_least_work_or_oldest_and_the_lane_rotation() -> None:
     cost = LinearCost()
     cost.observe(4, 1.0)  # 1 s per full run of 4, proportional
     lanes = {"m": LaneLoad(4, (100,), cost), "q": LaneLoad(4, (), cost)}
     small = finish_estimate("m", 1, lanes, busy_left_s=0.5)
-    # a 1-tile request behind a 100-tile one: round-robin takes 1 of theirs + its own = 1 run of 2 tiles,
-    # 0.25 s each (the cost is proportional: a partial run costs its tiles, not a full run)
-    assert small is not None and small.total_s == pytest.approx(1.0) and small.alone_s == pytest.approx(0.25)
+    # a 1-tile request behind a 100-tile one: after the 0.5 s left of the running run, its own tile (0.25 s:
+    # the cost is proportional, a partial run costs its tiles) and at most as much of the oldest (half of
+    # the time), plus a batch (5 tiles, 1.25 s)
+    assert small is not None
+    assert small.total_s == pytest.approx(2.0) and small.alone_s == pytest.approx(0.25)
+    lanes["m"] = LaneLoad(4, (10, 40), cost)
     big = finish_estimate("m", 40, lanes, busy_left_s=0.0)
-    assert big is not None and big.total_s == pytest.approx(20.0)  # (40 + 40) tiles / 4 per run
+    # after the 10-tile and the 40-tile one (equal work: it came first): (10 + 40 + 40) tiles / 4 per run
+    assert big is not None and big.total_s == pytest.approx(22.5)
+    lanes["m"] = LaneLoad(4, (100, 10, 40), cost)  # an older 100-tile one takes as much again: 90 + 4 tiles
+    assert finish_estimate("m", 40, lanes, 0.0).total_s == pytest.approx(46.0)
     lanes["q"] = LaneLoad(4, (8,), cost)  # another lane with 2 runs queued interleaves with ours
-    assert finish_estimate("m", 40, lanes, 0.0).total_s == pytest.approx(22.0)
+    assert finish_estimate("m", 40, lanes, 0.0).total_s == pytest.approx(48.0)
     assert finish_estimate("m", 40, {"m": LaneLoad(4, (), LinearCost())}, 0.0) is None  # nothing measured
     tiny = LinearCost()
     for _ in range(5):
@@ -136,20 +143,20 @@ def test_a_request_behind_too_much_queued_work_gets_backlog_with_a_retry_after()
         engine.gated, engine.entered = True, type(engine.entered)()
         blocker = asyncio.create_task(b.submit("m", tiles(1, 4), loop.time() + 600, "blocker"))
         await asyncio.to_thread(engine.entered.wait, 30)
-        # ~100 s of work queued behind it (10,000 tiles in 250-tile requests), deadlines far away
+        # >= 12 s of work queued behind it (1,200 tiles in 30-tile requests), deadlines far away
         queued = [
-            asyncio.create_task(b.submit("m", tiles(2, 250), loop.time() + 600, f"q{i}")) for i in range(40)
+            asyncio.create_task(b.submit("m", tiles(2, 30), loop.time() + 600, f"q{i}")) for i in range(40)
         ]
-        await until(lambda: b.queue_depth == 10_000)
-        # a 40-tile request alone needs ~0.4 s, well within its 10 s; round-robin takes 40 tiles of each
-        # queued request before its last one: 1,640 tiles, ~16 s at the measured speed
+        await until(lambda: b.queue_depth == 1_200)
+        # a 40-tile request alone needs ~0.4 s, well within its 10 s; but every queued request has less
+        # work, so goes first: 1,240 tiles, >= 12.4 s at the measured speed
         with pytest.raises(BacklogError) as busy:
             await b.submit("m", tiles(3, 40), loop.time() + 10, "late")
         assert busy.value.estimate_s > 10 and busy.value.retry_after_s >= 1
-        assert b.queue_depth == 10_000
-        # a 1-tile request gets its turn in the next run: admitted (and cancelled again here)
+        assert b.queue_depth == 1_200
+        # a 1-tile request goes before all of them: admitted (and cancelled again here)
         small = asyncio.create_task(b.submit("m", tiles(4, 1), loop.time() + 10, "small"))
-        await until(lambda: b.queue_depth == 10_001)  # the refused request was never queued
+        await until(lambda: b.queue_depth == 1_201)  # the refused request was never queued
         small.cancel()
         for task in [*queued, small]:
             task.cancel()
@@ -164,6 +171,25 @@ def test_a_request_behind_too_much_queued_work_gets_backlog_with_a_retry_after()
 
 async def post(client, body: bytes):
     return await client.post("/upscale?scale=2", content=body, headers={"content-type": "image/png"})
+
+
+def test_the_warmup_measures_the_engine_before_the_first_request(tiny_onnx) -> None:
+    """Before the first real run, the lane's only measurement is its warmup: without it a large request
+    arriving first would be admitted on no estimate at all, and burn its deadline in the engine."""
+    engine = ToneEngine(32, 4, sleep_per_tile_s=0.05)  # the warmup runs at that speed too
+    app = create_app(
+        settings(tiny_onnx, request_timeout_s=2.0, max_upload_bytes=10_000_000), {"fast": engine}
+    )
+
+    async def main() -> None:
+        async with serving(app) as client:
+            # 1000x1000 output = 37^2 tiles: ~68 s at the warmup's 0.05 s per tile, > the 2-s deadline
+            r = await post(client, png(500, 500))
+            assert r.status_code == 413 and r.json()["error"] == "deadline_unreachable"
+            assert engine.runs == []  # refused on the warmup's measurement alone
+            assert (await post(client, png(8, 8))).status_code == 200  # 1 small tile: fits
+
+    asyncio.run(main())
 
 
 def test_http_answers_413_for_never_and_503_with_retry_after_for_not_now(tiny_onnx) -> None:
@@ -329,10 +355,11 @@ def test_a_lane_that_served_only_small_images_for_a_while_still_knows_what_a_ful
     assert isinstance(refusal, DeadlineUnreachableError)
 
 
-def test_a_request_whose_slack_runs_out_goes_before_round_robin_newcomers() -> None:
-    """Round-robin would mix the large request's tiles with the small ones' in every run; once its slack
-    (time left less its own work) is down to a quarter of its time, its tiles go first, and it finishes
-    with that margin instead of being stretched to its deadline."""
+def test_a_request_whose_slack_runs_out_goes_before_smaller_newcomers() -> None:
+    """Least work first would run the small requests' tiles before the large request's, and a stream of
+    them would stretch it to its deadline; once its slack (time left less its own work) is down to a
+    quarter of its time, its tiles go first (alternating only with batches its slack can afford), and it
+    finishes with a margin."""
     engine, holder = PacedEngine(per_tile_s=0.1), FakeEngine(gated=True)  # the holder's run blocks
 
     async def main() -> None:
@@ -360,8 +387,10 @@ def test_a_request_whose_slack_runs_out_goes_before_round_robin_newcomers() -> N
             holder.gate.set()
             await b.stop(grace_s=30)
         runs = [sorted({int(t) // 100 for t in call[:, 0, 0, 0]}) for call in engine.calls]
-        assert runs[:6] == [[4]] * 6  # its 6 runs first, no small tile among them
-        assert runs[6:] == [[5, 6, 7]]
+        assert runs[0] == [4]  # urgent: its batch first, though the small ones have less work
+        # the small ones ran between two of its batches, in a batch its spare slack could afford (their
+        # 0.3 s, topped up with its own tiles), or after it
+        assert sum(len(call) for call in engine.calls) == 27 and {5, 6, 7} <= set().union(*runs)
 
     asyncio.run(main())
 

@@ -197,21 +197,22 @@ def test_results_go_to_their_requests_and_batches_mix_requests() -> None:
         assert b.queue_depth == 0 and b.inflight == 0
 
     rec = run_with(engine, body, max_batch=4)
-    # Round-robin over requests (one tile each in turn, each request's tiles in order), at most max_batch
-    # per run, tiles of several requests share a run.
-    assert [ids(c) for c in engine.calls] == [[0], [100, 200, 300, 101], [201, 301, 102, 302]]
-    assert rec.batches == [("m", 1, 1), ("m", 4, 3), ("m", 4, 3)]
+    # Batches start with the oldest request's tiles or, every other batch, with those of the request with
+    # the least queued work, and fill up by least queued work (each request's tiles in order; arrival order
+    # among equals); at most max_batch per run, tiles of several requests share a run.
+    assert [ids(c) for c in engine.calls] == [[0], [100, 101, 102, 200], [201, 300, 301, 302]]
+    assert rec.batches == [("m", 1, 1), ("m", 4, 2), ("m", 4, 2)]
     assert rec.depths[-1] == ("m", 0)
     assert len(rec.waits) == 4  # every request's first dispatch was observed once
 
 
-def test_round_robin_lets_a_small_request_overtake_a_large_one() -> None:
+def test_a_small_request_overtakes_a_large_one() -> None:
     engine = FakeEngine(gated=True)
 
     async def body(b: TileBatcher, rec: Recorder) -> None:
         first = await block_engine(b, engine)
+        # queued within microseconds of each other: they have waited alike when the engine frees up
         big = asyncio.create_task(b.submit("m", tiles(1, 9), far(), "big"))
-        await until(lambda: b.queue_depth == 9)
         small = asyncio.create_task(b.submit("m", tiles(2, 1), far(), "small"))
         await until(lambda: b.queue_depth == 10)
         engine.gate.set()
@@ -221,7 +222,9 @@ def test_round_robin_lets_a_small_request_overtake_a_large_one() -> None:
 
     run_with(engine, body, max_batch=4)
     # Strict FIFO would have run the small request's tile after all nine of the big one's.
-    assert [ids(c) for c in engine.calls] == [[0], [100, 200, 101, 102], [103, 104, 105, 106], [107, 108]]
+    # The oldest's turn first, then the highest response ratio's (waited alike: the least queued work):
+    # the small request is in the second batch.
+    assert [ids(c) for c in engine.calls] == [[0], [100, 101, 102, 103], [200, 104, 105, 106], [107, 108]]
 
 
 def test_partial_batch_delay_counts_from_the_oldest_tiles_arrival() -> None:
@@ -287,22 +290,22 @@ def test_engine_failure_fails_only_that_batch_and_the_worker_continues() -> None
         poisoned = tiles(2, 3)
         poisoned[0] = -1  # run 1: [100, -1] fails both requests in it; 201 and 202 are dropped, never run
         bad = asyncio.create_task(b.submit("m", poisoned, far(), "bad"))
-        good = asyncio.create_task(b.submit("m", tiles(3, 2), far(), "good"))
-        await until(lambda: b.queue_depth == 6)
+        good = asyncio.create_task(b.submit("m", tiles(3, 4), far(), "good"))  # the most work: runs last
+        await until(lambda: b.queue_depth == 8)
         engine.gate.set()
         with pytest.raises(EngineError, match="poisoned tile") as err:
             await bad
         assert err.value.request_id == "bad"
         with pytest.raises(EngineError, match="poisoned tile"):
             await shares  # its tile was in the failed run
-        np.testing.assert_array_equal((await good).outputs, tiles(3, 2) + 1)
+        np.testing.assert_array_equal((await good).outputs, tiles(3, 4) + 1)
         await first
         after = await b.submit("m", tiles(4, 1), far(), "after")  # still serving
         np.testing.assert_array_equal(after.outputs, tiles(4, 1) + 1)
 
     rec = run_with(engine, body, max_batch=2)
     assert 201 not in engine.seen() and 202 not in engine.seen()
-    assert [ids(c) for c in engine.calls] == [[0], [100, -1], [300, 301], [400]]
+    assert [ids(c) for c in engine.calls] == [[0], [100, -1], [300, 301], [302, 303], [400]]
     assert rec.engine_errors == ["m"]
 
 
@@ -360,7 +363,8 @@ def test_queue_wait_is_observed_at_first_dispatch_even_if_the_request_then_times
         slow = asyncio.create_task(
             b.submit("m", tiles(1, 2), soon, "slow")
         )  # its first tile blocks the engine
-        never_ran = asyncio.create_task(b.submit("m", tiles(2, 1), soon, "never ran"))
+        # more work than "slow": it would go after it even if it were queued first
+        never_ran = asyncio.create_task(b.submit("m", tiles(2, 3), soon, "never ran"))
         for task in (slow, never_ran):
             with pytest.raises(DeadlineExceededError):
                 await task

@@ -1,4 +1,6 @@
-"""The scheduling policy alone (no batcher, no clock): round-robin over requests within a lane, and the
+"""The scheduling policy alone (no batcher, no clock): within a lane, batches alternate between the highest
+response ratio (waited per queued pixel; the least queued work among equal waits) and the oldest request;
+across lanes, the
 rotation over ready lanes (full batch, or the oldest tile waited ``max_delay``) across lanes."""
 
 from __future__ import annotations
@@ -9,9 +11,10 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
-from inference.scheduling import Job, LaneRotation, RoundRobinQueue
+from inference.scheduling import Job, LaneRotation, ResponseRatioQueue
 
 INF = float("inf")
+NOW = 1.0  # the queue tests' clock: every job there arrived at 0, so all have waited alike
 
 
 @pytest.fixture
@@ -43,30 +46,71 @@ def drain(rot: LaneRotation, now: float = INF) -> list[tuple[str, list[int]]]:
     return out
 
 
-def test_round_robin_within_a_lane_carries_over_between_batches(loop: asyncio.AbstractEventLoop) -> None:
-    q = RoundRobinQueue()
-    big, small = make_job(loop, "m", 1, 5), make_job(loop, "m", 2, 2)
-    q.add(big)
-    q.add(small)
-    assert len(q) == 7
-    assert ids(q.take(3)) == [100, 200, 101]
-    late = make_job(loop, "m", 3, 1)
-    q.add(late)  # joins the end of the rotation
-    assert ids(q.take(3)) == [201, 102, 300]
-    assert q.remove(big) == 2 and len(q) == 0 and q.take(3) == []
-    assert q.remove(big) == 0
-
-
-def test_a_batch_stacks_one_tile_shape_and_passed_over_requests_keep_their_turn(
+def test_the_lanes_pixels_alternate_between_the_least_queued_work_and_the_oldest_request(
     loop: asyncio.AbstractEventLoop,
 ) -> None:
-    q = RoundRobinQueue()
+    q = ResponseRatioQueue()
+    big, small = make_job(loop, "m", 1, 6), make_job(loop, "m", 2, 2)  # 4-pixel tiles
+    q.add(big)
+    q.add(small)
+    assert len(q) == 8
+    assert ids(q.take(3, NOW)) == [200, 201, 100]  # least work: the small one whole, the big one fills up
+    for r in (3, 4):  # smaller newcomers (1-pixel tiles) ...
+        q.add(make_job(loop, "m", r, 1, shape=(1, 1)))
+    # ... wait while the oldest catches up: half of the time is as many pixels in its own turns as the
+    # other turns ran (12 px: 3 tiles)
+    assert [ids(q.take(1, NOW)) for _ in range(3)] == [[101], [102], [103]]
+    # then the turns alternate by pixels: 1 px by response ratio (all waited alike: the least work
+    # first), 4 of the oldest, 1, then 4 px more by response ratio (the big one, now the least work)
+    assert [ids(q.take(1, NOW)) for _ in range(4)] == [[300], [104], [400], [105]]
+    assert len(q) == 0 and q.take(3, NOW) == []
+    late = make_job(loop, "m", 5, 2)
+    q.add(late)
+    assert q.remove(late) == 2 and len(q) == 0
+    assert q.remove(late) == 0
+
+
+def test_a_request_that_waited_long_for_its_size_goes_before_smaller_fresh_ones(
+    loop: asyncio.AbstractEventLoop,
+) -> None:
+    q = ResponseRatioQueue()
+    for r, n, at in ((1, 4, 0.0), (2, 1, 9.0), (3, 1, 9.9)):  # 32x32 tiles, in arrival order
+        q.add(make_job(loop, "m", r, n, at=at, shape=(32, 32)))
+    # at 10 s, seconds waited per queued pixel (+ 256 for a run's overhead): 10 / 4,352 for the 4-tile
+    # one, 1 / 1,280 and 0.1 / 1,280 for the 1-tile ones (least queued work first would run it last)
+    assert ids(q.take(6, 10.0)) == [100, 101, 102, 103, 200, 300]
+
+
+def test_work_is_counted_in_pixels_not_tiles(loop: asyncio.AbstractEventLoop) -> None:
+    q = ResponseRatioQueue()
+    two_big, three_small = make_job(loop, "m", 1, 2, shape=(4, 4)), make_job(loop, "m", 2, 3, shape=(2, 2))
+    q.add(two_big)
+    q.add(three_small)
+    assert ids(q.take(1, NOW)) == [200]  # 12 pixels queued against 32
+
+
+def test_a_batch_stacks_one_tile_shape_and_passed_over_requests_keep_their_place(
+    loop: asyncio.AbstractEventLoop,
+) -> None:
+    q = ResponseRatioQueue()
     a, thin, b = make_job(loop, "m", 1, 3), make_job(loop, "m", 2, 2, shape=(1, 4)), make_job(loop, "m", 3, 2)
     for job in (a, thin, b):
         q.add(job)
-    assert ids(q.take(4)) == [100, 300, 101, 301]  # the 1x4 request is passed over, not dropped
-    assert ids(q.take(4)) == [200, 201]  # ... and its turn comes before a's last tile
-    assert ids(q.take(4)) == [102] and len(q) == 0
+    assert ids(q.take(4, NOW)) == [200, 201]  # the least work (8 px) sets the shape; 2x2 tiles wait
+    assert ids(q.take(4, NOW)) == [100, 101, 102, 300]  # the oldest's turn, filled up by least work
+    assert ids(q.take(4, NOW)) == [301] and len(q) == 0
+
+
+def test_a_pixel_budget_passes_over_tiles_that_do_not_fit(loop: asyncio.AbstractEventLoop) -> None:
+    q = ResponseRatioQueue()
+    small, big = make_job(loop, "m", 1, 3, shape=(2, 2)), make_job(loop, "m", 2, 1, shape=(4, 4))
+    q.add(big)
+    q.add(small)
+    # 12 px of small queued < 16 px of big; 2 of its tiles fit
+    assert ids(q.take(4, NOW, max_pixels=10)) == [100, 101]
+    assert q.take(4, NOW, max_pixels=3) == []  # the oldest's turn, but nothing fits
+    assert ids(q.take(4, NOW, max_pixels=16)) == [200]  # the oldest's turn still: 8 px behind
+    assert ids(q.take(4, NOW, max_pixels=16)) == [102]
 
 
 def test_a_lane_is_ready_with_a_full_batch_or_once_its_oldest_tile_waited_max_delay(
@@ -84,7 +128,7 @@ def test_a_lane_is_ready_with_a_full_batch_or_once_its_oldest_tile_waited_max_de
     assert rot.queued("b") == 0 and rot.queued("a") == 2 and len(rot) == 2
     assert rot.next_batch(12.9) is None
     picked = rot.next_batch(13.0)
-    assert picked is not None and picked[0] == "a" and ids(picked[1]) == [100, 200]
+    assert picked is not None and picked[0] == "a" and ids(picked[1]) == [200, 100]  # r2 waited longer
     assert len(rot) == 0 and rot.wake_at() is None
 
 
@@ -174,31 +218,45 @@ def test_the_pacer_names_the_request_with_the_least_slack_among_the_urgent(
     pacer.observe("f", 4, 1.0)  # 1 s per full 2x2 tile
     rot = LaneRotation({"f": 1}, max_delay_s=0.0)
     relaxed, tight, doomed = (make_job(loop, "f", r, n) for r, n in ((1, 2), (2, 4), (3, 4)))
-    # all queued at 0 with 20 s: urgent once their slack is down to 5 s
+    # all queued at 0 with 20 s: urgent once their slack is down to 5 s, critical at 2 s
     relaxed.deadline, tight.deadline, doomed.deadline = 20.0, 20.0, 20.0  # work 2 s, 4 s, 4 s
     doomed.cpu_after_s = 17.0  # its encode is estimated to need most of its time
     for job in (relaxed, tight, doomed):
         rot.add(job)
     assert pacer.urgent(rot, now=0.0) is None  # slack 18 s, 16 s (and -2 s: doomed, never chosen)
-    assert pacer.urgent(rot, now=12.0) == (tight, False)  # slack 4 s <= 5 s; the relaxed one has 6 s
-    assert pacer.urgent(rot, now=14.0) == (tight, True)  # 2 s <= 10% of 20 s: critical, and least slack
+    assert pacer.urgent(rot, now=12.0) == (tight, pytest.approx(2.0))  # slack 4 s <= 5 s; relaxed has 6 s
+    assert pacer.urgent(rot, now=14.0) == (tight, pytest.approx(0.0))  # 2 s: critical, and least slack
     tight.cpu_after_s = 3.0  # its encode comes out of its time too: slack 4 s - 3 s < 0, doomed
-    assert pacer.urgent(rot, now=14.0) == (relaxed, False)
+    assert pacer.urgent(rot, now=14.0) == (relaxed, pytest.approx(2.0))
 
 
-def test_an_urgent_request_alternates_with_cheap_tiles_unless_critical(
+def test_what_an_urgent_request_can_spare_follows_each_lanes_measured_cost() -> None:
+    from inference.pacing import ALTERNATE_SHARE, LaneShape, Pacer
+
+    pacer = Pacer({"f": LaneShape(10, 4), "q": LaneShape(10, 1), "new": LaneShape(10, 1)})
+    for tiles in (1, 2, 4):
+        pacer.observe("f", tiles * 100, 0.1 * tiles)  # 0.1 s per full tile
+    pacer.observe("q", 100, 8.0)  # 8 s per full tile
+    spare = 2.0 / ALTERNATE_SHARE  # 2 s to spend
+    assert pacer.alternate_pixels(spare) == {"f": 400, "q": 25, "new": 0}  # f: capped at max_batch
+    assert pacer.alternate_pixels(0.0) == {"f": 0, "q": 0, "new": 0}  # critical: nothing
+
+
+def test_an_urgent_request_alternates_with_batches_its_slack_can_afford(
     loop: asyncio.AbstractEventLoop,
 ) -> None:
-    rot = LaneRotation({"f": 1}, max_delay_s=0.0)
+    rot = LaneRotation({"f": 1, "q": 1}, max_delay_s=0.0)
     big = make_job(loop, "f", 1, 4, shape=(4, 4))
-    mid = make_job(loop, "f", 2, 2, shape=(4, 3))  # 12 pixels: not cheap at 4
-    small = make_job(loop, "f", 3, 2, shape=(2, 2))  # 4 pixels: cheap
-    for job in (big, mid, small):
+    mid = make_job(loop, "f", 2, 2, shape=(4, 3))  # 12-pixel tiles: more than f's budget of 8
+    small = make_job(loop, "f", 3, 2, shape=(2, 2))  # 4-pixel tiles: within it
+    other_lane = make_job(loop, "q", 4, 1, shape=(2, 2))
+    for job in (big, mid, small, other_lane):
         rot.add(job)
-    order = [ids(rot.next_batch(0.0, big, cheap_pixels=4)[1]) for _ in range(4)]
-    assert order == [[100], [300], [101], [301]]  # urgent, cheap, urgent, cheap: the mid one waits
-    assert ids(rot.next_batch(0.0, big, cheap_pixels=4)[1]) == [102]
-    assert ids(rot.next_batch(0.0, big, cheap_pixels=4)[1]) == [103]  # no cheap tile left: urgent again
+    budget = {"f": 8, "q": 4}
+    order = [ids(rot.next_batch(0.0, big, budget)[1]) for _ in range(6)]
+    # urgent, then the rotation's usual batches cut to the budget, lane by lane: f's small request, q's
+    assert order == [[100], [300], [101], [400], [102], [301]]
+    assert ids(rot.next_batch(0.0, big, budget)[1]) == [103]  # nothing else fits: urgent again (its last)
     assert drain(rot) == [("f", [200]), ("f", [201])]
     rot.add(big := make_job(loop, "f", 4, 2, shape=(4, 4)))
     rot.add(make_job(loop, "f", 5, 1, shape=(2, 2)))
