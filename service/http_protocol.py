@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -109,6 +110,14 @@ class ConnectionLimits:
     max_header_bytes: int = 16 * 1024  # request line + header fields
     max_headers: int = 64  # header fields per request
     retry_after_s: int = 1  # Retry-After of the 503 for connections over max_connections
+    # told the rejection reason of each refusal made here (before the app sees the request), so it is
+    # counted with the app's own (drrn_rejections_total); called on the event loop
+    on_reject: Callable[[str], None] | None = None
+
+
+# drrn_rejections_total reasons of the refusals made here: a slow head is a timed-out upload, a connection
+# over max_connections an overload, and an oversized or malformed head bad input
+_REJECTION_REASON = {408: "upload_timeout", 503: "overloaded"}
 
 
 class _HeadRejected(Exception):
@@ -212,6 +221,8 @@ class GuardedHTTPProtocol(CoalescingHTTPProtocol):
         """Every parser-level refusal as the service's JSON error shape (uvicorn sends plain text)."""
         status, code, detail, limit = self._rejection or (400, "bad_http_request", msg or "invalid HTTP", {})
         self._cancel_head_timer()
+        if self.limits.on_reject is not None:
+            self.limits.on_reject(_REJECTION_REASON.get(status, "bad_input"))
         rid = uuid.uuid4().hex  # the request never reached the app: a fresh id, as for any bad one
         body = json.dumps({"error": code, "detail": detail, "limit": limit or None, "request_id": rid})
         body = body.encode()

@@ -146,11 +146,13 @@ def serve(host: str = "127.0.0.1", port: int = 8000) -> None:
 def uvicorn_config(app: FastAPI, settings: Settings, host: str, port: int) -> uvicorn.Config:
     """uvicorn's settings for the service: one worker, the guarded protocol (each response in one write,
     request heads bounded in time, bytes and count) and the connection limits from ``settings``."""
+    metrics = getattr(app.state, "metrics", None)
     limits = ConnectionLimits(
         settings.header_timeout_s,
         settings.max_header_bytes,
         settings.max_headers,
         max(1, round(settings.retry_after_s)),
+        on_reject=None if metrics is None else lambda reason: metrics.on_reject("", reason),
     )
     return uvicorn.Config(
         app,

@@ -281,6 +281,9 @@ def test_request_heads_are_bounded_in_bytes_count_and_time() -> None:
             conn.sendall(b"NOT HTTP AT ALL\r\n\r\n")
             status, _, body, _ = read_response(conn)
             assert status == 400 and json.loads(body)["error"] == "bad_http_request"
+        # refused before the app saw them, and still counted with its own refusals
+        counts = rejections(metrics(url))
+        assert counts["bad_input"] == 3 and counts["upload_timeout"] == 2
         # within the limits, keep-alive requests on one connection work
         with httpx.Client(base_url=url) as client:
             assert [client.get("/healthz").status_code for _ in range(3)] == [200] * 3
@@ -288,7 +291,7 @@ def test_request_heads_are_bounded_in_bytes_count_and_time() -> None:
 
 
 def test_connections_over_max_connections_get_a_json_503_with_retry_after() -> None:
-    with live_server(max_connections=3) as (_url, port, _engine):
+    with live_server(max_connections=3) as (url, port, _engine):
         idle = [socket.create_connection(("127.0.0.1", port), timeout=60) for _ in range(3)]
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=60) as conn:
@@ -313,3 +316,4 @@ def test_connections_over_max_connections_get_a_json_503_with_retry_after() -> N
             threading.Event().wait(0.01)
         else:
             raise AssertionError("never served again after the idle connections closed")
+        assert rejections(metrics(url))["overloaded"] >= 1  # counted, though the app never saw it
