@@ -9,6 +9,7 @@ for ``drrn eval``/``upscale`` on weight files).
 
 from __future__ import annotations
 
+import time
 from abc import ABC, abstractmethod
 from typing import Any
 
@@ -63,8 +64,9 @@ class Engine(ABC):
         """The batch sizes :meth:`warmup` runs: all of ``1..max_batch`` unless a backend knows better."""
         return range(1, self.max_batch + 1)
 
-    def warmup(self) -> None:
-        """Run each of :meth:`warmup_batch_sizes` at ``tile x tile`` once.
+    def warmup(self) -> list[tuple[int, float]]:
+        """Run each of :meth:`warmup_batch_sizes` at ``tile x tile`` once; returns ``(batch size,
+        seconds)`` per run, in order (the batcher's first measurement of the engine's speed).
 
         Backends specialise per input shape (cuDNN algorithm choice, ORT memory arenas), so the first run of
         each shape is slow; doing them before readiness keeps the first real requests fast. Raises
@@ -72,14 +74,18 @@ class Engine(ABC):
         """
         rng = np.random.default_rng(0)
         t = self.tile
+        timings = []
         for n in self.warmup_batch_sizes():
             x = rng.random((n, 1, t, t), dtype=np.float32)
+            t0 = time.perf_counter()
             y = self.run(x)
+            timings.append((n, time.perf_counter() - t0))
             if not isinstance(y, np.ndarray) or y.shape != x.shape or y.dtype != np.float32:
                 raise ModelContractError(
                     f"engine returned {getattr(y, 'dtype', type(y))}{getattr(y, 'shape', '')} for "
                     f"float32{x.shape}; expected the same shape and dtype"
                 )
+        return timings
 
     def close(self) -> None:  # noqa: B027 (a deliberate no-op default, not an abstract method)
         """Release the backend's resources (sessions, device memory); idempotent. Default: nothing."""

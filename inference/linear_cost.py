@@ -63,6 +63,11 @@ class LinearCost:
             return max(0.0, self._s - slope * self._k), slope
         return (0.0, self._s / self._k) if self._k >= 0.5 else (self._s, 0.0)
 
+    @property
+    def typical_size(self) -> float:
+        """The weighted mean size of the recent events (0 before the first)."""
+        return self._k
+
     def seconds(self, size: float) -> float | None:
         """Expected seconds of one event of ``size``; None while :meth:`coefficients` is."""
         return self.work_seconds(1, size)

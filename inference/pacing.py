@@ -14,16 +14,15 @@ against its size in full tiles.
 
 **Engine work done** (:func:`finish_estimate`): within a lane, the lane's time alternates between the
 request that has waited longest for its queued work and the oldest one (:mod:`inference.scheduling`).
-Among requests that have waited alike the first is the one with the least queued work, so a request's
-last tile is taken about when every queued request of its lane with at most as much queued work has had
-all of its tiles taken (equals count as ahead): ``A = sum_{j: q_j <= q} q_j`` tiles in
-``ceil(A / max_batch)`` runs;
-meanwhile the oldest-first turns (half of the time) take up to ``A + max_batch`` tiles of the older
-requests with more work.
-The rotation over lanes gives every other lane with work one run per run of ours: ``min(runs, its
-runs)`` runs each. Plus what is left of the run on the device now. Requests that arrive later with less
-work overtake it in the response-ratio turns; admission cannot know them, so :meth:`Pacer.urgent` protects a
-request whose slack they eat.
+The estimate takes as ahead of a request every queued request of its lane with at most as much queued
+work (equals count as ahead), and every older one with more work whose response ratio (waited per
+queued work) would still be the higher one when those are done: ``A`` tiles in ``ceil(A / max_batch)``
+runs. The other older requests with more work get the oldest-first turns (half of the time): up to
+``A + max_batch`` tiles. The rotation over lanes gives every other lane with work one run per run of
+ours: ``min(runs, its runs)`` runs each. Plus what is left of the run on the device now. This is a
+model, not the scheduler run forward: requests that arrive later with less work overtake it in the
+response-ratio turns, and admission cannot know them, so :meth:`Pacer.urgent` protects a request whose
+slack they eat.
 
 **Who a newcomer delays**: the same formula for every queued request of every lane, with and without the
 newcomer. A newcomer that would turn a request that meets its deadline into one that misses it is refused
@@ -48,10 +47,10 @@ from inference.scheduling import OLDEST_SHARE
 HEADROOM = 0.8
 # A queued request whose slack (time left before its engine deadline, less its own remaining engine work)
 # is down to this share of its whole time goes before every other tile of every lane (least slack first).
-# Round-robin serves concurrent requests in turn, which keeps small requests fast, but a stream of
-# newcomers would otherwise stretch a large request right up to its deadline, where the estimate's error
-# ends it in a 504. A share of the request's time, not of its work: urgency then leaves the same margin to
-# every request (a rule on work / time left converges on finishing at the deadline itself).
+# The response-ratio turns serve small requests first, and a stream of newcomers would otherwise stretch
+# a large request right up to its deadline, where the estimate's error ends it in a 504. A share of the
+# request's time, not of its work: urgency then leaves the same margin to every request (a rule on work /
+# time left converges on finishing at the deadline itself).
 URGENT_SLACK_SHARE = 0.25
 # Above this share, an urgent request's batches alternate with other batches (so small requests behind it
 # keep moving) that cost at most ALTERNATE_SHARE of its slack above this share: each alternation spends
@@ -64,13 +63,15 @@ ALTERNATE_SHARE = 0.5
 @dataclass(frozen=True)
 class LaneLoad:
     """One lane as the estimate sees it: its batch bound, queued (full) tiles per request (in arrival
-    order), its cost model, and seconds until each queued request's engine work must end (its deadline
-    less what its CPU stages still need after the engine; same order; empty = not checked)."""
+    order), its cost model, seconds until each queued request's engine work must end (its deadline less
+    what its CPU stages still need after the engine; same order; empty = not checked), and seconds each
+    has waited since it arrived (same order; empty = none yet)."""
 
     max_batch: int
     queued_per_request: tuple[float, ...]
     cost: LinearCost
     time_left_s: tuple[float, ...] = ()
+    waited_s: tuple[float, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -87,15 +88,26 @@ def _engine_done_s(lane: str, index: int, lanes: Mapping[str, LaneLoad], busy_le
     run: its lane's runs that come first (see the module doc), and one run of every other lane with work
     per run of its own."""
     own = lanes[lane]
-    q = own.queued_per_request[index]
-    ahead = sum(qi for qi in own.queued_per_request if qi <= q)
-    runs = max(1, math.ceil(ahead / own.max_batch))
-    own_s = own.cost.work_seconds(runs, ahead)
+    queued, waited = own.queued_per_request, own.waited_s or (0.0,) * len(own.queued_per_request)
+    q = queued[index]
+    ahead = sum(qi for qi in queued if qi <= q)
+    own_s = own.cost.work_seconds(max(1, math.ceil(ahead / own.max_batch)), ahead)
     if own_s is None:
         return None
-    # the oldest-first turns run OLDEST_SHARE of the pixels, give or take a batch: older requests with more
-    # work take up to that much (older ones with less work are in ``ahead`` already)
-    older = sum(qi for qi in own.queued_per_request[:index] if qi > q)
+    # An older request with more work goes first as a whole if its response ratio (waited per queued
+    # work) is still the higher one when this request's own share would be done; otherwise it runs in
+    # the oldest-first turns only, which take OLDEST_SHARE of the time, give or take a batch. (Its ratio
+    # only grows as it runs, so one that is ahead then stays ahead.)
+    older = 0.0
+    for i in sorted(range(index), key=lambda i: -waited[i] / queued[i]):
+        if queued[i] <= q:
+            continue  # in ``ahead`` already
+        if (waited[i] + own_s) / queued[i] >= (waited[index] + own_s) / q:
+            ahead += queued[i]
+            own_s = own.cost.work_seconds(max(1, math.ceil(ahead / own.max_batch)), ahead) or own_s
+        else:
+            older += queued[i]
+    runs = max(1, math.ceil(ahead / own.max_batch))
     if older:
         taken = min(older, ahead * OLDEST_SHARE / (1 - OLDEST_SHARE) + own.max_batch)
         oldest_runs = math.ceil(taken / own.max_batch)
@@ -114,7 +126,8 @@ def _engine_done_s(lane: str, index: int, lanes: Mapping[str, LaneLoad], busy_le
 def _with_newcomer(lanes: Mapping[str, LaneLoad], lane: str, n_tiles: float) -> dict[str, LaneLoad]:
     own = lanes[lane]
     queued = (*own.queued_per_request, n_tiles)
-    return {**lanes, lane: LaneLoad(own.max_batch, queued, own.cost, own.time_left_s)}
+    waited = (*own.waited_s, 0.0) if own.waited_s else ()
+    return {**lanes, lane: LaneLoad(own.max_batch, queued, own.cost, own.time_left_s, waited)}
 
 
 def finish_estimate(
@@ -198,6 +211,7 @@ class QueuedJob(Protocol):
 
     lane: str
     tiles: Any  # float32[N, 1, th, tw]
+    submitted: float
     deadline: float
     cpu_after_s: float
 
@@ -275,6 +289,7 @@ class Pacer:
                 tuple(self.full_tiles(name, px) for px in sched.queued_per_request(name)),
                 self.costs[name],
                 tuple(d - now for d in sched.queued_engine_deadlines(name)),
+                tuple(now - job.submitted for job in sched.queued_jobs() if job.lane == name),
             )
             for name, shape in self.lanes.items()
         }
@@ -323,6 +338,8 @@ class Pacer:
                 out[name] = 0
                 continue
             a, b = coef
-            full_tiles = shape.max_batch if b <= 0 else min(shape.max_batch, (budget - a) / b)
+            # no slope (only alike runs seen): no more than the runs that were measured
+            cost = self.costs[name]
+            full_tiles = min(shape.max_batch, cost.typical_size if b <= 0 else (budget - a) / b)
             out[name] = int(full_tiles * shape.tile**2)
         return out

@@ -160,6 +160,8 @@ class ResponseRatioQueue:
             if len(batch) >= n:
                 break
         self._jobs = [job for job in self._jobs if job.queued]
+        if turn < 0 and all(job is not first for job, _ in batch):
+            turn = 1  # the oldest's tiles did not fit (max_pixels): its share is not used up
         pixels = sum(job.tiles.shape[2] * job.tiles.shape[3] for job, _ in batch)
         self._cap = max(self._cap, pixels)
         credit = pixels * (OLDEST_SHARE if turn > 0 else 1.0 - OLDEST_SHARE)

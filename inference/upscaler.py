@@ -119,21 +119,20 @@ class Upscaler:
     async def warm_and_start(self) -> None:
         """Warm every model on its thread, then start the batcher: READY. A failed warmup is FAILED."""
         loop = asyncio.get_running_loop()
-        warm_s: dict[str, float] = {}
+        warm: dict[str, list[tuple[int, float]]] = {}
         for m in self.models.values():
             if self.phase is not Phase.STARTING:  # a shutdown arrived: warm nothing more
                 return
             t0 = time.perf_counter()
             try:
-                await loop.run_in_executor(self._engine_pool, m.engine.warmup)
+                warm[m.name] = await loop.run_in_executor(self._engine_pool, m.engine.warmup) or []
             except Exception as exc:
                 if self.phase is not Phase.STARTING:  # failing while draining is not a failed service
                     return
                 log.exception("warmup of model %r failed; the service stays unready and unhealthy", m.name)
                 self._set_phase(Phase.FAILED, f"warmup of model {m.name!r} failed: {exc}")
                 return
-            warm_s[m.name] = time.perf_counter() - t0
-            log.info("warmed model %r (tile %d) in %.2fs", m.name, m.tile, warm_s[m.name])
+            log.info("warmed model %r (tile %d) in %.2fs", m.name, m.tile, time.perf_counter() - t0)
         if self.phase is not Phase.STARTING:  # a shutdown arrived during warmup
             return
         lanes = {n: Lane(m.engine.run, m.tile, m.engine.max_batch) for n, m in self.models.items()}
@@ -148,12 +147,14 @@ class Upscaler:
             deadline_budget_s=c.request_timeout_s if c.deadline_admission else None,
             engine_stall_s=c.engine_stall_s,
         )
-        for name, seconds in warm_s.items():
-            # Admission's first estimates: without them a lane that has only run tiny tiles has no
-            # per-pixel cost, and a large request arriving then is admitted on a guess. The warmup's
-            # first runs are the slowest ones, so this errs towards refusing, and real runs correct it.
-            m = self.models[name]
-            self.batcher.calibrate(name, sum(m.engine.warmup_batch_sizes()) * m.tile**2, seconds)
+        for name, timings in warm.items():
+            # Admission's first estimate: without it a lane that has only run tiny tiles has no per-pixel
+            # cost, and a large request arriving then is admitted on a guess. The warmup's last run (on
+            # CUDA the largest batch, after the cold first one) errs towards refusing: a CPU's one warmup
+            # run is its cold one. Real runs then take over.
+            if timings:
+                n, seconds = timings[-1]
+                self.batcher.calibrate(name, n * self.models[name].tile ** 2, seconds)
         self.batcher.start()
         self._set_phase(Phase.READY)
 

@@ -39,9 +39,10 @@ class ToneEngine(Engine):
     def info(self) -> dict[str, Any]:
         return {"name": "tone", "depth": self._depth, "tile": self.tile, "max_batch": self.max_batch}
 
-    def warmup(self) -> None:
-        super().warmup()
+    def warmup(self) -> list[tuple[int, float]]:
+        timings = super().warmup()
         self._warm = True
+        return timings
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         if self._warm:

@@ -62,6 +62,19 @@ def test_finish_estimate_follows_least_work_or_oldest_and_the_lane_rotation() ->
     assert deadline_refusal("m", 1.0, {"m": LaneLoad(1, (), tiny)}, 0.0, 0.1, 0.1) is None
 
 
+def test_an_older_request_that_waited_long_for_its_work_counts_as_ahead_in_full() -> None:
+    """The response-ratio turns serve an older, larger request first while seconds waited per queued work
+    are higher for it than for the newcomer: a 4-tile newcomer behind a 12-tile request that has waited
+    10 s runs after all 12 of its tiles (the scheduler, run forward, gives 16 s)."""
+    cost = LinearCost()
+    cost.observe(1, 1.0)  # 1 s per tile, one tile per run
+    waited_long = {"m": LaneLoad(1, (12,), cost, (), (10.0,))}
+    assert finish_estimate("m", 4, waited_long, 0.0).total_s == pytest.approx(16.0)
+    # a 1-tile newcomer overtakes it at once (ratio 1/1 against 11/100): only the oldest-first turns count
+    fresh = {"m": LaneLoad(1, (100,), cost, (), (10.0,))}
+    assert finish_estimate("m", 1, fresh, 0.0).total_s == pytest.approx(3.0)  # 1 + min(100, 1 + 1)
+
+
 def test_a_newcomer_that_would_push_an_admitted_request_past_its_deadline_is_refused() -> None:
     cost = LinearCost()
     cost.observe(4, 0.08)  # 20 ms per tile

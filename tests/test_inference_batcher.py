@@ -1,6 +1,6 @@
-"""TileBatcher with fake engines: routing, cross-request round-robin batching, limits, deadlines,
-cancellation, errors, worker death (one lane, "m"), then several models on one device: the rotation over
-ready lanes, no starvation behind a backlog, per-lane limits, errors and observer hooks.
+"""TileBatcher with fake engines: routing, cross-request batching (response ratio or oldest), limits,
+deadlines, cancellation, errors, worker death (one lane, "m"), then several models on one device: the
+rotation over ready lanes, no starvation behind a backlog, per-lane limits, errors and observer hooks.
 
 Ordering is made deterministic with a gated engine: its first run blocks (in the batcher's executor thread)
 until the test releases it, so everything submitted meanwhile is queued when the next batches form. The

@@ -89,6 +89,17 @@ def test_work_is_counted_in_pixels_not_tiles(loop: asyncio.AbstractEventLoop) ->
     assert ids(q.take(1, NOW)) == [200]  # 12 pixels queued against 32
 
 
+def test_an_oldest_turn_that_cannot_take_the_oldest_does_not_use_up_its_share(
+    loop: asyncio.AbstractEventLoop,
+) -> None:
+    q = ResponseRatioQueue()
+    q.add(make_job(loop, "m", 1, 2, shape=(4, 4)))  # the oldest: 16-pixel tiles
+    q.add(make_job(loop, "m", 2, 3, shape=(2, 2)))
+    assert ids(q.take(1, NOW)) == [200]  # response ratio: the least work
+    assert ids(q.take(1, NOW, max_pixels=4)) == [201]  # the oldest's turn, but its tile does not fit
+    assert ids(q.take(1, NOW)) == [100]  # ... so its turn is still owed
+
+
 def test_a_batch_stacks_one_tile_shape_and_passed_over_requests_keep_their_place(
     loop: asyncio.AbstractEventLoop,
 ) -> None:
@@ -233,13 +244,16 @@ def test_the_pacer_names_the_request_with_the_least_slack_among_the_urgent(
 def test_what_an_urgent_request_can_spare_follows_each_lanes_measured_cost() -> None:
     from inference.pacing import ALTERNATE_SHARE, LaneShape, Pacer
 
-    pacer = Pacer({"f": LaneShape(10, 4), "q": LaneShape(10, 1), "new": LaneShape(10, 1)})
+    lanes = ("f", "q", "new", "tiny")
+    pacer = Pacer({"f": LaneShape(10, 4), **{name: LaneShape(10, 1) for name in lanes[1:]}})
     for tiles in (1, 2, 4):
         pacer.observe("f", tiles * 100, 0.1 * tiles)  # 0.1 s per full tile
     pacer.observe("q", 100, 8.0)  # 8 s per full tile
+    pacer.observe("tiny", 2, 0.001)  # only runs of 2 pixels seen: no per-pixel cost known
     spare = 2.0 / ALTERNATE_SHARE  # 2 s to spend
-    assert pacer.alternate_pixels(spare) == {"f": 400, "q": 25, "new": 0}  # f: capped at max_batch
-    assert pacer.alternate_pixels(0.0) == {"f": 0, "q": 0, "new": 0}  # critical: nothing
+    # f: capped at max_batch; q: a quarter tile; new: never measured; tiny: no bigger than what it ran
+    assert pacer.alternate_pixels(spare) == {"f": 400, "q": 25, "new": 0, "tiny": 2}
+    assert pacer.alternate_pixels(0.0) == dict.fromkeys(lanes, 0)  # critical: nothing
 
 
 def test_an_urgent_request_alternates_with_batches_its_slack_can_afford(
