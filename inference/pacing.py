@@ -35,7 +35,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 from inference.batch_types import BacklogError, DeadlineUnreachableError
 from inference.linear_cost import LinearCost
@@ -210,13 +210,15 @@ class QueuedJob(Protocol):
     """What :class:`Pacer` reads of a queued request (:class:`inference.scheduling.Job`)."""
 
     lane: str
-    tiles: Any  # float32[N, 1, th, tw]
     submitted: float
     deadline: float
     cpu_after_s: float
 
     @property
     def queued(self) -> int: ...
+
+    @property
+    def queued_pixels(self) -> int: ...
 
 
 class QueueState(Protocol):
@@ -302,7 +304,7 @@ class Pacer:
         shape = self.lanes[lane]
         jobs = [job for job in sched.queued_jobs() if job.lane == lane]
         tiles = sum(job.queued for job in jobs)
-        pixels = sum(job.queued * job.tiles.shape[2] * job.tiles.shape[3] for job in jobs)
+        pixels = sum(job.queued_pixels for job in jobs)
         return self.costs[lane].work_seconds(
             math.ceil(tiles / shape.max_batch), self.full_tiles(lane, pixels)
         )
@@ -315,7 +317,7 @@ class Pacer:
         best, best_slack, best_spare = None, math.inf, 0.0
         for job in sched.queued_jobs():
             shape = self.lanes[job.lane]
-            pixels = job.queued * job.tiles.shape[2] * job.tiles.shape[3]
+            pixels = job.queued_pixels
             work = self.costs[job.lane].work_seconds(
                 math.ceil(job.queued / shape.max_batch), self.full_tiles(job.lane, pixels)
             )
@@ -333,13 +335,13 @@ class Pacer:
         urgent request can let others run between its own batches."""
         budget, out = ALTERNATE_SHARE * spare_s, {}
         for name, shape in self.lanes.items():
-            coef = self.costs[name].coefficients()
+            cost = self.costs[name]
+            coef = cost.coefficients()
             if coef is None or budget <= 0 or coef[0] > budget:
                 out[name] = 0
                 continue
             a, b = coef
             # no slope (only alike runs seen): no more than the runs that were measured
-            cost = self.costs[name]
             full_tiles = min(shape.max_batch, cost.typical_size if b <= 0 else (budget - a) / b)
             out[name] = int(full_tiles * shape.tile**2)
         return out

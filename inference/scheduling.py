@@ -71,6 +71,16 @@ class Job:
         """Tiles not yet taken into a batch."""
         return len(self.tiles) - self.next_tile
 
+    @property
+    def tile_pixels(self) -> int:
+        """Pixels of one of its tiles (all of a request's tiles have one shape)."""
+        return self.tiles.shape[2] * self.tiles.shape[3]
+
+    @property
+    def queued_pixels(self) -> int:
+        """Pixels of its tiles not yet taken into a batch: tiles fit each image, so its queued work."""
+        return self.queued * self.tile_pixels
+
 
 class ResponseRatioQueue:
     """Queued tiles of one lane's requests: the lane's time alternates between the request that waited
@@ -104,7 +114,7 @@ class ResponseRatioQueue:
     def per_request(self) -> tuple[int, ...]:
         """Queued pixels (tiles x tile pixels) of each request with any, in arrival order: tiles fit
         each image, so a tile is not a unit of work, its pixels are."""
-        return tuple(_queued_pixels(job) for job in self._jobs)
+        return tuple(job.queued_pixels for job in self._jobs)
 
     def engine_deadlines(self) -> tuple[float, ...]:
         """When each request with queued tiles must have had its engine work done (its deadline less
@@ -141,14 +151,14 @@ class ResponseRatioQueue:
         if turn < 0:
             first = self._jobs[0]
         # stable: arrival order among equals (with equal waits, the least queued work first)
-        order = sorted(self._jobs, key=lambda job: -(now - job.submitted) / (_queued_pixels(job) + _MIN_WORK))
+        order = sorted(self._jobs, key=lambda job: -(now - job.submitted) / (job.queued_pixels + _MIN_WORK))
         if first is not None and first in self._jobs:
             order.remove(first)
             order.insert(0, first)
         batch: list[tuple[Job, int]] = []
         shape, room = None, max_pixels
         for job in order:
-            tile_shape, tile_pixels = job.tiles.shape[2:], job.tiles.shape[2] * job.tiles.shape[3]
+            tile_shape, tile_pixels = job.tiles.shape[2:], job.tile_pixels
             if shape is not None and tile_shape != shape:
                 continue
             while job.queued and len(batch) < n and (room is None or tile_pixels <= room):
@@ -162,7 +172,7 @@ class ResponseRatioQueue:
         self._jobs = [job for job in self._jobs if job.queued]
         if turn < 0 and all(job is not first for job, _ in batch):
             turn = 1  # the oldest's tiles did not fit (max_pixels): its share is not used up
-        pixels = sum(job.tiles.shape[2] * job.tiles.shape[3] for job, _ in batch)
+        pixels = sum(job.tile_pixels for job, _ in batch)
         self._cap = max(self._cap, pixels)
         credit = pixels * (OLDEST_SHARE if turn > 0 else 1.0 - OLDEST_SHARE)
         self._balance = max(-self._cap, min(self._cap, self._balance + turn * credit))
@@ -178,10 +188,6 @@ OLDEST_SHARE = 1 / 2
 # 384x384 tile on a 2-core CPU): the work a response ratio divides by, so a request of a few pixels does
 # not outrank everything the moment it arrives.
 _MIN_WORK = 256
-
-
-def _queued_pixels(job: Job) -> int:
-    return job.queued * job.tiles.shape[2] * job.tiles.shape[3]
 
 
 class LaneRotation:
