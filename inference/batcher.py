@@ -6,19 +6,20 @@ Each model is a :class:`Lane` (engine call, tile side T, ``max_batch``); a reque
 stacks tiles of one shape only. A single worker task takes the next ready lane's batch
 (:mod:`inference.scheduling`: rotation over lanes with a full batch or whose oldest tile waited
 ``max_delay_ms``, so one model's backlog delays another's ready request by at most one run; within a
-lane, time alternates between the request that has waited longest for its work and the oldest), stacks
-it, runs the lane's engine once in a single-thread executor (one engine call at a time on the device)
-and routes each output row back to its request. So a run holds tiles
-of one model but may mix requests, and a large request spans several runs. A partial batch waits for more
-tiles until ``max_delay_ms`` after its lane's oldest queued tile arrived, never longer, and never while
-another lane is ready.
+lane, time alternates between the request that has waited longest for its work and the oldest) and hands
+it to :class:`inference.batch_runner.BatchRunner`, which runs the lane's engine once (one engine call at a
+time on the device) and routes each output row back to its request. So a run holds tiles of one model but
+may mix requests, and a large request spans several runs. A partial batch waits for more tiles until
+``max_delay_ms`` after its lane's oldest queued tile arrived, never longer, and never while another lane
+is ready.
 
 Failure semantics (Triton-style per-request errors): an engine exception fails only the requests with tiles
-in that run; a request past its deadline or whose awaiting task is cancelled has its queued tiles removed,
-so they never reach the engine; each lane's queue is bounded in tiles (``max_queue_tiles`` per lane: one
-model's backlog never refuses another's requests) and full means an immediate rejection. If the worker
-itself dies (a bug), every pending request fails with :class:`EngineError` at once and
-:attr:`TileBatcher.failure` says why (the service then reports itself unhealthy).
+in that run (:mod:`inference.batch_runner`); a request past its deadline or whose awaiting task is
+cancelled has its queued tiles removed, so they never reach the engine; each lane's queue is bounded in
+tiles (``max_queue_tiles`` per lane: one model's backlog never refuses another's requests) and full means
+an immediate rejection. If the worker itself dies (a bug), every pending request fails with
+:class:`EngineError` at once and :attr:`TileBatcher.failure` says why (the service then reports itself
+unhealthy).
 
 Deadline-aware admission (``deadline_budget_s`` set): a request the measured engine speed cannot finish by
 its deadline is refused before it is queued (:mod:`inference.pacing`): :class:`DeadlineUnreachableError`
@@ -39,13 +40,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from concurrent.futures import Executor, ThreadPoolExecutor
 
 import numpy as np
 
 from engines.repository import UnknownModelError
+from inference.batch_runner import BatchRunner
 from inference.batch_types import (
     BacklogError,
     BatcherError,
@@ -61,7 +62,7 @@ from inference.batch_types import (
     ShuttingDownError,
 )
 from inference.pacing import LaneShape, Pacer
-from inference.scheduling import Job, LaneRotation
+from inference.scheduling import WORK_OFFSET_TILES, Job, LaneRotation
 
 __all__ = [
     "BacklogError",
@@ -108,11 +109,16 @@ class TileBatcher:
         self.deadline_budget_s, self.engine_stall_s = deadline_budget_s, engine_stall_s
         # measured engine seconds per run, per lane: admission and urgency (inference.pacing)
         self.pacer = Pacer({n: LaneShape(lane.tile, lane.max_batch) for n, lane in self.lanes.items()})
-        self._sched = LaneRotation({n: lane.max_batch for n, lane in self.lanes.items()}, self.max_delay_s)
+        self._sched = LaneRotation(
+            {n: lane.max_batch for n, lane in self.lanes.items()},
+            self.max_delay_s,
+            {n: int(WORK_OFFSET_TILES * lane.tile**2) for n, lane in self.lanes.items()},
+        )
         self._jobs: set[Job] = set()
         self._wakeup: asyncio.Event | None = None
         self._idle: asyncio.Event | None = None
         self._worker: asyncio.Task[None] | None = None
+        self._runner: BatchRunner | None = None  # the engine-run half, made at start (needs the executor)
         self._accepting = False
         self.failure: BaseException | None = None  # why the worker died, if it did
 
@@ -123,6 +129,16 @@ class TileBatcher:
             raise RuntimeError("batcher already started")
         if self._executor is None:
             self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="drrn-engine")
+        self._runner = BatchRunner(
+            self.lanes,
+            self.pacer,
+            self.observer,
+            self._executor,
+            self._fail,
+            self._finish,
+            self._stalled,
+            self.engine_stall_s,
+        )
         self._wakeup, self._idle = asyncio.Event(), asyncio.Event()
         self._idle.set()
         self._accepting = True
@@ -387,65 +403,7 @@ class TileBatcher:
         self._accepting = False
         self.observer.on_engine_stall(model, seconds)
 
-    @staticmethod
-    def _timed_run(run: Callable[[np.ndarray], np.ndarray], x: np.ndarray) -> tuple[np.ndarray, float]:
-        t0 = time.perf_counter()
-        y = run(x)
-        return y, time.perf_counter() - t0
-
     async def _work(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             model, batch = await self._next_batch()
-            now = loop.time()
-            jobs = list(dict.fromkeys(job for job, _ in batch))  # distinct, in order
-            for job in jobs:
-                if job.started is None:
-                    job.started = now
-                    self.observer.on_first_dispatch(model, now - job.submitted)
-            try:
-                x = np.stack([job.tiles[i] for job, i in batch])
-                run = self.lanes[model].run
-                self.pacer.run_started(model, x.size, loop.time())
-                watchdog = None
-                if self.engine_stall_s is not None:
-                    watchdog = loop.call_later(self.engine_stall_s, self._stalled, model)
-                try:
-                    y, seconds = await loop.run_in_executor(self._executor, self._timed_run, run, x)
-                finally:
-                    self.pacer.run_ended()
-                    if watchdog is not None:
-                        watchdog.cancel()
-                if not isinstance(y, np.ndarray) or y.shape != x.shape:
-                    raise RuntimeError(f"engine returned {getattr(y, 'shape', type(y))} for {x.shape}")
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # an engine failure fails this batch's requests, not the service
-                rids = [j.request_id for j in jobs]
-                log.exception("%s engine run of %d tiles failed (requests %s)", model, len(batch), rids)
-                self.observer.on_engine_error(model, exc)
-                for job in jobs:
-                    self._fail(job, EngineError(f"engine failed: {exc}", job.request_id))
-                continue
-            self.observer.on_batch(model, len(batch), len(jobs), seconds)
-            self.pacer.observe(model, x.size, seconds)
-            share = seconds / len(batch)
-            for job in jobs:
-                job.infer_s += seconds
-                job.runs += 1
-            for job, _ in batch:
-                job.engine_s += share
-                if job.expired:  # its deadline passed while this run held its tiles: work thrown away
-                    self.observer.on_deadline_work(model, share)
-            for row, (job, i) in enumerate(batch):
-                if job.future.done():  # expired or cancelled while its tiles ran: discard
-                    continue
-                job.tiles[i] = y[row]
-                job.remaining -= 1
-                if job.remaining == 0:
-                    job.future.set_result(
-                        BatchResult(
-                            job.tiles, job.started - job.submitted, job.infer_s, job.runs, job.engine_s
-                        )
-                    )
-                    self._finish(job)
+            await self._runner.run(model, batch)

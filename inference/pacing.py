@@ -13,13 +13,13 @@ batcher converts pixels to full tiles before asking (a 64x64 image's one tile is
 against its size in full tiles.
 
 **Engine work done** (:func:`finish_estimate`): within a lane, the lane's time alternates between the
-request that has waited longest for its queued work and the oldest one (:mod:`inference.scheduling`).
-The estimate takes as ahead of a request every queued request of its lane with at most as much queued
-work (equals count as ahead), and every older one with more work whose response ratio (waited per
-queued work) would still be the higher one when those are done: ``A`` tiles in ``ceil(A / max_batch)``
-runs. The other older requests with more work get the oldest-first turns (half of the time): up to
-``A + max_batch`` tiles. The rotation over lanes gives every other lane with work one run per run of
-ours: ``min(runs, its runs)`` runs each. Plus what is left of the run on the device now. This is a
+request that has waited longest for its queued work and the oldest one (:mod:`inference.scheduling`). The
+estimate takes as ahead of a request every queued request of its lane with at most as much queued work
+(equals count as ahead), and every older one with more work whose response ratio (waited per queued work
+plus one full tile) would still be the higher one when those are done: ``A`` tiles in ``ceil(A /
+max_batch)`` runs. The other older requests with more work get the oldest-first turns (half of the time):
+up to ``A + max_batch`` tiles. The rotation over lanes gives every other lane with work one run per run
+of ours: ``min(runs, its runs)`` runs each. Plus what is left of the run on the device now. This is a
 model, not the scheduler run forward: requests that arrive later with less work overtake it in the
 response-ratio turns, and admission cannot know them, so :meth:`Pacer.urgent` protects a request whose
 slack they eat.
@@ -39,7 +39,7 @@ from typing import Protocol
 
 from inference.batch_types import BacklogError, DeadlineUnreachableError
 from inference.linear_cost import LinearCost
-from inference.scheduling import OLDEST_SHARE
+from inference.scheduling import OLDEST_SHARE, WORK_OFFSET_TILES
 
 # A request is admitted only if its estimated time (engine work from the queue model, plus its CPU stages
 # from :class:`LinearCost` fits of decode and encode) fits this share of its remaining time: the rest
@@ -89,20 +89,20 @@ def _engine_done_s(lane: str, index: int, lanes: Mapping[str, LaneLoad], busy_le
     per run of its own."""
     own = lanes[lane]
     queued, waited = own.queued_per_request, own.waited_s or (0.0,) * len(own.queued_per_request)
-    q = queued[index]
+    q, offset = queued[index], WORK_OFFSET_TILES  # the scheduler's response ratio: waited / (work + offset)
     ahead = sum(qi for qi in queued if qi <= q)
     own_s = own.cost.work_seconds(max(1, math.ceil(ahead / own.max_batch)), ahead)
     if own_s is None:
         return None
     # An older request with more work goes first as a whole if its response ratio (waited per queued
-    # work) is still the higher one when this request's own share would be done; otherwise it runs in
-    # the oldest-first turns only, which take OLDEST_SHARE of the time, give or take a batch. (Its ratio
-    # only grows as it runs, so one that is ahead then stays ahead.)
+    # work plus the offset) is still the higher one when this request's own share would be done;
+    # otherwise it runs in the oldest-first turns only, which take OLDEST_SHARE of the time, give or
+    # take a batch. (Its ratio only grows as it runs, so one that is ahead then stays ahead.)
     older = 0.0
-    for i in sorted(range(index), key=lambda i: -waited[i] / queued[i]):
+    for i in sorted(range(index), key=lambda i: -waited[i] / (queued[i] + offset)):
         if queued[i] <= q:
             continue  # in ``ahead`` already
-        if (waited[i] + own_s) / queued[i] >= (waited[index] + own_s) / q:
+        if (waited[i] + own_s) / (queued[i] + offset) >= (waited[index] + own_s) / (q + offset):
             ahead += queued[i]
             own_s = own.cost.work_seconds(max(1, math.ceil(ahead / own.max_batch)), ahead) or own_s
         else:

@@ -39,6 +39,21 @@ from typing import Any
 
 import numpy as np
 
+# The share of a lane's time (its pixels) that goes to batches that start with the oldest request: what
+# a large request gets however many smaller ones keep arriving. The rest goes by response ratio, which
+# serves small requests first; a large request that still runs short of time turns urgent. (A third left
+# 3 requests of 4,631 to end in 504 in the soak, and made small requests only ~10% faster.)
+OLDEST_SHARE = 1 / 2
+# Work added to every request's queued pixels before its response ratio divides by it, in full tiles of
+# its lane (T x T pixels): requests much smaller than a tile rank by their wait more than by their size.
+# Ranking them by size gains them little (each costs ~0.01-0.5 s on a 2-core CPU) and starved the
+# mid-size ones: with 256 pixels here, a steady stream of tiny requests (70% of the soak's traffic)
+# outranked a 212x144 one for 20 s while a large request held the oldest turns.
+WORK_OFFSET_TILES = 1.0
+# The offset in pixels when no tile size is given (the unit tests' tiny tiles): a run's fixed overhead
+# (~1 ms against ~0.5 s for a 384x384 tile), so a request of a few pixels does not outrank all on arrival.
+_MIN_WORK = 256
+
 
 @dataclass(eq=False)
 class Job:
@@ -86,7 +101,8 @@ class ResponseRatioQueue:
     """Queued tiles of one lane's requests: the lane's time alternates between the request that waited
     longest for its queued work and the oldest request (see the module doc)."""
 
-    def __init__(self) -> None:
+    def __init__(self, min_work: int = _MIN_WORK) -> None:
+        self.min_work = min_work  # pixels added to each request's queued work in its response ratio
         self._jobs: list[Job] = []  # requests with queued tiles, in arrival order (which breaks ties)
         self._tiles = 0
         # OLDEST_SHARE x pixels run in response-ratio turns less (1 - OLDEST_SHARE) x pixels run in oldest
@@ -151,7 +167,8 @@ class ResponseRatioQueue:
         if turn < 0:
             first = self._jobs[0]
         # stable: arrival order among equals (with equal waits, the least queued work first)
-        order = sorted(self._jobs, key=lambda job: -(now - job.submitted) / (job.queued_pixels + _MIN_WORK))
+        floor = self.min_work
+        order = sorted(self._jobs, key=lambda job: -(now - job.submitted) / (job.queued_pixels + floor))
         if first is not None and first in self._jobs:
             order.remove(first)
             order.insert(0, first)
@@ -179,29 +196,23 @@ class ResponseRatioQueue:
         return batch
 
 
-# The share of a lane's time (its pixels) that goes to batches that start with the oldest request: what
-# a large request gets however many smaller ones keep arriving. The rest goes by response ratio, which
-# serves small requests first; a large request that still runs short of time turns urgent. (A third left
-# 3 requests of 4,631 to end in 504 in the soak, and made small requests only ~10% faster.)
-OLDEST_SHARE = 1 / 2
-# Pixels' worth of time a run costs whatever its size (its fixed overhead: ~1 ms against ~0.5 s for a
-# 384x384 tile on a 2-core CPU): the work a response ratio divides by, so a request of a few pixels does
-# not outrank everything the moment it arrives.
-_MIN_WORK = 256
-
-
 class LaneRotation:
     """One :class:`ResponseRatioQueue` per lane and the rotation over the ready lanes (see the module doc).
 
-    ``max_batch`` maps each lane name to its batch bound, in rotation order. Times are the caller's clock
-    (the batcher passes ``loop.time()``); nothing here reads a clock or awaits.
+    ``max_batch`` maps each lane name to its batch bound, in rotation order; ``min_work`` (optional, per
+    lane) the pixels its response ratios add to each request's queued work (the batcher sets
+    :data:`WORK_OFFSET_TILES` full tiles). Times are the caller's clock (the batcher passes
+    ``loop.time()``); nothing here reads a clock or awaits.
     """
 
-    def __init__(self, max_batch: Mapping[str, int], max_delay_s: float) -> None:
+    def __init__(
+        self, max_batch: Mapping[str, int], max_delay_s: float, min_work: Mapping[str, int] | None = None
+    ) -> None:
         if not max_batch:
             raise ValueError("at least one lane is needed")
         self.max_batch, self.max_delay_s = dict(max_batch), max_delay_s
-        self._queues = {name: ResponseRatioQueue() for name in self.max_batch}
+        floors = dict(min_work or {})
+        self._queues = {name: ResponseRatioQueue(floors.get(name, _MIN_WORK)) for name in self.max_batch}
         self._order = list(self.max_batch)
         self._turn = 0  # index in _order of the lane that is asked first next time
         self._urgent_ran_last = False  # the last batch was an urgent request's (see next_batch)
@@ -209,6 +220,11 @@ class LaneRotation:
     def __len__(self) -> int:
         """Queued tiles over all lanes."""
         return sum(len(q) for q in self._queues.values())
+
+    @property
+    def min_work(self) -> dict[str, int]:
+        """Per lane, the pixels its response ratios add to each request's queued work."""
+        return {name: queue.min_work for name, queue in self._queues.items()}
 
     def queued(self, lane: str) -> int:
         """Queued tiles of one lane."""

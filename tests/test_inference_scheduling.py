@@ -81,6 +81,35 @@ def test_a_request_that_waited_long_for_its_size_goes_before_smaller_fresh_ones(
     assert ids(q.take(6, 10.0)) == [100, 101, 102, 103, 200, 300]
 
 
+@pytest.mark.parametrize(("offset", "first"), [(256, 200), (384 * 384, 100)])
+def test_a_mid_size_request_outranks_fresh_tiny_ones_once_work_has_a_tile_offset(
+    loop: asyncio.AbstractEventLoop, offset: int, first: int
+) -> None:
+    # the soak's case: a 212x144 output (30,528 px) that waited 2 s against a 45x45 one (2,025 px) that
+    # waited 0.5 s. With the 256-pixel offset the tiny one goes first (0.5 / 2,281 > 2 / 30,784), and a
+    # stream of tiny ones kept it waiting 20 s; with one 384x384 tile added to both, the wait decides.
+    q = ResponseRatioQueue(min_work=offset)
+    q.add(make_job(loop, "m", 1, 1, at=0.0, shape=(144, 212)))
+    q.add(make_job(loop, "m", 2, 1, at=1.5, shape=(45, 45)))
+    assert ids(q.take(1, 2.0)) == [first]
+
+
+def test_each_lane_offsets_work_by_its_own_amount_and_the_batcher_uses_one_full_tile(
+    loop: asyncio.AbstractEventLoop,
+) -> None:
+    from inference.batch_types import Lane
+    from inference.batcher import TileBatcher
+
+    rot = LaneRotation({"a": 1, "b": 1}, max_delay_s=0.0, min_work={"a": 384 * 384})  # "b": the default
+    for lane in ("a", "b"):
+        rot.add(make_job(loop, lane, 1, 1, at=0.0, shape=(144, 212)))
+        rot.add(make_job(loop, lane, 2, 1, at=1.5, shape=(45, 45)))
+    # the rotation serves "a" then "b": "a" takes the mid-size request first, "b" the tiny one
+    assert drain(rot, 2.0) == [("a", [100]), ("b", [200]), ("a", [200]), ("b", [100])]
+    lanes = {name: Lane(lambda x: x, tile=t, max_batch=1) for name, t in (("fast", 384), ("quality", 640))}
+    assert TileBatcher(lanes)._sched.min_work == {"fast": 384 * 384, "quality": 640 * 640}
+
+
 def test_work_is_counted_in_pixels_not_tiles(loop: asyncio.AbstractEventLoop) -> None:
     q = ResponseRatioQueue()
     two_big, three_small = make_job(loop, "m", 1, 2, shape=(4, 4)), make_job(loop, "m", 2, 3, shape=(2, 2))
