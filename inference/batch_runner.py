@@ -78,6 +78,7 @@ class BatchRunner:
             return
         self.observer.on_batch(model, len(batch), len(jobs), seconds)
         self.pacer.observe(model, x.size, seconds)
+        self.pacer.served(model, seconds, loop.time(), max(len(job.tiles) * job.tile_pixels for job in jobs))
         self._account(model, batch, jobs, seconds)
         self._deliver(batch, y)
 

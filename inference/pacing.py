@@ -39,6 +39,7 @@ from typing import Protocol
 
 from inference.batch_types import BacklogError, DeadlineUnreachableError
 from inference.linear_cost import LinearCost
+from inference.recent_load import RecentLoad
 from inference.scheduling import OLDEST_SHARE, WORK_OFFSET_TILES
 
 # A request is admitted only if its estimated time (engine work from the queue model, plus its CPU stages
@@ -247,6 +248,7 @@ class Pacer:
     def __init__(self, lanes: Mapping[str, LaneShape]) -> None:
         self.lanes = dict(lanes)
         self.costs = {name: LinearCost() for name in self.lanes}
+        self.recent = RecentLoad()  # what the traffic took of the engine lately, by request size
         self._running: tuple[str, float, float] | None = None  # (lane, full tiles, start)
 
     def run_started(self, lane: str, pixels: int, now: float) -> None:
@@ -266,6 +268,11 @@ class Pacer:
         """A run of ``pixels`` of ``lane`` took ``seconds`` of engine time."""
         self.costs[lane].observe(self.full_tiles(lane, pixels), seconds)
 
+    def served(self, lane: str, seconds: float, now: float, request_pixels: int) -> None:
+        """A run of ``lane`` ended at ``now`` after ``seconds``; the largest request it served has
+        ``request_pixels`` of work in all (tiles x their pixels)."""
+        self.recent.record(lane, seconds, now, self.full_tiles(lane, request_pixels))
+
     def full_tiles(self, lane: str, pixels: float) -> float:
         return pixels / self.lanes[lane].tile ** 2
 
@@ -280,7 +287,10 @@ class Pacer:
         now: float,
     ) -> tuple[DeadlineUnreachableError | BacklogError | None, float | None]:
         """:func:`deadline_refusal` for ``n_tiles`` full tiles on ``lane`` against the queue now, and the
-        estimated seconds until its engine work would be done (None before a run was measured)."""
+        estimated seconds until its engine work would be done (None before a run was measured). Its own
+        work is stretched by the share of the engine that smaller requests and other lanes took over the
+        last ``budget_s`` (:class:`inference.recent_load.RecentLoad`, at most ``1 - OLDEST_SHARE``): they
+        keep arriving after it and go first."""
         busy_left = 0.0
         if self._running is not None:
             running_lane, size, started = self._running
@@ -296,6 +306,11 @@ class Pacer:
             for name, shape in self.lanes.items()
         }
         est = finish_estimate(lane, n_tiles, loads, busy_left)
+        if est is not None:
+            # requests that arrive after it with less work go first in the response-ratio turns: its own
+            # work gets the share of the engine they leave, at least the oldest's (see recent_load)
+            share = min(self.recent.share_below(lane, n_tiles, now, budget_s), 1.0 - OLDEST_SHARE)
+            est = Estimate(est.total_s + est.alone_s * share / (1.0 - share), est.alone_s)
         refusal = _verdict(est, lane, n_tiles, loads, busy_left, deadline - now, budget_s, cpu_s)
         return refusal, None if est is None else est.total_s
 

@@ -88,6 +88,35 @@ def test_a_newcomer_that_would_push_an_admitted_request_past_its_deadline_is_ref
         assert deadline_refusal("m", 36, lanes, 0.0, 10.0, 10.0) is None
 
 
+def test_a_large_newcomer_counts_the_engine_share_that_smaller_traffic_has_been_taking() -> None:
+    """A 16-tile newcomer (16 s of its own work, 30 s left) is admitted on an idle engine. After 30 s in
+    which 1-tile requests took 60% of the engine, they will keep going first: its work gets half of the
+    engine (the oldest's share, the floor), so it needs 32 s and is refused with a Retry-After. Runs of
+    larger requests, or older than the window, do not count."""
+    from inference.pacing import LaneShape, Pacer
+    from inference.recent_load import RecentLoad
+    from inference.scheduling import LaneRotation
+
+    pacer = Pacer({"f": LaneShape(2, 1)})
+    pacer.observe("f", 4, 1.0)  # 1 s per full 2x2 tile
+    empty = LaneRotation({"f": 1}, max_delay_s=0.0)
+
+    def verdict(now: float):
+        return pacer.refusal(empty, "f", 16, now + 30.0, 30.0, 0.0, now)
+
+    refusal, est = verdict(100.0)
+    assert refusal is None and est == pytest.approx(16.0)
+    pacer.served("f", 20.0, 60.0, 4)  # before the window
+    for k in range(18):  # 18 s of 1-tile requests (4 px of work each) in the last 30 s
+        pacer.served("f", 1.0, 71.0 + k * 1.5, 4)
+    pacer.served("f", 9.0, 99.0, 64)  # a run of a 16-tile request: no more work than the newcomer
+    refusal, est = verdict(100.0)
+    assert isinstance(refusal, BacklogError) and est == pytest.approx(32.0)
+    assert RecentLoad().share_below("f", 16, 100.0, 30.0) == 0.0
+    assert pacer.recent.share_below("f", 16, 100.0, 30.0) == pytest.approx(0.6)
+    assert pacer.recent.share_below("other", 1, 100.0, 30.0) == pytest.approx(0.9)  # another lane: all
+
+
 def run_paced(body, engine: FakeEngine, budget_s: float, rec: Recorder | None = None) -> Recorder:
     rec = rec or Recorder()
 
