@@ -8,7 +8,7 @@ each output row over the tile it came from. A request whose last tile is done ge
 
 Failure semantics (Triton-style per-request errors): an engine exception, or an output of the wrong shape,
 fails only the requests with tiles in that run. A request that expired or was cancelled while its tiles
-ran has those outputs discarded, and the engine time they took is counted as wasted. A watchdog
+ran has those outputs discarded; an expired one's share of the run counts as wasted engine time. A watchdog
 (``engine_stall_s``) notices a call that hangs: the call cannot be interrupted, so the runner only reports
 it (the batcher then stops accepting work and reports itself unhealthy).
 """
@@ -35,7 +35,8 @@ class BatchRunner:
 
     ``fail(job, exc)`` ends a request with an error; ``finish(job)`` forgets a request that is done;
     ``on_stall(model)`` is called when an engine call has run for ``engine_stall_s`` (None: no watchdog).
-    Every run is timed and fed to ``pacer`` (the measured cost admission and urgency use)."""
+    Every successful run is timed and fed to ``pacer`` (the measured cost and recent load that admission
+    and urgency use)."""
 
     def __init__(
         self,

@@ -21,14 +21,15 @@ an immediate rejection. If the worker itself dies (a bug), every pending request
 :class:`EngineError` at once and :attr:`TileBatcher.failure` says why (the service then reports itself
 unhealthy).
 
-Deadline-aware admission (``deadline_budget_s`` set): a request the measured engine speed cannot finish by
-its deadline is refused before it is queued (:mod:`inference.pacing`): :class:`DeadlineUnreachableError`
-when it alone needs more than the whole budget, :class:`BacklogError` (with a Retry-After computed from the
-queue) when the work ahead of it is the reason; a queued request whose slack runs low goes before the
-others (:meth:`inference.pacing.Pacer.urgent`). A watchdog (``engine_stall_s``) notices an engine call
-that hangs: the call cannot be interrupted, so the batcher stops accepting work, sets
-:attr:`TileBatcher.failure` (the service reports itself unhealthy) and lets the stuck requests end at their
-deadlines.
+Deadline-aware admission (``deadline_budget_s`` set): a request the measured engine speed cannot finish
+by its deadline is refused before it is queued (:mod:`inference.pacing`):
+:class:`DeadlineUnreachableError` when it alone needs more than the whole budget, :class:`BacklogError`
+(with a Retry-After computed from the estimate) when the work ahead of it, or the share recent traffic
+keeps taking, is the reason; a queued request whose slack runs low goes before the others
+(:meth:`inference.pacing.Pacer.urgent`). A watchdog (``engine_stall_s``) notices an engine call that
+hangs: the call cannot be interrupted, so the batcher stops accepting work, sets
+:attr:`TileBatcher.failure` (the service reports itself unhealthy) and lets the stuck requests end at
+their deadlines.
 
 Admission is all-or-nothing per request: a request needs room for all of its tiles at once. Under a
 sustained load of small requests that keeps a lane near ``max_queue_tiles``, a very large request can be
@@ -108,7 +109,10 @@ class TileBatcher:
         self.observer = observer or BatcherObserver()
         self.deadline_budget_s, self.engine_stall_s = deadline_budget_s, engine_stall_s
         # measured engine seconds per run, per lane: admission and urgency (inference.pacing)
-        self.pacer = Pacer({n: LaneShape(lane.tile, lane.max_batch) for n, lane in self.lanes.items()})
+        self.pacer = Pacer(
+            {n: LaneShape(lane.tile, lane.max_batch) for n, lane in self.lanes.items()},
+            load_window_s=deadline_budget_s or 30.0,
+        )
         self._sched = LaneRotation(
             {n: lane.max_batch for n, lane in self.lanes.items()},
             self.max_delay_s,

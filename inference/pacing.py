@@ -21,8 +21,10 @@ max_batch)`` runs. The other older requests with more work get the oldest-first 
 up to ``A + max_batch`` tiles. The rotation over lanes gives every other lane with work one run per run
 of ours: ``min(runs, its runs)`` runs each. Plus what is left of the run on the device now. This is a
 model, not the scheduler run forward: requests that arrive later with less work overtake it in the
-response-ratio turns, and admission cannot know them, so :meth:`Pacer.urgent` protects a request whose
-slack they eat.
+response-ratio turns. Admission counts them as a rate (:meth:`Pacer.refusal`: while traffic flows, the
+newcomer's own work is stretched by the share of the engine that smaller requests and other lanes took
+over the last deadline, :mod:`inference.recent_load`, at most 2x), and :meth:`Pacer.urgent` protects a
+request whose slack they eat anyway.
 
 **Who a newcomer delays**: the same formula for every queued request of every lane, with and without the
 newcomer. A newcomer that would turn a request that meets its deadline into one that misses it is refused
@@ -245,10 +247,11 @@ class Pacer:
     from it the admission verdict (:meth:`refusal`) and the request that must go first (:meth:`urgent`).
     Times are the caller's clock (``loop.time()``)."""
 
-    def __init__(self, lanes: Mapping[str, LaneShape]) -> None:
+    def __init__(self, lanes: Mapping[str, LaneShape], load_window_s: float = 30.0) -> None:
         self.lanes = dict(lanes)
         self.costs = {name: LinearCost() for name in self.lanes}
-        self.recent = RecentLoad()  # what the traffic took of the engine lately, by request size
+        # what the traffic took of the engine over the last load_window_s (the deadline), by request size
+        self.recent = RecentLoad(load_window_s)
         self._running: tuple[str, float, float] | None = None  # (lane, full tiles, start)
 
     def run_started(self, lane: str, pixels: int, now: float) -> None:
@@ -287,10 +290,11 @@ class Pacer:
         now: float,
     ) -> tuple[DeadlineUnreachableError | BacklogError | None, float | None]:
         """:func:`deadline_refusal` for ``n_tiles`` full tiles on ``lane`` against the queue now, and the
-        estimated seconds until its engine work would be done (None before a run was measured). Its own
-        work is stretched by the share of the engine that smaller requests and other lanes took over the
-        last ``budget_s`` (:class:`inference.recent_load.RecentLoad`, at most ``1 - OLDEST_SHARE``): they
-        keep arriving after it and go first."""
+        estimated seconds until its engine work would be done (None before a run was measured). While the
+        engine is busy or anything is queued, its own work is stretched by the share of the engine that
+        smaller requests and other lanes took over the last ``load_window_s``
+        (:class:`inference.recent_load.RecentLoad`, at most ``1 - OLDEST_SHARE``): they keep arriving
+        after it and go first."""
         busy_left = 0.0
         if self._running is not None:
             running_lane, size, started = self._running
@@ -306,10 +310,12 @@ class Pacer:
             for name, shape in self.lanes.items()
         }
         est = finish_estimate(lane, n_tiles, loads, busy_left)
-        if est is not None:
-            # requests that arrive after it with less work go first in the response-ratio turns: its own
-            # work gets the share of the engine they leave, at least the oldest's (see recent_load)
-            share = min(self.recent.share_below(lane, n_tiles, now, budget_s), 1.0 - OLDEST_SHARE)
+        live = self._running is not None or any(load.queued_per_request for load in loads.values())
+        if est is not None and live:
+            # while traffic flows, requests that arrive after it with less work go first in the
+            # response-ratio turns: its own work gets the share of the engine they leave, at least the
+            # oldest's (see recent_load). An idle engine with nothing queued: no stream to share with.
+            share = min(self.recent.share_below(lane, n_tiles, now), 1.0 - OLDEST_SHARE)
             est = Estimate(est.total_s + est.alone_s * share / (1.0 - share), est.alone_s)
         refusal = _verdict(est, lane, n_tiles, loads, busy_left, deadline - now, budget_s, cpu_s)
         return refusal, None if est is None else est.total_s

@@ -14,16 +14,17 @@ until the earliest time one becomes ready (:meth:`LaneRotation.wake_at`) or a ne
 waiting for its partial batch to fill never holds up a lane that is ready.
 
 **Within a lane** (:class:`ResponseRatioQueue`): the lane's time (counted in pixels: a tile's cost on a
-CPU) goes half to the request with the highest *response ratio* (seconds waited per queued pixel), half
-to the oldest request (:data:`OLDEST_SHARE`). A batch starts with the tiles of
-one or the other, and fills up in response-ratio order with tiles of the shape of the first one taken
-(tiles fit each image's shape, and a run stacks one shape), until it holds ``max_batch`` tiles. Within a
-request, tiles run in order.
+CPU) goes half to the request with the highest *response ratio* (seconds waited per queued pixel, plus
+one full tile: :data:`WORK_OFFSET_TILES`), half to the oldest request (:data:`OLDEST_SHARE`). A batch
+starts with the tiles of one or the other, and fills up in response-ratio order with tiles of the shape
+of the first one taken (tiles fit each image's shape, and a run stacks one shape), until it holds
+``max_batch`` tiles. Within a request, tiles run in order.
 
 - A 1-tile request that arrives behind a 2,000-tile one runs after at most about one batch of it (strict
   FIFO would make it wait for the whole large one).
-- Requests of every size wait about in proportion to their work. Least queued work first would do it
-  for the smallest ones only: under a steady stream of tiny requests, a 200x200 one waited 20 s.
+- Requests of a tile or more wait about in proportion to their work; much smaller ones go about in
+  arrival order. Least queued work first (or a ratio without the offset) would serve the smallest first
+  and starve the middle: under a steady stream of tiny requests, a 200x200 one waited 20 s.
 - The oldest request keeps half of the lane's time however many smaller ones arrive, and of two
   large requests the older finishes first, instead of both finishing late as round-robin over requests
   would make them.
@@ -153,10 +154,11 @@ class ResponseRatioQueue:
         self, n: int, now: float, first: Job | None = None, max_pixels: int | None = None
     ) -> list[tuple[Job, int]]:
         """Up to ``n`` ``(job, tile index)`` pairs, removed from the queue. A batch starts with the tiles of
-        the request with the highest response ratio at ``now`` (seconds waited since it arrived per queued
-        pixel), or with those of the oldest request when the batches that started with it have run less
-        than :data:`OLDEST_SHARE` of the pixels (give or take one batch); either way the rest of the batch
-        takes the tiles of the requests in response-ratio order (earlier arrival first among equals).
+        the request with the highest response ratio at ``now`` (seconds waited since it arrived per
+        queued pixel plus ``min_work``), or with those of the oldest request when the batches that
+        started with it have run less than :data:`OLDEST_SHARE` of the pixels (give or take one
+        batch); either way the rest of the batch takes the tiles of the requests in response-ratio
+        order (earlier arrival first among equals).
 
         A batch stacks tiles of one shape: the shape of the first tile taken. Requests with other shapes
         are passed over for this batch. ``first``, a queued request (an urgent one,

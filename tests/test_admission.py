@@ -90,31 +90,63 @@ def test_a_newcomer_that_would_push_an_admitted_request_past_its_deadline_is_ref
 
 def test_a_large_newcomer_counts_the_engine_share_that_smaller_traffic_has_been_taking() -> None:
     """A 16-tile newcomer (16 s of its own work, 30 s left) is admitted on an idle engine. After 30 s in
-    which 1-tile requests took 60% of the engine, they will keep going first: its work gets half of the
-    engine (the oldest's share, the floor), so it needs 32 s and is refused with a Retry-After. Runs of
-    larger requests, or older than the window, do not count."""
+    which 1-tile requests took 60% of the engine, and with one of them still queued, they will keep going
+    first: its work gets half of the engine (the oldest's share, the floor), so it needs 32 s plus the
+    queued tile and is refused with a Retry-After. Runs of larger requests, or before the window, do not
+    count, and neither does any of it once the engine is idle with nothing queued."""
     from inference.pacing import LaneShape, Pacer
     from inference.recent_load import RecentLoad
-    from inference.scheduling import LaneRotation
+    from inference.scheduling import Job, LaneRotation
 
-    pacer = Pacer({"f": LaneShape(2, 1)})
+    pacer = Pacer({"f": LaneShape(2, 1)}, load_window_s=30.0)
     pacer.observe("f", 4, 1.0)  # 1 s per full 2x2 tile
-    empty = LaneRotation({"f": 1}, max_delay_s=0.0)
+    sched = LaneRotation({"f": 1}, max_delay_s=0.0)
 
     def verdict(now: float):
-        return pacer.refusal(empty, "f", 16, now + 30.0, 30.0, 0.0, now)
+        return pacer.refusal(sched, "f", 16, now + 30.0, 30.0, 0.0, now)
 
-    refusal, est = verdict(100.0)
-    assert refusal is None and est == pytest.approx(16.0)
+    assert verdict(100.0) == (None, pytest.approx(16.0))
     pacer.served("f", 20.0, 60.0, 4)  # before the window
     for k in range(18):  # 18 s of 1-tile requests (4 px of work each) in the last 30 s
         pacer.served("f", 1.0, 71.0 + k * 1.5, 4)
     pacer.served("f", 9.0, 99.0, 64)  # a run of a 16-tile request: no more work than the newcomer
-    refusal, est = verdict(100.0)
-    assert isinstance(refusal, BacklogError) and est == pytest.approx(32.0)
-    assert RecentLoad().share_below("f", 16, 100.0, 30.0) == 0.0
-    assert pacer.recent.share_below("f", 16, 100.0, 30.0) == pytest.approx(0.6)
-    assert pacer.recent.share_below("other", 1, 100.0, 30.0) == pytest.approx(0.9)  # another lane: all
+    assert len(pacer.recent) == 19  # the run before the window is forgotten
+    assert pacer.recent.share_below("f", 16, 100.0) == pytest.approx(0.6)
+    assert pacer.recent.share_below("other", 1, 100.0) == pytest.approx(0.9)  # another lane: all of it
+    assert RecentLoad(30.0).share_below("f", 16, 100.0) == 0.0
+    assert verdict(100.0) == (None, pytest.approx(16.0))  # idle, nothing queued: the stream has stopped
+    loop = asyncio.new_event_loop()
+    try:
+        sched.add(Job("small", np.zeros((1, 1, 2, 2), np.float32), loop.create_future(), 99.5, "f"))
+        refusal, est = verdict(100.0)
+    finally:
+        loop.close()
+    assert isinstance(refusal, BacklogError) and est == pytest.approx(33.0)  # 1 + 16 x 2
+
+
+def test_each_engine_run_is_remembered_with_the_whole_size_of_its_largest_request() -> None:
+    """The batcher tells the pacer, after every run, when it ended (the loop's clock) and the whole work of
+    the largest request it served, in full tiles: a 3-tile request of 2x2 tiles (a quarter of a 4x4 full
+    tile each) is 0.75 full tiles in each of its three runs."""
+    engine = FakeEngine()
+
+    async def main() -> list[tuple[float, float, str, float]]:
+        b = TileBatcher({"m": Lane(engine, T, 1)}, deadline_budget_s=60.0)
+        b.start()
+        loop = asyncio.get_running_loop()
+        try:
+            before = loop.time()
+            await b.submit("m", tiles(1, 3, side=2), loop.time() + 60, "r")
+            after = loop.time()
+            runs = list(b.pacer.recent._runs)
+        finally:
+            await b.stop(grace_s=5)
+        assert all(before <= end <= after for end, *_ in runs)
+        return runs
+
+    runs = asyncio.run(main())
+    assert [(lane, size) for _, _, lane, size in runs] == [("m", 0.75)] * 3
+    assert [seconds > 0 for _, seconds, _, _ in runs] == [True] * 3
 
 
 def run_paced(body, engine: FakeEngine, budget_s: float, rec: Recorder | None = None) -> Recorder:
