@@ -24,7 +24,7 @@ from concurrent.futures import Executor
 import numpy as np
 
 from inference.batch_types import BatcherObserver, BatchResult, EngineError, Lane
-from inference.pacing import Pacer
+from inference.pacer import Pacer
 from inference.scheduling import Job
 
 log = logging.getLogger(__name__)

@@ -26,7 +26,7 @@ by its deadline is refused before it is queued (:mod:`inference.pacing`):
 :class:`DeadlineUnreachableError` when it alone needs more than the whole budget, :class:`BacklogError`
 (with a Retry-After computed from the estimate) when the work ahead of it, or the share recent traffic
 keeps taking, is the reason; a queued request whose slack runs low goes before the others
-(:meth:`inference.pacing.Pacer.urgent`). A watchdog (``engine_stall_s``) notices an engine call that
+(:meth:`inference.pacer.Pacer.urgent`). A watchdog (``engine_stall_s``) notices an engine call that
 hangs: the call cannot be interrupted, so the batcher stops accepting work, sets
 :attr:`TileBatcher.failure` (the service reports itself unhealthy) and lets the stuck requests end at
 their deadlines.
@@ -62,7 +62,7 @@ from inference.batch_types import (
     RequestTooLargeError,
     ShuttingDownError,
 )
-from inference.pacing import LaneShape, Pacer
+from inference.pacer import LaneShape, Pacer
 from inference.scheduling import WORK_OFFSET_TILES, Job, LaneRotation
 
 __all__ = [
@@ -108,7 +108,7 @@ class TileBatcher:
         self._own_executor, self._executor = executor is None, executor
         self.observer = observer or BatcherObserver()
         self.deadline_budget_s, self.engine_stall_s = deadline_budget_s, engine_stall_s
-        # measured engine seconds per run, per lane: admission and urgency (inference.pacing)
+        # measured engine seconds per run, per lane: admission and urgency (inference.pacer)
         self.pacer = Pacer(
             {n: LaneShape(lane.tile, lane.max_batch) for n, lane in self.lanes.items()},
             load_window_s=deadline_budget_s or 30.0,

@@ -21,10 +21,10 @@ max_batch)`` runs. The other older requests with more work get the oldest-first 
 up to ``A + max_batch`` tiles. The rotation over lanes gives every other lane with work one run per run
 of ours: ``min(runs, its runs)`` runs each. Plus what is left of the run on the device now. This is a
 model, not the scheduler run forward: requests that arrive later with less work overtake it in the
-response-ratio turns. Admission counts them as a rate (:meth:`Pacer.refusal`: while traffic flows, the
-newcomer's own work is stretched by the share of the engine that smaller requests and other lanes took
-over the last deadline, :mod:`inference.recent_load`, at most 2x), and :meth:`Pacer.urgent` protects a
-request whose slack they eat anyway.
+response-ratio turns. Admission counts them as a rate (:meth:`inference.pacer.Pacer.refusal`: while
+traffic flows, the newcomer's own work is stretched by the share of the engine that smaller requests and
+other lanes took over the last deadline, :mod:`inference.recent_load`, at most 2x), and
+:meth:`inference.pacer.Pacer.urgent` protects a request whose slack they eat anyway.
 
 **Who a newcomer delays**: the same formula for every queued request of every lane, with and without the
 newcomer. A newcomer that would turn a request that meets its deadline into one that misses it is refused
@@ -35,32 +35,17 @@ fast request interleaves with it and can push it past its deadline.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Protocol
 
 from inference.batch_types import BacklogError, DeadlineUnreachableError
 from inference.linear_cost import LinearCost
-from inference.recent_load import RecentLoad
 from inference.scheduling import OLDEST_SHARE, WORK_OFFSET_TILES
 
 # A request is admitted only if its estimated time (engine work from the queue model, plus its CPU stages
 # from :class:`LinearCost` fits of decode and encode) fits this share of its remaining time: the rest
 # absorbs estimate noise (runs slow down while CPU stages of other requests share the cores).
 HEADROOM = 0.8
-# A queued request whose slack (time left before its engine deadline, less its own remaining engine work)
-# is down to this share of its whole time goes before every other tile of every lane (least slack first).
-# The response-ratio turns serve small requests first, and a stream of newcomers would otherwise stretch
-# a large request right up to its deadline, where the estimate's error ends it in a 504. A share of the
-# request's time, not of its work: urgency then leaves the same margin to every request (a rule on work /
-# time left converges on finishing at the deadline itself).
-URGENT_SLACK_SHARE = 0.25
-# Above this share, an urgent request's batches alternate with other batches (so small requests behind it
-# keep moving) that cost at most ALTERNATE_SHARE of its slack above this share: each alternation spends
-# part of what is left, so the urgent request nears this share but does not cross it on their account. At
-# or below it, the urgent request has the engine to itself.
-CRITICAL_SLACK_SHARE = 0.1
-ALTERNATE_SHARE = 0.5
 
 
 @dataclass(frozen=True)
@@ -165,10 +150,10 @@ def deadline_refusal(
     it would make a queued request of any lane miss a deadline it would otherwise meet (its Retry-After
     is when the work ahead should have drained enough for a fresh deadline)."""
     est = finish_estimate(lane, n_tiles, lanes, busy_left_s)
-    return _verdict(est, lane, n_tiles, lanes, busy_left_s, remaining_s, budget_s, cpu_s)
+    return verdict(est, lane, n_tiles, lanes, busy_left_s, remaining_s, budget_s, cpu_s)
 
 
-def _verdict(
+def verdict(
     est: Estimate | None,
     lane: str,
     n_tiles: float,
@@ -192,11 +177,12 @@ def _verdict(
 def _pushes_past_deadline(
     lane: str, n_tiles: float, lanes: Mapping[str, LaneLoad], busy_left_s: float
 ) -> bool:
-    """Whether admitting ``n_tiles`` more tiles on ``lane`` would make a queued request, which would finish
-    in time without them, miss its deadline. A newcomer with less work goes before a queued request of its
-    own lane, and the lane rotation gives its lane a run per run of every other lane: admitting it can
-    delay a queued request of any lane. (A stream of small newcomers, each harmless alone, could still
-    take a large request's whole margin: :meth:`Pacer.urgent` then serves the large one first.)"""
+    """Whether admitting ``n_tiles`` more tiles on ``lane`` would make a queued request, which would
+    finish in time without them, miss its deadline. A newcomer with less work goes before a queued
+    request of its own lane, and the lane rotation gives its lane a run per run of every other lane:
+    admitting it can delay a queued request of any lane. (A stream of small newcomers, each harmless
+    alone, could still take a large request's whole margin: :meth:`inference.pacer.Pacer.urgent`
+    then serves the large one first.)"""
     after = _with_newcomer(lanes, lane, n_tiles)
     for name, load in lanes.items():
         if not load.time_left_s:
@@ -207,162 +193,3 @@ def _pushes_past_deadline(
             if without is not None and with_new is not None and without <= left < with_new:
                 return True
     return False
-
-
-class QueuedJob(Protocol):
-    """What :class:`Pacer` reads of a queued request (:class:`inference.scheduling.Job`)."""
-
-    lane: str
-    submitted: float
-    deadline: float
-    cpu_after_s: float
-
-    @property
-    def queued(self) -> int: ...
-
-    @property
-    def queued_pixels(self) -> int: ...
-
-
-class QueueState(Protocol):
-    """What :class:`Pacer` reads of the scheduler (:class:`inference.scheduling.LaneRotation`)."""
-
-    def queued_jobs(self) -> Iterable[QueuedJob]: ...
-
-    def queued_per_request(self, lane: str) -> tuple[int, ...]: ...
-
-    def queued_engine_deadlines(self, lane: str) -> tuple[float, ...]: ...
-
-
-@dataclass(frozen=True)
-class LaneShape:
-    """A lane's tile side (a full tile is ``tile * tile`` pixels) and batch bound."""
-
-    tile: int
-    max_batch: int
-
-
-class Pacer:
-    """The batcher's measured view of time: one :class:`LinearCost` per lane, fed by every engine run, and
-    from it the admission verdict (:meth:`refusal`) and the request that must go first (:meth:`urgent`).
-    Times are the caller's clock (``loop.time()``)."""
-
-    def __init__(self, lanes: Mapping[str, LaneShape], load_window_s: float = 30.0) -> None:
-        self.lanes = dict(lanes)
-        self.costs = {name: LinearCost() for name in self.lanes}
-        # what the traffic took of the engine over the last load_window_s (the deadline), by request size
-        self.recent = RecentLoad(load_window_s)
-        self._running: tuple[str, float, float] | None = None  # (lane, full tiles, start)
-
-    def run_started(self, lane: str, pixels: int, now: float) -> None:
-        """A run of ``pixels`` (tiles x their pixels) of ``lane`` started at ``now``."""
-        self._running = (lane, self.full_tiles(lane, pixels), now)
-
-    def run_ended(self) -> None:
-        """The run started last ended (done or failed)."""
-        self._running = None
-
-    @property
-    def running_since(self) -> float | None:
-        """When the run in progress started, or None."""
-        return None if self._running is None else self._running[2]
-
-    def observe(self, lane: str, pixels: int, seconds: float) -> None:
-        """A run of ``pixels`` of ``lane`` took ``seconds`` of engine time."""
-        self.costs[lane].observe(self.full_tiles(lane, pixels), seconds)
-
-    def served(self, lane: str, seconds: float, now: float, request_pixels: int) -> None:
-        """A run of ``lane`` ended at ``now`` after ``seconds``; the largest request it served has
-        ``request_pixels`` of work in all (tiles x their pixels)."""
-        self.recent.record(lane, seconds, now, self.full_tiles(lane, request_pixels))
-
-    def full_tiles(self, lane: str, pixels: float) -> float:
-        return pixels / self.lanes[lane].tile ** 2
-
-    def refusal(
-        self,
-        sched: QueueState,
-        lane: str,
-        n_tiles: float,
-        deadline: float,
-        budget_s: float,
-        cpu_s: float,
-        now: float,
-    ) -> tuple[DeadlineUnreachableError | BacklogError | None, float | None]:
-        """:func:`deadline_refusal` for ``n_tiles`` full tiles on ``lane`` against the queue now, and the
-        estimated seconds until its engine work would be done (None before a run was measured). While the
-        engine is busy or anything is queued, its own work is stretched by the share of the engine that
-        smaller requests and other lanes took over the last ``load_window_s``
-        (:class:`inference.recent_load.RecentLoad`, at most ``1 - OLDEST_SHARE``): they keep arriving
-        after it and go first."""
-        busy_left = 0.0
-        if self._running is not None:
-            running_lane, size, started = self._running
-            busy_left = max(0.0, (self.costs[running_lane].seconds(size) or 0.0) - (now - started))
-        loads = {
-            name: LaneLoad(
-                shape.max_batch,
-                tuple(self.full_tiles(name, px) for px in sched.queued_per_request(name)),
-                self.costs[name],
-                tuple(d - now for d in sched.queued_engine_deadlines(name)),
-                tuple(now - job.submitted for job in sched.queued_jobs() if job.lane == name),
-            )
-            for name, shape in self.lanes.items()
-        }
-        est = finish_estimate(lane, n_tiles, loads, busy_left)
-        live = self._running is not None or any(load.queued_per_request for load in loads.values())
-        if est is not None and live:
-            # while traffic flows, requests that arrive after it with less work go first in the
-            # response-ratio turns: its own work gets the share of the engine they leave, at least the
-            # oldest's (see recent_load). An idle engine with nothing queued: no stream to share with.
-            share = min(self.recent.share_below(lane, n_tiles, now), 1.0 - OLDEST_SHARE)
-            est = Estimate(est.total_s + est.alone_s * share / (1.0 - share), est.alone_s)
-        refusal = _verdict(est, lane, n_tiles, loads, busy_left, deadline - now, budget_s, cpu_s)
-        return refusal, None if est is None else est.total_s
-
-    def queued_seconds(self, sched: QueueState, lane: str) -> float | None:
-        """Estimated engine seconds of ``lane``'s queued tiles (None before a run was measured)."""
-        shape = self.lanes[lane]
-        jobs = [job for job in sched.queued_jobs() if job.lane == lane]
-        tiles = sum(job.queued for job in jobs)
-        pixels = sum(job.queued_pixels for job in jobs)
-        return self.costs[lane].work_seconds(
-            math.ceil(tiles / shape.max_batch), self.full_tiles(lane, pixels)
-        )
-
-    def urgent(self, sched: QueueState, now: float) -> tuple[QueuedJob, float] | None:
-        """The queued request with the least slack among those whose slack (seconds left before its
-        engine deadline less its own remaining engine work) is at most :data:`URGENT_SLACK_SHARE` of its
-        time in the queue (``deadline - submitted``) and not negative, and its *spare* seconds: its slack
-        above :data:`CRITICAL_SLACK_SHARE` of that time (<= 0: critical). None if none is urgent."""
-        best, best_slack, best_spare = None, math.inf, 0.0
-        for job in sched.queued_jobs():
-            shape = self.lanes[job.lane]
-            pixels = job.queued_pixels
-            work = self.costs[job.lane].work_seconds(
-                math.ceil(job.queued / shape.max_batch), self.full_tiles(job.lane, pixels)
-            )
-            if work is None or not math.isfinite(job.deadline):
-                continue
-            slack, span = job.deadline - job.cpu_after_s - now - work, job.deadline - job.submitted
-            # one that cannot make it anyway (by the estimate) would only take others down with it
-            if 0 <= slack <= URGENT_SLACK_SHARE * span and slack < best_slack:
-                best, best_slack, best_spare = job, slack, slack - CRITICAL_SLACK_SHARE * span
-        return None if best is None else (best, best_spare)
-
-    def alternate_pixels(self, spare_s: float) -> dict[str, int]:
-        """Per lane, the pixels one run may hold to cost at most :data:`ALTERNATE_SHARE` of ``spare_s``
-        (by the lane's measured cost; 0 for a lane never measured, or when ``spare_s <= 0``): what an
-        urgent request can let others run between its own batches."""
-        budget, out = ALTERNATE_SHARE * spare_s, {}
-        for name, shape in self.lanes.items():
-            cost = self.costs[name]
-            coef = cost.coefficients()
-            if coef is None or budget <= 0 or coef[0] > budget:
-                out[name] = 0
-                continue
-            a, b = coef
-            # no slope (only alike runs seen): no more than the runs that were measured
-            full_tiles = min(shape.max_batch, cost.typical_size if b <= 0 else (budget - a) / b)
-            out[name] = int(full_tiles * shape.tile**2)
-        return out

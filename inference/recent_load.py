@@ -6,7 +6,7 @@ itself once the queue ahead is done. Under a steady stream of smaller requests i
 that arrive after it soon have the higher response ratio and go first (:mod:`inference.scheduling`), so
 it gets what that stream leaves, and at least the oldest request's share. In the soak, two 1.6–3 Mpx
 requests admitted that way both ran into their last 10% of slack, had the engine to themselves
-(:meth:`inference.pacing.Pacer.urgent`), and small requests behind them waited 11–16 s.
+(:meth:`inference.pacer.Pacer.urgent`), and small requests behind them waited 11–16 s.
 :class:`RecentLoad` measures the stream, so the estimate can stretch the newcomer's own work by it.
 """
 

@@ -28,7 +28,7 @@ of the first one taken (tiles fit each image's shape, and a run stacks one shape
 - The oldest request keeps half of the lane's time however many smaller ones arrive, and of two
   large requests the older finishes first, instead of both finishing late as round-robin over requests
   would make them.
-- A request whose slack still runs low goes first (:meth:`inference.pacing.Pacer.urgent`).
+- A request whose slack still runs low goes first (:meth:`inference.pacer.Pacer.urgent`).
 """
 
 from __future__ import annotations
@@ -162,7 +162,7 @@ class ResponseRatioQueue:
 
         A batch stacks tiles of one shape: the shape of the first tile taken. Requests with other shapes
         are passed over for this batch. ``first``, a queued request (an urgent one,
-        :meth:`inference.pacing.Pacer.urgent`), fills the batch with its own tiles before any other (and
+        :meth:`inference.pacer.Pacer.urgent`), fills the batch with its own tiles before any other (and
         the alternation waits). With ``max_pixels``, the batch holds at most that many pixels (tiles that
         do not fit are passed over): a batch that costs at most a given time."""
         turn = 0 if first is not None or not self._jobs else (-1 if self._balance > 0 else 1)

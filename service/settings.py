@@ -131,8 +131,8 @@ class Settings(BaseSettings):
     deadline_admission: bool = Field(
         default=True,
         description="Refuse at admission, before any engine work, a request the measured engine speed "
-        "cannot finish by its deadline: 413 if it never could, 503 with Retry-After if the queue ahead is "
-        "the reason.",
+        "cannot finish by its deadline: 413 if it never could, 503 with Retry-After if the work ahead (the "
+        "queue, and the share recent traffic keeps taking) is the reason.",
     )
     engine_stall_s: float = Field(
         default=120.0,

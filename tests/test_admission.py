@@ -94,7 +94,7 @@ def test_a_large_newcomer_counts_the_engine_share_that_smaller_traffic_has_been_
     first: its work gets half of the engine (the oldest's share, the floor), so it needs 32 s plus the
     queued tile and is refused with a Retry-After. Runs of larger requests, or before the window, do not
     count, and neither does any of it once the engine is idle with nothing queued."""
-    from inference.pacing import LaneShape, Pacer
+    from inference.pacer import LaneShape, Pacer
     from inference.recent_load import RecentLoad
     from inference.scheduling import Job, LaneRotation
 

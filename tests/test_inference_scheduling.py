@@ -252,7 +252,7 @@ def test_an_urgent_request_goes_first_across_lanes_and_the_rotation_stays(
 def test_the_pacer_names_the_request_with_the_least_slack_among_the_urgent(
     loop: asyncio.AbstractEventLoop,
 ) -> None:
-    from inference.pacing import LaneShape, Pacer
+    from inference.pacer import LaneShape, Pacer
 
     pacer = Pacer({"f": LaneShape(2, 1)})
     pacer.observe("f", 4, 1.0)  # 1 s per full 2x2 tile
@@ -271,7 +271,7 @@ def test_the_pacer_names_the_request_with_the_least_slack_among_the_urgent(
 
 
 def test_what_an_urgent_request_can_spare_follows_each_lanes_measured_cost() -> None:
-    from inference.pacing import ALTERNATE_SHARE, LaneShape, Pacer
+    from inference.pacer import ALTERNATE_SHARE, LaneShape, Pacer
 
     lanes = ("f", "q", "new", "tiny")
     pacer = Pacer({"f": LaneShape(10, 4), **{name: LaneShape(10, 1) for name in lanes[1:]}})
