@@ -263,6 +263,10 @@ def build_parser() -> argparse.ArgumentParser:
         default="auto",
         help="a repository model's file (default auto: what the service runs on the CPU)",
     )
+    s.add_argument(
+        "--journal",
+        help="append each image's score to this file; rerun with it to resume (skips recorded images)",
+    )
     s.set_defaults(func=_eval)
 
     s = sub.add_parser("train", help="train a DRRN with a recipe (resumable)")

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from evaluation.journal import EvalJournal
 from imaging.protocol import image_files, prepare, quantize, score
 
 SRFunction = Callable[[np.ndarray, int], np.ndarray]
@@ -43,26 +44,37 @@ def evaluate(
     sr: SRFunction | None,
     progress: bool = True,
     save_dir: Path | None = None,
+    journal: EvalJournal | None = None,
 ) -> dict[str, dict[str, dict]]:
     """``{dataset: {str(scale): summary}}``; ``sr=None`` scores bicubic only (psnr = bicubic_psnr).
 
-    ``sr(bicubic_y, scale) -> sr_y`` gets ``float64[H, W]`` and returns ``float[H, W]``.
+    ``sr(bicubic_y, scale) -> sr_y`` gets ``float64[H, W]`` and returns ``float[H, W]``. With a
+    ``journal``, images it already holds are read back, not recomputed (nor saved to ``save_dir``), and
+    each new one is recorded as soon as it is scored.
     """
     results: dict[str, dict[str, dict]] = {}
     jobs = [(folder, img, s) for folder in folders for img in image_files(folder) for s in scales]
     per: dict[tuple[str, int], ScaleResult] = {}
     for folder, path, s in tqdm(jobs, desc="eval", unit="img", disable=not progress, leave=False):
+        r = per.setdefault((folder.name, s), ScaleResult())
+        key = (folder.name, path.name, s)
+        recorded = journal.get(key) if journal is not None else None
+        if recorded is not None:
+            for name, values in vars(r).items():
+                values.append(recorded[name])
+            continue
         gt, bicubic = prepare(path, s)
         out = bicubic if sr is None else np.asarray(sr(bicubic, s), dtype=np.float64)
         if out.shape != gt.shape:
             raise ValueError(f"{path}: model output {out.shape} != ground truth {gt.shape}")
-        r = per.setdefault((folder.name, s), ScaleResult())
         p, q = score(out, gt, s)
         bp, bq = score(bicubic, gt, s)
         r.psnr.append(p)
         r.ssim.append(q)
         r.bicubic_psnr.append(bp)
         r.bicubic_ssim.append(bq)
+        if journal is not None:
+            journal.record(key, {"psnr": p, "ssim": q, "bicubic_psnr": bp, "bicubic_ssim": bq})
         if save_dir is not None:
             from PIL import Image
 

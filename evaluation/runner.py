@@ -16,7 +16,9 @@ from pathlib import Path
 import numpy as np
 
 from drrn.errors import UserError
+from drrn.paths import sha256_file
 from evaluation.core import evaluate, markdown_table
+from evaluation.journal import EvalJournal
 from imaging.ensemble import ENSEMBLE_SIZES, self_ensemble
 from imaging.protocol import ImageReadError
 from imaging.tiling import run_tiled
@@ -32,13 +34,16 @@ def make_sr_function(
     ensemble: int = 1,
     precision: str = "auto",
 ):
-    """``(sr, tile, margin)``: ``sr`` is None for bicubic, else ``sr(bicubic float64[H,W], scale) ->
-    float32[H,W]`` via the tiled pipeline at that tile and margin (the card's, else the serving default
-    tile and the model depth), averaged over ``ensemble`` dihedral transforms (1 or 8,
-    :mod:`imaging.ensemble`). ``root``: the model repository (default ``artifacts/models``);
-    ``precision``: which of a repository model's files (``auto`` = what the service runs on the CPU)."""
+    """``(sr, tile, margin, model_file)``; ``sr`` is None for bicubic.
+
+    Otherwise ``sr(bicubic float64[H,W], scale) -> float32[H,W]`` runs the tiled pipeline at that tile
+    and margin (the card's, else the serving default tile and the model depth), averaged over
+    ``ensemble`` dihedral transforms (1 or 8, :mod:`imaging.ensemble`). ``root``: the model repository
+    (default ``artifacts/models``); ``precision``: which of a repository model's files (``auto`` = what
+    the service runs on the CPU). ``model_file``: the file the engine loaded (None for bicubic).
+    """
     if model == "bicubic":
-        return None, None, None
+        return None, None, None, None
     from engines.resolver import resolve_tiled
 
     engine, margin = resolve_tiled(
@@ -51,7 +56,8 @@ def make_sr_function(
     def sr(bicubic: np.ndarray, _scale: int) -> np.ndarray:
         return self_ensemble(bicubic.astype(np.float32), tiled, ensemble)
 
-    return sr, engine.tile, margin
+    model_file = getattr(engine, "model_path", None) or getattr(engine, "path", None)
+    return sr, engine.tile, margin, model_file
 
 
 def run_eval(
@@ -65,8 +71,11 @@ def run_eval(
     root: Path | None = None,
     ensemble: int = 1,
     precision: str = "auto",
+    journal: str | None = None,
 ) -> dict:
-    """The JSON document ``drrn eval --json`` writes; ``tile``/``margin`` None = the model's serving ones."""
+    """The JSON document ``drrn eval --json`` writes; ``tile``/``margin`` None = the model's serving ones.
+
+    ``journal``: a per-image record to resume from and append to (:mod:`evaluation.journal`)."""
     folders = [Path(d) for d in data]
     for f in folders:
         if not f.is_dir():
@@ -76,15 +85,25 @@ def run_eval(
         raise UserError(f"scales must be integers >= 2, got {bad}")
     if ensemble not in ENSEMBLE_SIZES:
         raise UserError(f"--ensemble must be one of {ENSEMBLE_SIZES}, got {ensemble}")
-    sr, tile, margin = make_sr_function(model, tile, margin, root, ensemble, precision)
+    sr, tile, margin, model_file = make_sr_function(model, tile, margin, root, ensemble, precision)
+    doc = {"protocol": PROTOCOL, "model": model, "scales": scales, "tile": tile, "margin": margin}
+    doc["ensemble"], doc["precision"] = ensemble, precision
+    record = None
+    if journal:
+        identity = doc | {"model_sha256": sha256_file(model_file) if model_file else None}
+        del identity["scales"]  # one journal may grow scale by scale
+        record = EvalJournal(Path(journal), identity)
     try:
         results = evaluate(
-            folders, scales, sr, progress=progress, save_dir=Path(save_images) if save_images else None
+            folders,
+            scales,
+            sr,
+            progress=progress,
+            save_dir=Path(save_images) if save_images else None,
+            journal=record,
         )
     except (ImageReadError, ValueError, FileNotFoundError, OSError) as exc:
         raise UserError(str(exc)) from exc
-    doc = {"protocol": PROTOCOL, "model": model, "scales": scales, "tile": tile, "margin": margin}
-    doc["ensemble"], doc["precision"] = ensemble, precision
     return doc | {"results": results}
 
 
@@ -99,6 +118,7 @@ def run_eval_cli(args: argparse.Namespace) -> int:
         save_images=args.save_images,
         ensemble=args.ensemble,
         precision=args.precision,
+        journal=args.journal,
     )
     label = Path(args.model).name if args.model.endswith((".onnx", ".safetensors")) else args.model
     print(markdown_table(doc["results"], label))
