@@ -78,8 +78,11 @@ def test_shipped_recipes_parse_and_schedules_behave() -> None:
     s = cpu.schedule
     assert learning_rate(s, 1.0, s.warmup_steps) == pytest.approx(1.0)
     assert learning_rate(s, 1.0, s.total_steps) == pytest.approx(s.final_lr_ratio)
-    for name in ("gpu", "smoke"):
-        load_recipe(name)
+    for name in ("gpu", "smoke", "cpu-stage4"):
+        assert not load_recipe(name).distill.teacher
+    distill = load_recipe("cpu-distill")
+    assert distill.distill.teacher.endswith(".onnx") and distill.distill.weight == 0.5
+    assert distill.model == load_recipe("cpu-stage4").model  # it warm-starts from the shipped fast model
 
 
 def test_recipe_typos_are_errors(tmp_path: Path) -> None:

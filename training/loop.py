@@ -32,6 +32,7 @@ from model_export.lineage import stage_summary, stages_of
 from model_export.model import DRRN, count_params
 from model_export.weights import WeightsMeta, load_weights, save_weights
 from training.data import PatchSampler, build_patch_cache
+from training.distill import load_teacher
 from training.recipe import Recipe, learning_rate, load_recipe
 
 
@@ -49,6 +50,12 @@ def _atomic_torch_save(obj: dict, path: Path) -> None:
     tmp = path.with_name(path.name + ".tmp")
     torch.save(obj, tmp)
     os.replace(tmp, path)
+
+
+def pixel_loss(pred: torch.Tensor, target: torch.Tensor, kind: str) -> torch.Tensor:
+    """Mean squared (``mse``) or absolute (``l1``) error over all pixels; float32 tensors of one shape."""
+    diff = pred - target
+    return diff.pow(2).mean() if kind == "mse" else diff.abs().mean()
 
 
 def hardware_summary(device: str) -> dict:
@@ -123,8 +130,16 @@ class Trainer:
                 self.model.parameters(), lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay
             )
         d = recipe.data
+        teacher = load_teacher(recipe.distill) if recipe.distill.teacher else None
+        self.teacher = teacher.identity if teacher else None
         patches = build_patch_cache(
-            [_resolve(f) for f in d.folders], d.scales, d.patch, d.stride, cache_root()
+            [_resolve(f) for f in d.folders],
+            d.scales,
+            d.patch,
+            d.stride,
+            cache_root(),
+            max_images=d.max_images,
+            teacher=teacher,
         )
         self.patch_key = patches.key
         self.n_patches = len(patches)
@@ -172,6 +187,7 @@ class Trainer:
                 "run": self.out.name,
                 "patch_cache": self.patch_key,
                 "init": self.init,
+                "teacher": self.teacher,
                 "command": self.command,
             },
             training={
@@ -194,13 +210,10 @@ class Trainer:
         lr = learning_rate(r.schedule, r.optim.lr, self.step)
         for g in self.opt.param_groups:
             g["lr"] = lr
-        x, y = self.sampler.next()
+        x, y, t = self.sampler.next()
         x, y = x.to(self.device), y.to(self.device)
         if r.runtime.channels_last:
-            x, y = (
-                x.contiguous(memory_format=torch.channels_last),
-                y.contiguous(memory_format=torch.channels_last),
-            )
+            x = x.contiguous(memory_format=torch.channels_last)
         amp = (
             torch.autocast(self.device, dtype=torch.bfloat16)
             if r.runtime.autocast == "bf16"
@@ -208,8 +221,10 @@ class Trainer:
         )
         with amp:
             pred = self.model(x)
-        diff = pred.float() - y
-        loss = diff.pow(2).mean() if r.optim.loss == "mse" else diff.abs().mean()
+        loss = pixel_loss(pred.float(), y, r.optim.loss)
+        if t is not None:
+            w = r.distill.weight
+            loss = (1 - w) * loss + w * pixel_loss(pred.float(), t.to(self.device), r.optim.loss)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         if r.clip.mode == "adjustable":

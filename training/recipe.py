@@ -29,6 +29,20 @@ class DataRecipe:
     stride: int = 21
     #: Set5 folder used for the periodic validation
     val_folder: str = "../shared/datasets/Set5"
+    #: 0 = every image of ``folders``; N > 0 = the first N in sorted folder order (bounds the teacher's cost)
+    max_images: int = 0
+
+
+@dataclass
+class DistillRecipe:
+    #: the teacher: any ``drrn eval --model`` spec (a repository name, ``*.onnx``, ``*.safetensors``);
+    #: empty = no distillation. It runs once per training image and scale when the patch cache is built,
+    #: tiled as the service runs it, so its targets are what users would get from it.
+    teacher: str = ""
+    #: which file of a repository teacher (``auto``, ``fp32``, ``fp16``, ``int8``)
+    precision: str = "auto"
+    #: loss = (1 - weight) * loss(student, ground truth) + weight * loss(student, teacher)
+    weight: float = 0.5
 
 
 @dataclass
@@ -96,6 +110,7 @@ class Recipe:
     schedule: ScheduleRecipe = field(default_factory=ScheduleRecipe)
     clip: ClipRecipe = field(default_factory=ClipRecipe)
     runtime: RuntimeRecipe = field(default_factory=RuntimeRecipe)
+    distill: DistillRecipe = field(default_factory=DistillRecipe)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -108,6 +123,7 @@ _SECTIONS = {
     "schedule": ScheduleRecipe,
     "clip": ClipRecipe,
     "runtime": RuntimeRecipe,
+    "distill": DistillRecipe,
 }
 
 
@@ -135,6 +151,8 @@ def recipe_from_dict(raw: dict, name: str) -> Recipe:
         raise ValueError(f"recipe {name}: clip.mode must be adjustable, norm or none")
     if recipe.runtime.autocast not in {"none", "bf16"}:
         raise ValueError(f"recipe {name}: runtime.autocast must be none or bf16")
+    if not 0.0 <= recipe.distill.weight <= 1.0:
+        raise ValueError(f"recipe {name}: distill.weight must be in [0, 1]")
     return recipe
 
 
