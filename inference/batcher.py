@@ -21,20 +21,13 @@ an immediate rejection. If the worker itself dies (a bug), every pending request
 :class:`EngineError` at once and :attr:`TileBatcher.failure` says why (the service then reports itself
 unhealthy).
 
-Deadline-aware admission (``deadline_budget_s`` set): a request the measured engine speed cannot finish
-by its deadline is refused before it is queued (:mod:`inference.pacing`):
-:class:`DeadlineUnreachableError` when it alone needs more than the whole budget, :class:`BacklogError`
-(with a Retry-After computed from the estimate) when the work ahead of it, or the share recent traffic
-keeps taking, is the reason; a queued request whose slack runs low goes before the others
-(:meth:`inference.pacer.Pacer.urgent`). A watchdog (``engine_stall_s``) notices an engine call that
-hangs: the call cannot be interrupted, so the batcher stops accepting work, sets
+Admission (:mod:`inference.admission`): a request is refused before it is queued when its lane's queue
+bound cannot take all its tiles, or, with deadline-aware admission (``deadline_budget_s``), when the
+measured engine speed cannot finish it by its deadline; a queued request whose slack runs low goes
+before the others (:meth:`inference.pacer.Pacer.urgent`). A watchdog (``engine_stall_s``) notices an
+engine call that hangs: the call cannot be interrupted, so the batcher stops accepting work, sets
 :attr:`TileBatcher.failure` (the service reports itself unhealthy) and lets the stuck requests end at
 their deadlines.
-
-Admission is all-or-nothing per request: a request needs room for all of its tiles at once. Under a
-sustained load of small requests that keeps a lane near ``max_queue_tiles``, a very large request can be
-refused (queue_full) again and again while small ones slip in. Size ``max_queue_tiles`` well above the
-largest request, and watch ``drrn_rejections_total{reason="queue_full"}`` with ``drrn_request_tiles``.
 """
 
 from __future__ import annotations
@@ -47,40 +40,19 @@ from concurrent.futures import Executor, ThreadPoolExecutor
 import numpy as np
 
 from engines.repository import UnknownModelError
+from inference.admission import Admission
 from inference.batch_runner import BatchRunner
 from inference.batch_types import (
-    BacklogError,
-    BatcherError,
     BatcherObserver,
     BatchResult,
     DeadlineExceededError,
-    DeadlineUnreachableError,
     EngineError,
     EngineStalledError,
     Lane,
-    QueueFullError,
-    RequestTooLargeError,
     ShuttingDownError,
 )
 from inference.pacer import LaneShape, Pacer
 from inference.scheduling import WORK_OFFSET_TILES, Job, LaneRotation
-
-__all__ = [
-    "BacklogError",
-    "BatchResult",
-    "BatcherError",
-    "BatcherObserver",
-    "DeadlineExceededError",
-    "DeadlineUnreachableError",
-    "EngineError",
-    "EngineStalledError",
-    "Lane",
-    "QueueFullError",
-    "RequestTooLargeError",
-    "ShuttingDownError",
-    "TileBatcher",
-    "UnknownModelError",
-]
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +89,15 @@ class TileBatcher:
             {n: lane.max_batch for n, lane in self.lanes.items()},
             self.max_delay_s,
             {n: int(WORK_OFFSET_TILES * lane.tile**2) for n, lane in self.lanes.items()},
+        )
+        self._admission = Admission(
+            self.lanes,
+            self._sched,
+            self.pacer,
+            self.observer,
+            max_queue_tiles,
+            retry_after_s,
+            deadline_budget_s,
         )
         self._jobs: set[Job] = set()
         self._wakeup: asyncio.Event | None = None
@@ -226,45 +207,24 @@ class TileBatcher:
         tile_pixels: int | None = None,
         cpu_s: float = 0.0,
     ) -> float | None:
-        """Raise what :meth:`submit` would for ``n_tiles`` tiles of ``model`` right now (and count the
-        rejection): :class:`UnknownModelError` (not counted), :class:`ShuttingDownError`,
-        :class:`RequestTooLargeError` or :class:`QueueFullError` (the bound is per lane), and with a
-        ``deadline`` (loop.time()) and deadline-aware admission on, :class:`DeadlineUnreachableError` or
-        :class:`BacklogError` (``cpu_s``: the seconds the request's CPU stages still need besides the
-        engine). Lets a caller refuse before preparing the tiles; :meth:`submit` checks again.
+        """Raise what :meth:`submit` would for ``n_tiles`` tiles of ``model`` right now, and count the
+        rejection (:meth:`inference.admission.Admission.check`; :class:`UnknownModelError` is not counted).
+        Lets a caller refuse before preparing the tiles; :meth:`submit` checks again.
 
         Returns the estimated seconds until the request's engine work would be done if admitted now (None
         without deadline admission or before a run was measured): access logs set it beside the real
         time."""
         self._lane(model)
-        if not self.running:
-            self.observer.on_reject(model, "shutting_down")
-            raise ShuttingDownError("service is not accepting requests (starting up or shutting down)")
-        if n_tiles > self.max_queue_tiles:
-            self.observer.on_reject(model, "too_large")
-            raise RequestTooLargeError(n_tiles, self.max_queue_tiles)
-        queued = self._sched.queued(model)
-        if queued + n_tiles > self.max_queue_tiles:
-            self.observer.on_reject(model, "queue_full")
-            raise QueueFullError(n_tiles, queued, self.max_queue_tiles, self.retry_after_s)
-        if deadline is not None and self.deadline_budget_s is not None:
-            # Deadline estimates count work in full tiles (T*T pixels): tiles fit each image, so a small
-            # image's one tile is a fraction of a full one (tile_pixels None = full tiles).
-            full = self.lanes[model].tile ** 2
-            return self._check_deadline(model, n_tiles * (tile_pixels or full) / full, deadline, cpu_s)
-        return None
-
-    def _check_deadline(self, model: str, n_tiles: float, deadline: float, cpu_s: float) -> float | None:
         now = asyncio.get_running_loop().time()
-        refusal, estimate = self.pacer.refusal(
-            self._sched, model, n_tiles, deadline, self.deadline_budget_s, cpu_s, now
+        return self._admission.check(
+            model,
+            n_tiles,
+            accepting=self.running,
+            now=now,
+            deadline=deadline,
+            tile_pixels=tile_pixels,
+            cpu_s=cpu_s,
         )
-        if refusal is not None:
-            self.observer.on_reject(
-                model, "too_slow" if isinstance(refusal, DeadlineUnreachableError) else "backlog"
-            )
-            raise refusal
-        return estimate
 
     async def submit(
         self, model: str, tiles: np.ndarray, deadline: float, request_id: str, cpu_after_s: float = 0.0

@@ -34,7 +34,8 @@ from typing import Any
 from engines.repository import UnknownModelError
 from imaging.ensemble import ENSEMBLE_SIZES
 from inference import pipeline
-from inference.batcher import DeadlineExceededError, EngineStalledError, Lane, TileBatcher
+from inference.batch_types import DeadlineExceededError, EngineStalledError, Lane
+from inference.batcher import TileBatcher
 from inference.linear_cost import LinearCost
 from inference.pipeline import ImageLimits
 from inference.upscaler_types import (

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from engines.base import Engine
-from inference.batcher import BatcherObserver, DeadlineExceededError
+from inference.batch_types import BatcherObserver, DeadlineExceededError
 
 T = TypeVar("T")
 

@@ -22,7 +22,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from engines.repository import UnknownModelError
-from inference.batcher import (
+from inference.batch_types import (
     BacklogError,
     BatcherError,
     DeadlineExceededError,

@@ -9,7 +9,8 @@ import asyncio
 import numpy as np
 import pytest
 
-from inference.batcher import BacklogError, DeadlineUnreachableError, Lane, TileBatcher
+from inference.batch_types import BacklogError, DeadlineUnreachableError, Lane
+from inference.batcher import TileBatcher
 from inference.linear_cost import LinearCost
 from inference.pacing import LaneLoad, deadline_refusal, finish_estimate
 from service.app import create_app

@@ -16,7 +16,8 @@ from collections.abc import Awaitable, Callable
 import numpy as np
 import pytest
 
-from inference.batcher import (
+from engines.repository import UnknownModelError
+from inference.batch_types import (
     BatcherObserver,
     DeadlineExceededError,
     EngineError,
@@ -24,9 +25,8 @@ from inference.batcher import (
     QueueFullError,
     RequestTooLargeError,
     ShuttingDownError,
-    TileBatcher,
-    UnknownModelError,
 )
+from inference.batcher import TileBatcher
 from tests.conftest import until
 
 T = 4  # tile side: small, the fake engine does no real work
