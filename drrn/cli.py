@@ -101,7 +101,7 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from training.loop import run_training_cli
+    from training.cli import run_training_cli
 
     return run_training_cli(args)
 

@@ -108,3 +108,22 @@ def test_init_records_the_parents_stages(images: Path, tmp_path: Path, monkeypat
     assert stages[0]["init_sha256"] is None and stages[1]["init_sha256"] == sha256_file(parent)
     assert stages[1]["patch"] == load_recipe("smoke").data.patch
     assert totals(stages)["steps"] == 10
+
+
+def test_a_warm_start_validates_its_starting_point_first(
+    shared: Path, images: Path, tmp_path: Path, monkeypatch
+) -> None:
+    """The PSNR-against-time curve of a warm-started stage begins at its --init weights (step 0, minute 0)."""
+    from training.curve import read_curve
+
+    monkeypatch.setenv("DRRN_CACHE_DIR", str(tmp_path / "cache"))
+    assert _train(tmp_path / "a", images, 3) == 0
+    args = ["train", "--recipe", "smoke", "--out", str(tmp_path / "b"), "--data", str(images)]
+    assert main([*args, "--max-steps", "3", "--init", str(tmp_path / "a" / "last.safetensors")]) == 0
+    log = [json.loads(x) for x in (tmp_path / "b" / "log.jsonl").read_text().splitlines()]
+    evals = [x for x in log if x["event"] == "eval"]
+    assert [e["step"] for e in evals] == [0, 3]
+    parent = load_weights(tmp_path / "a" / "last.safetensors")[1].evaluation["set5_validation"]
+    assert evals[0]["set5"] == parent["set5"]  # the same weights, the same validation
+    curve = read_curve(tmp_path / "b" / "log.jsonl", tmp_path / "a" / "last.safetensors")
+    assert [round(m, 6) for m, _ in curve][:1] == [0.0] and len(curve) == 2  # no duplicate start point

@@ -11,13 +11,9 @@ Run directory layout (``runs/NAME/``):
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
-import shlex
-import signal
-import sys
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -27,23 +23,15 @@ import torch
 from tqdm import tqdm
 
 from drrn.errors import UserError
-from drrn.paths import PROJECT_ROOT, sha256_file
+from drrn.paths import sha256_file
 from model_export.lineage import stage_summary, stages_of
-from model_export.model import DRRN, count_params
+from model_export.model import DRRN
 from model_export.weights import WeightsMeta, load_weights, save_weights
 from training.data import PatchSampler, build_patch_cache
 from training.distill import load_teacher
-from training.recipe import Recipe, learning_rate, load_recipe
-
-
-def cache_root() -> Path:
-    """Where patch caches live: ``$DRRN_CACHE_DIR`` or ``cache/`` in the checkout."""
-    return Path(os.environ.get("DRRN_CACHE_DIR") or PROJECT_ROOT / "cache")
-
-
-def _resolve(path: str) -> Path:
-    p = Path(path)
-    return p if p.is_absolute() else PROJECT_ROOT / p
+from training.paths import cache_root, resolve
+from training.recipe import Recipe, learning_rate
+from training.validation import validate
 
 
 def _atomic_torch_save(obj: dict, path: Path) -> None:
@@ -69,29 +57,6 @@ def hardware_summary(device: str) -> dict:
     if device == "cuda":
         info["gpu"] = torch.cuda.get_device_name(0)
     return info
-
-
-def validate(model: DRRN, recipe: Recipe, device: str) -> dict:
-    """Set5 PSNR/SSIM at every training scale, full-image fp32 inference, under the eval protocol."""
-    from evaluation.core import evaluate
-
-    def sr(bicubic: np.ndarray, _scale: int) -> np.ndarray:
-        x = torch.from_numpy(bicubic.astype(np.float32))[None, None].to(device)
-        with torch.no_grad():
-            return model(x)[0, 0].float().cpu().numpy()
-
-    folder = _resolve(recipe.data.val_folder)
-    if not folder.is_dir():
-        tqdm.write(f"validation skipped: {folder} not found")
-        return {}
-    was_training = model.training
-    model.eval()
-    try:
-        res = evaluate([folder], recipe.data.scales, sr, progress=False)
-    finally:
-        model.train(was_training)
-    per_scale = next(iter(res.values()))
-    return {s: {"psnr": round(r["psnr"], 4), "ssim": round(r["ssim"], 5)} for s, r in per_scale.items()}
 
 
 class Trainer:
@@ -133,7 +98,7 @@ class Trainer:
         teacher = load_teacher(recipe.distill) if recipe.distill.teacher else None
         self.teacher = teacher.identity if teacher else None
         patches = build_patch_cache(
-            [_resolve(f) for f in d.folders],
+            [resolve(f) for f in d.folders],
             d.scales,
             d.patch,
             d.stride,
@@ -248,6 +213,9 @@ class Trainer:
             total=total, initial=self.step, desc=r.name, unit="step", disable=not progress, dynamic_ncols=True
         )
         try:
+            if self.step == 0 and self.init:  # the curve of a warm start begins at its starting point
+                self.evaluate_and_keep_best(log)
+                last_eval = time.monotonic()
             while self.step < total and not self.stop_requested:
                 loss, lr = self.train_step()
                 bar.update(1)
@@ -311,49 +279,3 @@ class Trainer:
             self.best = {"mean_psnr": round(mean, 4), "step": self.step, "set5": set5}
             model = self.model if self.device == "cpu" else self._cpu_copy()
             save_weights(model, self.meta(self.last_eval), self.out / "best.safetensors")
-
-
-def _command_line() -> str:
-    """How this run was started, as a user would retype it (``drrn train ...``)."""
-    # argv is the CLI's own only when started as `drrn train ...` (not when main() is called in-process)
-    return shlex.join(["drrn", *sys.argv[1:]]) if sys.argv[1:2] == ["train"] else "drrn train"
-
-
-def run_training_cli(args: argparse.Namespace) -> int:
-    try:
-        recipe = load_recipe(args.recipe)
-    except (FileNotFoundError, ValueError) as exc:
-        raise UserError(str(exc)) from exc
-    if args.data:
-        recipe.data.folders = list(args.data)
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda requested but CUDA is not available")
-    out = Path(args.out)
-    ckpt = out / "checkpoint.pt"
-    if ckpt.exists() and not args.resume:
-        raise UserError(f"{out} already has a checkpoint; pass --resume to continue it or pick a new --out")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "recipe.json").write_text(json.dumps(recipe.to_dict(), indent=1))
-    try:
-        trainer = Trainer(recipe, out, args.device, init=args.init, command=_command_line())
-    except FileNotFoundError as exc:
-        raise UserError(str(exc)) from exc
-    if args.resume and ckpt.exists():
-        trainer.load_state_dict(torch.load(ckpt, map_location=args.device, weights_only=False))
-        print(f"resumed {out} at step {trainer.step}")
-
-    def _request_stop(signum: int, _frame: object) -> None:
-        trainer.stop_requested = True
-
-    old = {s: signal.signal(s, _request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        trainer.run(args.max_minutes, args.max_steps)
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
-    print(
-        f"stopped at step {trainer.step}; best Set5 mean PSNR {trainer.best['mean_psnr']:.3f} "
-        f"at step {trainer.best['step']}; weights in {out}"
-    )
-    print(f"model: {recipe.model.name}, {count_params(trainer.model):,} params")
-    return 0
