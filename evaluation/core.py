@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from drrn.paths import sha256_file
 from evaluation.journal import EvalJournal
 from imaging.protocol import image_files, prepare, quantize, score
 
@@ -49,16 +50,25 @@ def evaluate(
     """``{dataset: {str(scale): summary}}``; ``sr=None`` scores bicubic only (psnr = bicubic_psnr).
 
     ``sr(bicubic_y, scale) -> sr_y`` gets ``float64[H, W]`` and returns ``float[H, W]``. With a
-    ``journal``, images it already holds are read back, not recomputed (nor saved to ``save_dir``), and
-    each new one is recorded as soon as it is scored.
+    ``journal``, images it already holds are read back, not recomputed, and each new one is recorded as
+    soon as it is scored (so it cannot be combined with ``save_dir``: resumed images would be missing).
+    Folder names must be distinct (results are keyed by them).
     """
     results: dict[str, dict[str, dict]] = {}
+    names = [f.name for f in folders]
+    if len(set(names)) != len(names):  # results (and journal rows) are keyed by the folder's name
+        raise ValueError(f"dataset folders must have distinct names, got {[str(f) for f in folders]}")
     jobs = [(folder, img, s) for folder in folders for img in image_files(folder) for s in scales]
+    if journal is not None and save_dir is not None:
+        raise ValueError(
+            "a journal cannot be combined with saving images (resumed images would not be saved)"
+        )
     per: dict[tuple[str, int], ScaleResult] = {}
     for folder, path, s in tqdm(jobs, desc="eval", unit="img", disable=not progress, leave=False):
         r = per.setdefault((folder.name, s), ScaleResult())
         key = (folder.name, path.name, s)
-        recorded = journal.get(key) if journal is not None else None
+        digest = sha256_file(path) if journal is not None else ""
+        recorded = journal.get(key, digest) if journal is not None else None
         if recorded is not None:
             for name, values in vars(r).items():
                 values.append(recorded[name])
@@ -74,7 +84,7 @@ def evaluate(
         r.bicubic_psnr.append(bp)
         r.bicubic_ssim.append(bq)
         if journal is not None:
-            journal.record(key, {"psnr": p, "ssim": q, "bicubic_psnr": bp, "bicubic_ssim": bq})
+            journal.record(key, digest, {"psnr": p, "ssim": q, "bicubic_psnr": bp, "bicubic_ssim": bq})
         if save_dir is not None:
             from PIL import Image
 

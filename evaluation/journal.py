@@ -8,8 +8,10 @@ depend on the order or on each other).
 
 The file's first line is its identity: the protocol, the model spec, the SHA-256 of the model file the
 engine loaded, tile, margin, ensemble and precision. A journal written under another identity is refused
-(:class:`drrn.errors.UserError` naming the fields that differ) rather than mixed into the new run. A last
-line cut off by a kill is dropped and rewritten; any other unreadable line is refused.
+(:class:`drrn.errors.UserError` naming the fields that differ) rather than mixed into the new run. Each
+row also carries the SHA-256 of its image file, and an image whose file changed since it was scored is
+refused. A last row cut off by a kill is dropped and recomputed; an unreadable first line or any other
+unreadable row is refused. One writer at a time: two runs appending to one journal can interleave rows.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ class EvalJournal:
         self.path = Path(path)
         self.identity = identity
         self.scores: dict[Key, dict[str, float]] = {}
+        self.image_sha: dict[Key, str] = {}
         if self.path.exists() and self.path.stat().st_size > 0:
             self._load()
         else:
@@ -61,6 +64,8 @@ class EvalJournal:
                 row = json.loads(line)
                 key = (str(row["dataset"]), str(row["image"]), int(row["scale"]))
                 self.scores[key] = {f: float(row[f]) for f in SCORE_FIELDS}
+                if "image_sha256" in row:  # rows written before images were hashed are taken as they are
+                    self.image_sha[key] = str(row["image_sha256"])
             except (json.JSONDecodeError, KeyError, TypeError, ValueError):
                 raise UserError(f"{self.path}: line {n} is not a scored image") from None
         if tail:
@@ -73,12 +78,18 @@ class EvalJournal:
             f.flush()
             os.fsync(f.fileno())
 
-    def get(self, key: Key) -> dict[str, float] | None:
-        """The recorded scores of ``(dataset, image, scale)``, or None when it has not been scored yet."""
-        return self.scores.get(key)
+    def get(self, key: Key, image_sha256: str) -> dict[str, float] | None:
+        """The recorded scores of ``(dataset, image, scale)``, or None when it has not been scored yet.
+        Raises :class:`UserError` when the image file changed since (its ``image_sha256`` differs)."""
+        recorded = self.scores.get(key)
+        if recorded is not None and self.image_sha.get(key, image_sha256) != image_sha256:
+            raise UserError(f"{self.path}: {key[0]}/{key[1]} changed since it was scored; use a new journal")
+        return recorded
 
-    def record(self, key: Key, scores: dict[str, float]) -> None:
+    def record(self, key: Key, image_sha256: str, scores: dict[str, float]) -> None:
         """Append one image's scores (the :data:`SCORE_FIELDS`) and sync them to disk."""
         dataset, image, scale = key
         self.scores[key] = {f: float(scores[f]) for f in SCORE_FIELDS}
-        self._append({"dataset": dataset, "image": image, "scale": scale} | self.scores[key])
+        self.image_sha[key] = image_sha256
+        row = {"dataset": dataset, "image": image, "scale": scale, "image_sha256": image_sha256}
+        self._append(row | self.scores[key])

@@ -83,6 +83,8 @@ def run_eval(
     bad = [s for s in scales if s < 2]
     if bad:
         raise UserError(f"scales must be integers >= 2, got {bad}")
+    if journal and save_images:
+        raise UserError("--journal cannot be combined with --save-images (resumed images would not be saved)")
     if ensemble not in ENSEMBLE_SIZES:
         raise UserError(f"--ensemble must be one of {ENSEMBLE_SIZES}, got {ensemble}")
     sr, tile, margin, model_file = make_sr_function(model, tile, margin, root, ensemble, precision)

@@ -14,7 +14,7 @@ keeps taking, is the reason.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from inference.batch_types import (
     BatcherObserver,
@@ -40,10 +40,13 @@ class Admission:
         max_queue_tiles: int,
         retry_after_s: float,
         deadline_budget_s: float | None,
+        clock: Callable[[], float],
     ) -> None:
+        """``clock``: the time deadlines are expressed in (the batcher's event loop time); read only when
+        a deadline is checked."""
         self.lanes, self.sched, self.pacer, self.observer = lanes, sched, pacer, observer
         self.max_queue_tiles, self.retry_after_s = max_queue_tiles, retry_after_s
-        self.deadline_budget_s = deadline_budget_s
+        self.deadline_budget_s, self.clock = deadline_budget_s, clock
 
     def check(
         self,
@@ -51,13 +54,12 @@ class Admission:
         n_tiles: int,
         *,
         accepting: bool,
-        now: float,
         deadline: float | None = None,
         tile_pixels: int | None = None,
         cpu_s: float = 0.0,
     ) -> float | None:
         """Raise :class:`ShuttingDownError` (not ``accepting``), :class:`RequestTooLargeError` or
-        :class:`QueueFullError` (the bound is per lane), and with a ``deadline`` (loop time, as ``now``)
+        :class:`QueueFullError` (the bound is per lane), and with a ``deadline`` (in ``clock`` time)
         and deadline admission on, :class:`DeadlineUnreachableError` or :class:`BacklogError`; each
         refusal is counted with the observer. ``tile_pixels``: the request's pixels per tile (None = full
         T*T tiles); ``cpu_s``: seconds its CPU stages still need besides the engine.
@@ -81,7 +83,7 @@ class Admission:
         full = self.lanes[model].tile ** 2
         work = n_tiles * (tile_pixels or full) / full
         refusal, estimate = self.pacer.refusal(
-            self.sched, model, work, deadline, self.deadline_budget_s, cpu_s, now
+            self.sched, model, work, deadline, self.deadline_budget_s, cpu_s, self.clock()
         )
         if refusal is not None:
             reason = "too_slow" if isinstance(refusal, DeadlineUnreachableError) else "backlog"

@@ -1,8 +1,7 @@
-"""What :class:`inference.batcher.TileBatcher` takes and hands its callers (re-exported by
-:mod:`inference.batcher`): the :class:`Lane` of each model it serves, the per-request errors
-:meth:`~inference.batcher.TileBatcher.submit` raises (mapped to HTTP by
-:func:`service.errors.from_batcher_error`), the :class:`BatchResult` it returns, and the
-:class:`BatcherObserver` metrics hooks (each names the lane, i.e. the model, it is about)."""
+"""What :class:`inference.batcher.TileBatcher` takes and hands its callers (import them from here): the
+:class:`Lane` of each model it serves, the per-request errors :meth:`~inference.batcher.TileBatcher.submit`
+raises (mapped to HTTP by :func:`service.errors.from_batcher_error`), the :class:`BatchResult` it returns,
+and the :class:`BatcherObserver` metrics hooks (each names the lane, i.e. the model, it is about)."""
 
 from __future__ import annotations
 

@@ -76,7 +76,6 @@ class TileBatcher:
             raise ValueError("need >= 1 lane, max_queue_tiles >= 1 and max_delay_ms >= 0")
         self.lanes = dict(lanes)
         self.max_delay_s = max_delay_ms / 1000.0
-        self.max_queue_tiles, self.retry_after_s = max_queue_tiles, retry_after_s
         self._own_executor, self._executor = executor is None, executor
         self.observer = observer or BatcherObserver()
         self.deadline_budget_s, self.engine_stall_s = deadline_budget_s, engine_stall_s
@@ -98,6 +97,7 @@ class TileBatcher:
             max_queue_tiles,
             retry_after_s,
             deadline_budget_s,
+            clock=lambda: asyncio.get_running_loop().time(),
         )
         self._jobs: set[Job] = set()
         self._wakeup: asyncio.Event | None = None
@@ -215,12 +215,10 @@ class TileBatcher:
         without deadline admission or before a run was measured): access logs set it beside the real
         time."""
         self._lane(model)
-        now = asyncio.get_running_loop().time()
         return self._admission.check(
             model,
             n_tiles,
             accepting=self.running,
-            now=now,
             deadline=deadline,
             tile_pixels=tile_pixels,
             cpu_s=cpu_s,

@@ -88,3 +88,24 @@ def test_the_student_loss_is_measured_against_the_teacher_by_the_recipe_weight(
         assert meta.training["recipe"]["distill"]["weight"] == weight
     assert first_loss[1.0] < first_loss[0.0] / 20, first_loss
     assert first_loss[0.5] == pytest.approx((first_loss[0.0] + first_loss[1.0]) / 2, rel=1e-5)
+
+
+def test_a_distillation_run_resumes_bit_exactly(
+    images: Path,  # noqa: F811
+    tiny_onnx: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from safetensors.torch import load_file
+
+    monkeypatch.setenv("DRRN_CACHE_DIR", str(tmp_path / "cache"))
+    recipe = _recipe(tmp_path / "r.toml", 0.5)
+    text = recipe.read_text().replace("TEACHER", str(tiny_onnx))
+    recipe.write_text(text.replace("lr = 1e-09", "lr = 0.001").replace("total_steps = 2", "total_steps = 6"))
+    for run, stops in (("straight", [6]), ("split", [3, 6])):
+        for i, steps in enumerate(stops):
+            args = ["train", "--recipe", str(recipe), "--out", str(tmp_path / run), "--data", str(images)]
+            assert main([*args, "--max-steps", str(steps), *(["--resume"] if i else [])]) == 0
+    a = load_file(str(tmp_path / "straight" / "last.safetensors"))
+    b = load_file(str(tmp_path / "split" / "last.safetensors"))
+    assert all(a[k].equal(b[k]) for k in a) and a.keys() == b.keys()

@@ -109,12 +109,17 @@ def test_a_damaged_journal_is_refused(content: str | None, message: str, tmp_pat
         EvalJournal(path, IDENTITY)
 
 
-def test_the_cli_resumes_from_the_journal_and_refuses_another_models(
-    tiny_onnx: Path, tiny_weights: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+def test_the_cli_resumes_from_the_journal_and_refuses_other_weights_at_the_same_path(
+    tiny_onnx: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
+    from model_export.onnx_export import export_onnx
+    from tests.conftest import make_tiny_weights
+
+    model = tmp_path / "model.onnx"
+    model.write_bytes(tiny_onnx.read_bytes())
     data = _write_images(tmp_path / "imgs", n=2)
     journal, out = tmp_path / "j.jsonl", tmp_path / "out.json"
-    args = f"eval --model {tiny_onnx} --data {data} --scales 2 --tile 32 --journal {journal} --json {out}"
+    args = f"eval --model {model} --data {data} --scales 2 --tile 32 --journal {journal} --json {out}"
     assert main(args.split()) == 0
     first = json.loads(out.read_text())["results"]
     head = json.loads(journal.read_text().splitlines()[0])["identity"]
@@ -124,6 +129,30 @@ def test_the_cli_resumes_from_the_journal_and_refuses_another_models(
     assert json.loads(out.read_text())["results"] == first
     assert len(journal.read_text().splitlines()) == 3
     capsys.readouterr()
-    other = args.replace(str(tiny_onnx), str(tiny_weights))
-    assert main(other.split()) == 2
-    assert "written by another run" in capsys.readouterr().err
+    export_onnx(make_tiny_weights(tmp_path / "other.safetensors", seed=7), model)  # same path, new weights
+    assert main(args.split()) == 2
+    assert "model_sha256" in capsys.readouterr().err
+
+
+def test_an_image_changed_since_it_was_scored_is_refused(images: Path, tmp_path: Path) -> None:
+    journal_path = tmp_path / "run.jsonl"
+    evaluate([images], [2], Sharpen(), progress=False, journal=EvalJournal(journal_path, IDENTITY))
+    target = sorted(images.iterdir())[1]
+    _write_images(tmp_path / "other", n=2)
+    target.write_bytes((tmp_path / "other" / "img0.png").read_bytes())
+    with pytest.raises(UserError, match=f"imgs/{target.name} changed since it was scored"):
+        evaluate([images], [2], Sharpen(), progress=False, journal=EvalJournal(journal_path, IDENTITY))
+
+
+def test_folders_with_one_name_and_a_journal_with_saved_images_are_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    a = _write_images(tmp_path / "a" / "Set5", n=1)
+    b = _write_images(tmp_path / "b" / "Set5", n=1)
+    assert main(f"eval --model bicubic --data {a} {b} --scales 2".split()) == 2
+    assert "distinct names" in capsys.readouterr().err
+    journal = tmp_path / "j.jsonl"
+    args = f"eval --model bicubic --data {a} --scales 2 --journal {journal} --save-images {tmp_path / 'png'}"
+    assert main(args.split()) == 2
+    assert "cannot be combined with --save-images" in capsys.readouterr().err
+    assert not journal.exists()

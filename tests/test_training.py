@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 from drrn.cli import main
 from model_export.weights import load_weights
-from training.recipe import learning_rate, load_recipe
+from training.recipe import RECIPE_DIR, learning_rate, load_recipe
 
 
 @pytest.fixture(scope="module")
@@ -127,3 +127,26 @@ def test_a_warm_start_validates_its_starting_point_first(
     assert evals[0]["set5"] == parent["set5"]  # the same weights, the same validation
     curve = read_curve(tmp_path / "b" / "log.jsonl", tmp_path / "a" / "last.safetensors")
     assert [round(m, 6) for m, _ in curve][:1] == [0.0] and len(curve) == 2  # no duplicate start point
+
+
+def test_best_never_holds_the_init_weights_and_resume_refuses_changed_data(
+    shared: Path, images: Path, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    """With lr 0 no step can beat the starting point, so there is no best.safetensors (it would be the
+    parent's weights under this run's name); a checkpoint resumed on other data is refused."""
+    monkeypatch.setenv("DRRN_CACHE_DIR", str(tmp_path / "cache"))
+    assert _train(tmp_path / "a", images, 2) == 0
+    frozen = tmp_path / "frozen.toml"
+    frozen.write_text((RECIPE_DIR / "smoke.toml").read_text().replace("lr = 1e-3", "lr = 0.0"))
+    args = ["train", "--recipe", str(frozen), "--out", str(tmp_path / "b"), "--data", str(images)]
+    assert main([*args, "--max-steps", "2", "--init", str(tmp_path / "a" / "last.safetensors")]) == 0
+    assert "no step beat the --init weights" in capsys.readouterr().out
+    assert not (tmp_path / "b" / "best.safetensors").exists()
+
+    other = tmp_path / "other"
+    other.mkdir()
+    for f in sorted(images.iterdir())[:2]:
+        (other / f.name).write_bytes(f.read_bytes())
+    resumed = ["train", "--recipe", "smoke", "--out", str(tmp_path / "a"), "--data", str(other)]
+    assert main([*resumed, "--resume", "--max-steps", "4"]) == 2
+    assert "patch cache" in capsys.readouterr().err

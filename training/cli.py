@@ -55,9 +55,11 @@ def run_training_cli(args: argparse.Namespace) -> int:
     finally:
         for s, h in old.items():
             signal.signal(s, h)
-    print(
-        f"stopped at step {trainer.step}; best Set5 mean PSNR {trainer.best['mean_psnr']:.3f} "
-        f"at step {trainer.best['step']}; weights in {out}"
-    )
+    best, stopped = trainer.best, f"stopped at step {trainer.step}"
+    if trainer.init and best["step"] == 0:
+        print(f"{stopped}; no step beat the --init weights' Set5 mean PSNR {best['mean_psnr']:.3f}")
+    else:
+        print(f"{stopped}; best Set5 mean PSNR {best['mean_psnr']:.3f} at step {best['step']}")
+    print(f"weights in {out}")
     print(f"model: {recipe.model.name}, {count_params(trainer.model):,} params")
     return 0

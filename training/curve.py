@@ -32,7 +32,8 @@ def read_curve(log: Path, init: Path | None = None) -> list[Point]:
     for line in log.read_text().splitlines():
         row = json.loads(line)
         if row.get("event") == "eval":
-            points.append((row["elapsed_s"] / 60, {s: float(v["psnr"]) for s, v in row["set5"].items()}))
+            seconds = row.get("train_s", row["elapsed_s"])  # older logs: validation time included
+            points.append((seconds / 60, {s: float(v["psnr"]) for s, v in row["set5"].items()}))
     return points
 
 
@@ -47,7 +48,7 @@ def markdown(points: list[Point]) -> str:
     return "\n".join(lines)
 
 
-def plot(curves: dict[str, list[Point]], out: Path, title: str) -> None:
+def plot(curves: dict[str, list[Point]], out: Path, title: str, xlabel: str) -> None:
     """One panel per scale, one line per run (matplotlib's Agg backend: no display needed)."""
     import matplotlib
 
@@ -61,7 +62,7 @@ def plot(curves: dict[str, list[Point]], out: Path, title: str) -> None:
             xs = [m for m, p in pts if s in p]
             ax.plot(xs, [p[s] for _, p in pts if s in p], marker="o", label=label)
         ax.set_title(f"Set5 x{s}")
-        ax.set_xlabel("CPU-minutes (2 cores)")
+        ax.set_xlabel(xlabel)
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("PSNR (dB, Y)")
     axes[0][0].legend(fontsize=8)
@@ -78,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--init", nargs="*", type=Path, default=[], help="each run's --init weights (same order)")
     p.add_argument("--label", nargs="*", default=[], help="each run's legend label (same order)")
     p.add_argument("--title", default="Set5 validation against training time")
+    p.add_argument("--xlabel", default="training minutes (wall clock, validation excluded)")
     p.add_argument("-o", "--output", type=Path, help="write the plot here (PNG)")
     args = p.parse_args(argv)
     curves = {}
@@ -87,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         curves[label] = read_curve(log, init)
         print(f"{label}\n{markdown(curves[label])}\n")
     if args.output:
-        plot(curves, args.output, args.title)
+        plot(curves, args.output, args.title, args.xlabel)
         print(f"wrote {args.output}")
     return 0
 

@@ -111,6 +111,7 @@ class Trainer:
         self.sampler = PatchSampler(patches, o.batch, seed=rt.seed)
         self.step = 0
         self.elapsed = 0.0
+        self.eval_s = 0.0  # of elapsed, the seconds spent validating
         self.best = {"mean_psnr": -1.0, "step": -1, "set5": {}}
         self.last_eval: dict = {}
         self.stop_requested = False
@@ -123,6 +124,8 @@ class Trainer:
             "optim": self.opt.state_dict(),
             "step": self.step,
             "elapsed": self.elapsed,
+            "eval_s": self.eval_s,
+            "patch_key": self.patch_key,
             "sampler": self.sampler.state_dict(),
             "torch_rng": torch.get_rng_state(),
             "best": self.best,
@@ -133,7 +136,13 @@ class Trainer:
     def load_state_dict(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
         self.opt.load_state_dict(state["optim"])
+        if state.get("patch_key", self.patch_key) != self.patch_key:
+            raise UserError(
+                f"the checkpoint was trained on patch cache {state['patch_key']}, this run built "
+                f"{self.patch_key}: the data, its parameters or the teacher changed; start a new --out"
+            )
         self.step, self.elapsed = state["step"], state["elapsed"]
+        self.eval_s = state.get("eval_s", 0.0)
         self.sampler.load_state_dict(state["sampler"])
         torch.set_rng_state(state["torch_rng"])
         self.best, self.last_eval = state["best"], state["last_eval"]
@@ -213,8 +222,10 @@ class Trainer:
             total=total, initial=self.step, desc=r.name, unit="step", disable=not progress, dynamic_ncols=True
         )
         try:
-            if self.step == 0 and self.init:  # the curve of a warm start begins at its starting point
-                self.evaluate_and_keep_best(log)
+            if self.step == 0 and self.init:
+                # The curve of a warm start begins at its starting point, and that is the bar to beat:
+                # best.safetensors only ever holds weights this run trained.
+                self.evaluate_and_keep_best(log, save=False)
                 last_eval = time.monotonic()
             while self.step < total and not self.stop_requested:
                 loss, lr = self.train_step()
@@ -266,16 +277,22 @@ class Trainer:
         m.load_state_dict({k: v.cpu() for k, v in self.model.state_dict().items()})
         return m
 
-    def evaluate_and_keep_best(self, log) -> None:
+    def evaluate_and_keep_best(self, log, save: bool = True) -> None:
+        """Validate on Set5 and log it; better than the best so far: remember it (and with ``save``, write
+        ``best.safetensors``). ``train_s`` in the log is the elapsed time less all validations."""
+        t0 = time.monotonic()
         set5 = validate(self.model, self.recipe, self.device)
         if not set5:
             return
         mean = float(np.mean([v["psnr"] for v in set5.values()]))
         self.last_eval = {"step": self.step, "set5": set5, "mean_psnr": round(mean, 4)}
-        log.write(json.dumps({"event": "eval", "elapsed_s": round(self.elapsed, 1), **self.last_eval}) + "\n")
+        times = {"elapsed_s": round(self.elapsed, 1), "train_s": round(self.elapsed - self.eval_s, 1)}
+        log.write(json.dumps({"event": "eval", **times, **self.last_eval}) + "\n")
         log.flush()
+        self.eval_s += time.monotonic() - t0
         tqdm.write(f"step {self.step}: Set5 " + " ".join(f"x{s} {v['psnr']:.2f}" for s, v in set5.items()))
         if mean > self.best["mean_psnr"]:
             self.best = {"mean_psnr": round(mean, 4), "step": self.step, "set5": set5}
-            model = self.model if self.device == "cpu" else self._cpu_copy()
-            save_weights(model, self.meta(self.last_eval), self.out / "best.safetensors")
+            if save:
+                model = self.model if self.device == "cpu" else self._cpu_copy()
+                save_weights(model, self.meta(self.last_eval), self.out / "best.safetensors")
