@@ -86,8 +86,10 @@ def stages_table(stages: list[dict]) -> str:
         where = f"{hw.get('cpu', '?')}, {hw.get('cpu_count', '?')} cores" + (
             f", GPU {hw['gpu']}" if "gpu" in hw else " (CPU only)"
         )
+        teacher = st.get("teacher")
+        recipe = f"`{st['recipe']}`" + (f" (teacher `{teacher['spec']}`)" if teacher else "")
         rows.append(
-            f"| {k} | `{st['recipe']}` | `{st.get('command') or '?'}` | {st['steps']:,} x {st['batch']} "
+            f"| {k} | {recipe} | `{st.get('command') or '?'}` | {st['steps']:,} x {st['batch']} "
             f"| {st['patch']} / {st['stride']} | {st['wall_clock_s'] / 60:.0f} min | {where} |"
         )
     tot = totals(stages)
@@ -98,8 +100,31 @@ def stages_table(stages: list[dict]) -> str:
     return "\n".join(rows)
 
 
+def int8_note(default: dict, int8_json: Path | None) -> str:
+    """What the CPU serves instead of the fp32 table: the int8 file's distance from it on every cell."""
+    if int8_json is None:
+        return ""
+    int8 = json.loads(int8_json.read_text())["results"]
+    deltas = [
+        int8[name][s]["psnr"] - r["psnr"]
+        for name, per in default["results"].items()
+        for s, r in per.items()
+        if s in int8.get(name, {})
+    ]
+    return (
+        " With margin = depth, tiling is exact, so the service's tile size cannot change them. On the CPU"
+        " the service runs the int8 file built from `weights/fast.int8.json`:"
+        f" {min(deltas):+.3f} to {max(deltas):+.3f} dB from this table on the {len(deltas)} cells"
+        f" (`{int8_json.as_posix()}`)."
+    )
+
+
 def render(
-    default_json: Path, vdsr_json: Path | None, logs: list[Path] = (), weights: Path = DEFAULT_WEIGHTS
+    default_json: Path,
+    vdsr_json: Path | None,
+    logs: list[Path] = (),
+    weights: Path = DEFAULT_WEIGHTS,
+    int8_json: Path | None = None,
 ) -> str:
     from drrn.paths import sha256_file
     from model_export.model import DRRN, count_params
@@ -110,8 +135,10 @@ def render(
     vdsr = json.loads(vdsr_json.read_text()) if vdsr_json and vdsr_json.is_file() else None
     cfg = meta.config
     stages = stages_of(meta)
+    if stages and "teacher" not in stages[-1]:  # the last stage's summary predates recording the teacher
+        stages[-1]["teacher"] = meta.provenance.get("teacher")
     val = meta.evaluation.get("set5_validation", {})
-    return f"""# Model card: `weights/fast.safetensors`
+    return f"""# Model card: `weights/fast.safetensors` (the `fast` model)
 
 | | |
 |---|---|
@@ -141,7 +168,7 @@ Each stage warm-starts from the previous stage's final weights (`--init`); recip
 
 Measured through the service's own tiled ONNX Runtime pipeline (`drrn eval --model default`); "VDSR" is the
 public pytorch-vdsr checkpoint converted with `drrn convert` and evaluated the same way. SRCNN and DRRN
-columns are the papers' published numbers.
+columns are the papers' published numbers. These are the fp32 model's scores.{int8_note(default, int8_json)}
 
 {quality_table(default, vdsr)}
 
@@ -196,6 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--vdsr", type=Path, help="drrn eval JSON of the converted VDSR weights")
     p.add_argument("--log", type=Path, nargs="+", default=[], help="each stage's log.jsonl, oldest first")
     p.add_argument("--notes", type=Path, help="markdown appended as the card's training notes")
+    p.add_argument("--int8", type=Path, help="drrn eval JSON of the int8 file the CPU serves")
     p.add_argument("--stamp", action="store_true", help="also write the eval summary into the weights")
     p.add_argument("--command", help="the training command, recorded in the weights' provenance")
     p.add_argument("--readme", type=Path, help="also rewrite the quality table in this README")
@@ -204,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.stamp:
         stamp_weights(DEFAULT_WEIGHTS, args.default, args.command)
     notes = "\n## Training notes\n\n" + args.notes.read_text() if args.notes else ""
-    args.output.write_text(render(args.default, args.vdsr, args.log) + notes)
+    args.output.write_text(render(args.default, args.vdsr, args.log, int8_json=args.int8) + notes)
     if args.readme:
         update_readme(args.readme, args.default, args.vdsr)
     print(f"wrote {args.output}")

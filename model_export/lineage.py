@@ -32,6 +32,7 @@ def stage_summary(meta: WeightsMeta, command: str | None = None, init_sha256: st
         "wall_clock_s": t.get("wall_clock_s", 0.0),
         "hardware": t.get("hardware", {}),
         "init_sha256": init_sha256,
+        "teacher": meta.provenance.get("teacher"),  # distillation: spec, precision, sha256 of its file
     }
 
 

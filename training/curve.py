@@ -39,7 +39,7 @@ def read_curve(log: Path, init: Path | None = None) -> list[Point]:
 
 def markdown(points: list[Point]) -> str:
     scales = sorted({s for _, p in points for s in p}, key=int)
-    lines = ["| CPU-minutes | " + " | ".join(f"Set5 x{s}" for s in scales) + " |"]
+    lines = ["| training minutes | " + " | ".join(f"Set5 x{s}" for s in scales) + " |"]
     lines.append("|---|" + "---|" * len(scales))
     for minutes, p in points:
         lines.append(
