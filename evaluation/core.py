@@ -64,10 +64,13 @@ def evaluate(
             "a journal cannot be combined with saving images (resumed images would not be saved)"
         )
     per: dict[tuple[str, int], ScaleResult] = {}
+    digests: dict[Path, str] = {}  # one hash per image file, however many scales
     for folder, path, s in tqdm(jobs, desc="eval", unit="img", disable=not progress, leave=False):
         r = per.setdefault((folder.name, s), ScaleResult())
         key = (folder.name, path.name, s)
-        digest = sha256_file(path) if journal is not None else ""
+        if journal is not None and path not in digests:
+            digests[path] = sha256_file(path)
+        digest = digests.get(path, "")
         recorded = journal.get(key, digest) if journal is not None else None
         if recorded is not None:
             for name, values in vars(r).items():

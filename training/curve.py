@@ -19,21 +19,17 @@ Point = tuple[float, dict[str, float]]  # (minutes, {scale: Set5 PSNR})
 def read_curve(log: Path, init: Path | None = None) -> list[Point]:
     """``[(minutes, {"2": psnr, ...}), ...]`` from one run's log, oldest first; the init weights' stamped
     Set5 validation (when they carry one) is the point at minute 0."""
+    evals = [row for row in map(json.loads, log.read_text().splitlines()) if row.get("event") == "eval"]
     points: list[Point] = []
-    if init is not None:
-        from model_export.weights import load_weights
+    if init is not None and not any(row["step"] == 0 for row in evals):
+        from model_export.weights import read_meta
 
-        start = load_weights(init)[1].evaluation.get("set5_validation", {}).get("set5", {})
-        if start and not any(
-            json.loads(x).get("event") == "eval" and json.loads(x)["step"] == 0
-            for x in log.read_text().splitlines()
-        ):
+        start = read_meta(init).evaluation.get("set5_validation", {}).get("set5", {})
+        if start:
             points.append((0.0, {s: float(v["psnr"]) for s, v in start.items()}))
-    for line in log.read_text().splitlines():
-        row = json.loads(line)
-        if row.get("event") == "eval":
-            seconds = row.get("train_s", row["elapsed_s"])  # older logs: validation time included
-            points.append((seconds / 60, {s: float(v["psnr"]) for s, v in row["set5"].items()}))
+    for row in evals:
+        seconds = row.get("train_s", row["elapsed_s"])  # older logs: validation time included
+        points.append((seconds / 60, {s: float(v["psnr"]) for s, v in row["set5"].items()}))
     return points
 
 
