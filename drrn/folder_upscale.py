@@ -177,7 +177,8 @@ def local_upscaler(scale: float, model: str, options: dict) -> Callable[[Job], t
     """Each job through the local pipeline; ``options`` are :func:`inference.local.upscale_file`'s keyword
     arguments (limits, tile, margin, engine options, root). The model loads once, here."""
     from engines.resolver import resolve_tiled
-    from inference.pipeline import ImageError, ImageLimits, parse_scale, upscale_bytes
+    from inference.pipeline import ImageError, ImageLimits, upscale_bytes
+    from inference.request_params import parse_scale
 
     options = dict(options)
     limits, root, margin = (

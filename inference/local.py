@@ -52,7 +52,8 @@ def upscale_file(
     # Lazy imports: the CLI imports this module for every `drrn upscale`, and the engine may pull in torch.
     from drrn.errors import UserError
     from engines.resolver import resolve_tiled
-    from inference.pipeline import ImageError, ImageLimits, parse_scale, upscale_bytes
+    from inference.pipeline import ImageError, ImageLimits, upscale_bytes
+    from inference.request_params import parse_scale
 
     limits = limits or ImageLimits()
     try:

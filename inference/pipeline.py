@@ -9,7 +9,8 @@ Colour handling follows the DRRN protocol: the model sees only MATLAB-YCbCr lumi
 their one channel as Y). Cb, Cr and alpha are bicubic-upscaled with the same MATLAB-compatible
 ``imresize``. All maths is float32 in [0, 1]; 8-bit inputs give 8-bit PNGs and 16-bit inputs 16-bit
 PNGs, quantised like the evaluation protocol (:func:`imaging.protocol.quantize`: rounded half up, clipped).
-Decoding and limits live in :mod:`inference.image_io`, PNG output in :mod:`inference.png`.
+Decoding and limits live in :mod:`inference.image_io`, the ``scale``/``ensemble`` parameters in
+:mod:`inference.request_params`, PNG output in :mod:`inference.png`.
 
 Memory. Nothing float is ever held at the output's full size except the tiles themselves: the bicubic
 upscale of Y is computed one band of tile rows at a time (``imresize(window=...)``, bit-identical to the
@@ -23,8 +24,6 @@ its queue) before the expensive :func:`prepare`.
 
 from __future__ import annotations
 
-import math
-import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
@@ -46,6 +45,7 @@ from imaging.tiling import (
 )
 from inference.image_io import ImageError, ImageLimits, check_upload_size, decode_image, probe_image
 from inference.png import encode_png
+from inference.request_params import check_ensemble, check_scale
 
 __all__ = [
     "ImageError",
@@ -54,8 +54,6 @@ __all__ = [
     "check_upload_size",
     "count_tiles",
     "finish",
-    "parse_ensemble",
-    "parse_scale",
     "prepare",
     "probe",
     "tile_load",
@@ -65,64 +63,6 @@ __all__ = [
 # Colour conversion runs in horizontal strips of about this many pixels: rgb_to_ycbcr/ycbcr_to_rgb work
 # in float64 with per-channel temporaries, which on a whole 64-Mpixel output would take several GB.
 _STRIP_PIXELS = 1 << 20
-# A plain decimal or scientific number; float() alone would also accept "1_5", "nan", "infinity".
-_NUMBER = re.compile(r"[+]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?")
-
-
-def _bad_scale(detail: str, limits: ImageLimits | None = None) -> ImageError:
-    limit = {"name": "max_scale", "value": limits.max_scale} if limits is not None else None
-    return ImageError(422, "bad_scale", detail, limit)
-
-
-def _check_scale(value: float, limits: ImageLimits) -> float:
-    if math.isnan(value):
-        raise _bad_scale("scale must be a number, got nan")
-    if value > limits.max_scale:  # +inf (e.g. "1e400") included
-        raise _bad_scale(f"scale {value:g} exceeds the limit of {limits.max_scale:g}", limits)
-    if value <= 1:
-        raise _bad_scale(f"scale must be greater than 1 (up to {limits.max_scale:g}), got {value:g}")
-    return value
-
-
-def parse_scale(raw: str | None, limits: ImageLimits) -> float:
-    """Parse a scale parameter: any real number in ``(1, max_scale]`` (typically 2, 3 or 4).
-
-    Raises:
-        ImageError: 422 ``bad_scale`` when missing, not a number, NaN/inf, <= 1, or over ``max_scale``
-            (then with ``limit = {"name": "max_scale", "value": ...}``).
-    """
-    if raw is None or not raw.strip():
-        raise _bad_scale(f"the scale parameter is required (a number in (1, {limits.max_scale:g}])")
-    text = raw.strip()
-    if len(text) > 32 or not _NUMBER.fullmatch(text):
-        raise _bad_scale(f"scale must be a number, got {text[:32]!r}")
-    return _check_scale(float(text), limits)
-
-
-def parse_ensemble(raw: str | None, limits: ImageLimits) -> int:
-    """The ``ensemble`` parameter: absent or ``1`` (one pass) or ``8`` (the dihedral self-ensemble).
-
-    Raises:
-        ImageError: 422 ``bad_ensemble`` for anything else.
-    """
-    if raw is None or raw.strip() == "":
-        return 1
-    if raw.strip() not in ("1", "8"):
-        raise ImageError(422, "bad_ensemble", f"ensemble must be 1 or 8, got {raw.strip()[:16]!r}")
-    return int(raw)
-
-
-def _check_ensemble(ensemble: int, output_size: tuple[int, int], limits: ImageLimits) -> None:
-    width, height = output_size
-    if ensemble > 1 and width * height > limits.max_ensemble_output_pixels:
-        limit = {"name": "max_ensemble_output_pixels", "value": limits.max_ensemble_output_pixels}
-        raise ImageError(
-            422,
-            "output_too_large_for_ensemble",
-            f"an {width}x{height} output is {width * height} pixels; with ensemble={ensemble} this server "
-            f"accepts at most {limits.max_ensemble_output_pixels} (it costs {ensemble}x the work)",
-            limit,
-        )
 
 
 def _ensemble_plans(out_shape: tuple[int, int], tile: int, margin: int, ensemble: int) -> list[TilePlan]:
@@ -185,10 +125,10 @@ def probe(
     Raises:
         ImageError: bad scale, unreadable header, or a limit exceeded.
     """
-    _check_scale(float(scale), limits)
+    check_scale(float(scale), limits)
     width, height = probe_image(data, scale, limits)
     out_h, out_w = output_shape_for_scale((height, width), scale)
-    _check_ensemble(ensemble, (out_w, out_h), limits)
+    check_ensemble(ensemble, (out_w, out_h), limits)
     return (width, height), (out_w, out_h)
 
 
@@ -224,7 +164,7 @@ def prepare(
 
     Args:
         data: the uploaded file (JPEG, PNG, WebP, BMP or TIFF).
-        scale: scale factor in ``(1, limits.max_scale]`` (see :func:`parse_scale`).
+        scale: scale factor in ``(1, limits.max_scale]`` (see :func:`inference.request_params.parse_scale`).
         limits: request limits, all checked before the pixels are decoded.
         tile: tile side T (tiles hold at most T**2 pixels and fit the image's shape); margin: context pixels
             per tile side (the model depth makes tiling exact); ``shape``: the tile shapes, ``fit``,
@@ -236,7 +176,7 @@ def prepare(
     Raises:
         ImageError: for anything wrong with the input (see :func:`inference.image_io.decode_image`).
     """
-    _check_scale(float(scale), limits)
+    check_scale(float(scale), limits)
     decoded = decode_image(data, scale, limits)
     width, height = decoded.size
     out_shape = output_shape_for_scale((height, width), scale)
@@ -259,7 +199,7 @@ def prepare(
 
     plans = None
     if ensemble > 1:
-        _check_ensemble(ensemble, (out_shape[1], out_shape[0]), limits)
+        check_ensemble(ensemble, (out_shape[1], out_shape[0]), limits)
         plans = _ensemble_plans(out_shape, tile, margin, ensemble)
         whole = imresize(luma, output_shape=out_shape).astype(np.float32)
         tiles = np.concatenate([extract_tiles(dihedral(whole, k), p) for k, p in enumerate(plans)])

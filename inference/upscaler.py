@@ -29,18 +29,17 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
 
 from engines.repository import UnknownModelError
-from imaging.ensemble import ENSEMBLE_SIZES
 from inference import pipeline
 from inference.batch_types import DeadlineExceededError, EngineStalledError, Lane
 from inference.batcher import TileBatcher
-from inference.linear_cost import LinearCost
+from inference.cpu_stages import CpuStages
 from inference.pipeline import ImageLimits
+from inference.request_params import parse_ensemble, parse_scale
+from inference.request_slots import RequestSlots
 from inference.upscaler_types import (
     NotReadyError,
-    OverloadedError,
     Phase,
     ServedModel,
     StageDeadlineError,
@@ -49,7 +48,6 @@ from inference.upscaler_types import (
     UpscaleResult,
     UpscalerObserver,
     race,
-    timed,
 )
 
 log = logging.getLogger("drrn.upscaler")
@@ -71,18 +69,11 @@ class Upscaler:
         self.models: dict[str, ServedModel] = {}
         self.phase = Phase.STARTING
         self.failure: str | None = None  # why the phase is FAILED
-        self.inflight = 0  # admitted requests whose body has arrived
-        self.uploading = 0  # admitted requests whose body is arriving
+        self.slots = RequestSlots(config.max_uploads, config.max_inflight, self.observer)
         self.batcher: TileBatcher | None = None
         # One thread owns every model: loading, warmup and each batch run happen on it, one at a time.
         self._engine_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="drrn-engine")
-        self._cpu_pool = ThreadPoolExecutor(config.cpu_workers, thread_name_prefix="drrn-cpu")
-        self._idle = asyncio.Event()
-        self._idle.set()
-        # Seconds of each CPU stage against output megapixels, for deadline admission: the engine is not
-        # the only cost of a large output (bicubic and PNG encoding take seconds on a small CPU).
-        # Keyed by (stage, ensemble): an ensembled output costs several times more per megapixel.
-        self.cpu_costs = {(st, n): LinearCost() for st in ("prepare", "finish") for n in ENSEMBLE_SIZES}
+        self.cpu = CpuStages(config.cpu_workers)
 
     # --- readiness --------------------------------------------------------------------------------------
     def _set_phase(self, phase: Phase, failure: str | None = None) -> None:
@@ -170,11 +161,8 @@ class Upscaler:
         self.begin_drain()
         loop = asyncio.get_running_loop()
         end = loop.time() + grace_s
-        if self.inflight or self.uploading:
-            try:
-                await asyncio.wait_for(self._idle.wait(), timeout=grace_s)
-            except TimeoutError:
-                log.warning("%d requests still in flight after %.1fs shutdown grace", self.inflight, grace_s)
+        if self.slots.busy and not await self.slots.wait_idle(grace_s):
+            log.warning("%d requests in flight after %.1fs shutdown grace", self.slots.inflight, grace_s)
         if self.batcher is not None:
             await self.batcher.stop(max(0.0, end - loop.time()))
 
@@ -186,7 +174,7 @@ class Upscaler:
         if self.engine_stalled:  # its thread is stuck in the engine: neither join it nor close under it
             log.error("engine stalled: leaving its thread and sessions to the process exit")
             self._engine_pool.shutdown(wait=False, cancel_futures=True)
-            self._cpu_pool.shutdown(wait=False, cancel_futures=True)
+            self.cpu.shutdown(wait=False)
         else:
             # Join first: a batch or warmup running on the engine thread must not see its session closed.
             await asyncio.get_running_loop().run_in_executor(None, self._join_pools)
@@ -197,7 +185,7 @@ class Upscaler:
 
     def _join_pools(self) -> None:
         self._engine_pool.shutdown(wait=True, cancel_futures=True)
-        self._cpu_pool.shutdown(wait=True, cancel_futures=True)
+        self.cpu.shutdown(wait=True)
 
     # --- requests ---------------------------------------------------------------------------------------
     def resolve(self, model: str | None) -> ServedModel:
@@ -213,25 +201,7 @@ class Upscaler:
                 raise NotReadyError("shutting_down", "service is shutting down; retry (another replica)")
             why = self.unhealthy
             raise NotReadyError("not_ready", f"service failed: {why}" if why else "service is starting up")
-        self._check_inflight()
-        if self.uploading >= self.config.max_uploads:
-            raise OverloadedError("max_uploads", self.config.max_uploads)
-
-    def _check_inflight(self) -> None:
-        if self.inflight >= self.config.max_inflight:
-            raise OverloadedError("max_inflight_requests", self.config.max_inflight)
-
-    def _count(self, uploading: int = 0, inflight: int = 0) -> None:
-        if uploading:
-            self.uploading += uploading
-            self.observer.on_uploading(self.uploading)
-        if inflight:
-            self.inflight += inflight
-            self.observer.on_inflight(self.inflight)
-        if self.inflight or self.uploading:
-            self._idle.clear()
-        else:
-            self._idle.set()
+        self.slots.check()
 
     async def upscale(
         self,
@@ -252,18 +222,11 @@ class Upscaler:
             facts["ensemble"] = ensemble
         self._admit()
         served = self.resolve(model)
-        params = pipeline.parse_scale(scale, self.limits), pipeline.parse_ensemble(ensemble, self.limits)
-        self._count(uploading=+1)
-        try:
+        params = parse_scale(scale, self.limits), parse_ensemble(ensemble, self.limits)
+        with self.slots.upload():
             data = await self._receive(read, request_id, facts, arrival)
-        finally:
-            self._count(uploading=-1)
-        self._check_inflight()  # the slot is taken only now that the body is in
-        self._count(inflight=+1)
-        try:
+        with self.slots.serve():  # the in-flight slot is taken only now that the body is in
             return await self._run(served, data, params, request_id, facts, arrival, disconnected)
-        finally:
-            self._count(inflight=-1)
 
     async def _receive(self, read: Callable[[], Awaitable[bytes]], rid: str, facts: dict, arrival: float):
         """The body, within ``upload_timeout_s`` (408) and the request's deadline (504) of ``arrival``."""
@@ -280,21 +243,6 @@ class Upscaler:
         facts["bytes_in"], facts["read_ms"] = len(data), round((time.perf_counter() - t0) * 1000, 3)
         return data
 
-    def _cpu_stage(
-        self, stage: tuple[str, int], mpx: float, fn: Callable[..., Any], *args: Any
-    ) -> asyncio.Future:
-        """``(fn(*args), seconds)`` from the CPU pool. The seconds feed the stage's cost fit from the
-        thread, so a step that outlives its request's deadline (the request stops waiting; the thread
-        cannot be interrupted) still teaches admission what such an output costs."""
-        loop = asyncio.get_running_loop()
-
-        def run() -> tuple[Any, float]:
-            out, seconds = timed(fn, *args)
-            loop.call_soon_threadsafe(self.cpu_costs[stage].observe, mpx, seconds)
-            return out, seconds
-
-        return loop.run_in_executor(self._cpu_pool, run)
-
     async def _run(self, m, data, params, rid, facts, arrival, disconnected) -> UpscaleResult:
         loop, c = asyncio.get_running_loop(), self.config
         deadline = arrival + c.request_timeout_s
@@ -308,28 +256,18 @@ class Upscaler:
                 facts.update(input=f"{w}x{h}", output=f"{ow}x{oh}", tiles=n_tiles)
                 # Refuse before the expensive part.
                 mpx = ow * oh / 1e6
-                cpu_s = {st: self.cpu_costs[st, ensemble].seconds(mpx) or 0.0 for st in ("prepare", "finish")}
+                cpu_s = self.cpu.estimate(ensemble, mpx)
                 est = self.batcher.check_capacity(m.name, n_tiles, deadline, tile_px, sum(cpu_s.values()))
                 if est is not None:  # what admission expected, beside what happened, in the access log
                     facts.update(
                         est_engine_ms=round(est * 1000), est_cpu_ms=round(sum(cpu_s.values()) * 1000)
                     )
                 probe_s, t0 = time.perf_counter() - t0, time.perf_counter()
-                prepared, prepare_s = await self._cpu_stage(
-                    ("prepare", ensemble),
-                    mpx,
-                    pipeline.prepare,
-                    data,
-                    scale,
-                    self.limits,
-                    m.tile,
-                    m.margin,
-                    ensemble,
-                    m.tile_shape,
-                )
+                args = (data, scale, self.limits, m.tile, m.margin, ensemble, m.tile_shape)
+                prepared, prepare_s = await self.cpu.run(("prepare", ensemble), mpx, pipeline.prepare, *args)
                 cpu_wait += time.perf_counter() - t0 - prepare_s
                 timings["decode"] = probe_s + prepare_s
-                del data  # the encoded upload is not needed while tiles wait for the engine
+                del data, args  # the encoded upload is not needed while tiles wait for the engine
                 (w, h), (ow, oh) = prepared.input_size, prepared.output_size  # upright (EXIF applied)
                 facts.update(input=f"{w}x{h}", output=f"{ow}x{oh}")
                 self.observer.on_prepared(m.name, timings["decode"], w * h / 1e6, n_tiles)
@@ -340,7 +278,7 @@ class Upscaler:
                 timings["queue"], timings["infer"] = result.queue_wait_s, result.infer_s
 
                 stage, t0 = "encode", time.perf_counter()
-                png, encode_s = await self._cpu_stage(
+                png, encode_s = await self.cpu.run(
                     ("finish", ensemble), mpx, pipeline.finish, prepared, result.outputs
                 )
                 cpu_wait += time.perf_counter() - t0 - encode_s

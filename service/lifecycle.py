@@ -164,7 +164,7 @@ class Lifecycle:
         self.upscaler.begin_drain()
         if self.drain_task is None:
             grace = self.settings.shutdown_grace_s
-            log.info("shutting down: %d requests in flight, %.1fs grace", self.upscaler.inflight, grace)
+            log.info("shutting down: %d requests in flight, %.1fs grace", self.upscaler.slots.inflight, grace)
             self.drain_task = asyncio.get_running_loop().create_task(
                 self.upscaler.drain(grace), name="drrn-drain"
             )

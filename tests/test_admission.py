@@ -403,7 +403,7 @@ def test_an_encode_past_the_deadline_counts_its_engine_work_as_wasted_and_teache
             assert late.status_code == 504
             upscaler = app.state.upscaler
             await until(
-                lambda: upscaler.cpu_costs["finish", 1].runs == 1
+                lambda: upscaler.cpu.costs["finish", 1].runs == 1
             )  # the thread finished after the 504
             samples = metric_samples((await client.get("/metrics")).text)["drrn_deadline_engine_seconds"]
             wasted = sum(s.value for s in samples if s.name.endswith("_total"))

@@ -13,7 +13,8 @@ from imaging.ensemble import dihedral, self_ensemble, undo_dihedral
 from imaging.protocol import quantize
 from imaging.resize import imresize
 from imaging.tiling import run_tiled
-from inference.pipeline import ImageError, ImageLimits, count_tiles, parse_ensemble, tile_load, upscale_bytes
+from inference.pipeline import ImageError, ImageLimits, count_tiles, tile_load, upscale_bytes
+from inference.request_params import parse_ensemble
 
 
 def test_the_8_transforms_are_distinct_and_undo_exactly() -> None:

@@ -26,12 +26,12 @@ from inference.pipeline import (
     check_upload_size,
     count_tiles,
     finish,
-    parse_scale,
     prepare,
     probe,
     upscale_bytes,
 )
 from inference.png import encode_png16
+from inference.request_params import parse_scale
 
 LIMITS = ImageLimits()
 RNG = np.random.default_rng(1234)
