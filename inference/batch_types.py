@@ -23,6 +23,20 @@ class Lane:
         if self.tile < 1 or self.max_batch < 1:
             raise ValueError(f"a lane needs tile >= 1 and max_batch >= 1, got {self.tile}, {self.max_batch}")
 
+    def check_tiles(self, tiles: np.ndarray, model: str) -> None:
+        """Raise ValueError unless ``tiles`` is a writeable, C-contiguous ``float32[N >= 1, 1, th, tw]`` with
+        ``th * tw <= T**2``: what this lane can run, with its outputs written over its inputs."""
+        if tiles.ndim != 4 or tiles.shape[0] < 1 or tiles.shape[1] != 1 or tiles.dtype != np.float32:
+            raise ValueError(f"tiles must be float32[N>=1, 1, th, tw], got {tiles.dtype}{tiles.shape}")
+        if not (tiles.flags.writeable and tiles.flags.c_contiguous):
+            # Outputs are written over the tiles: a read-only or self-overlapping array (broadcast_to,
+            # as_strided, frombuffer) would fail or corrupt later in the worker, for every request.
+            raise ValueError("tiles must be a writeable, C-contiguous array (outputs are written in place)")
+        if tiles.shape[2] * tiles.shape[3] > self.tile * self.tile:
+            raise ValueError(
+                f"tiles are {tiles.shape[2:]}; model {model!r} runs at most {self.tile}**2 pixels"
+            )
+
 
 class BatcherError(Exception):
     """Base of the errors :meth:`TileBatcher.submit` raises for one request."""

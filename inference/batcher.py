@@ -241,28 +241,11 @@ class TileBatcher:
         ``deadline`` rejection when it happens at or after ``deadline``, e.g. by the caller's own
         ``asyncio.timeout_at(deadline)``, else ``cancelled``).
         """
-        lane = self._lane(model)
-        if tiles.ndim != 4 or tiles.shape[0] < 1 or tiles.shape[1] != 1 or tiles.dtype != np.float32:
-            raise ValueError(f"tiles must be float32[N>=1, 1, th, tw], got {tiles.dtype}{tiles.shape}")
-        if not (tiles.flags.writeable and tiles.flags.c_contiguous):
-            # Outputs are written over the tiles: a read-only or self-overlapping array (broadcast_to,
-            # as_strided, frombuffer) would fail or corrupt later in the worker, for every request.
-            raise ValueError("tiles must be a writeable, C-contiguous array (outputs are written in place)")
-        if tiles.shape[2] * tiles.shape[3] > lane.tile * lane.tile:
-            raise ValueError(
-                f"tiles are {tiles.shape[2:]}, model {model!r} runs at most {lane.tile}**2 pixels"
-            )
+        self._lane(model).check_tiles(tiles, model)
         self.check_capacity(model, len(tiles), deadline, tiles.shape[2] * tiles.shape[3], cpu_after_s)
         loop = asyncio.get_running_loop()
-        job = Job(
-            request_id,
-            tiles,
-            loop.create_future(),
-            loop.time(),
-            model,
-            deadline=deadline,
-            cpu_after_s=cpu_after_s,
-        )
+        job = Job(request_id, tiles, loop.create_future(), loop.time(), model)
+        job.deadline, job.cpu_after_s = deadline, cpu_after_s
         if deadline <= job.submitted:
             self.observer.on_reject(model, "deadline")
             raise DeadlineExceededError(f"request {request_id} reached its deadline before queueing")
