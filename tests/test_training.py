@@ -114,7 +114,7 @@ def test_a_warm_start_validates_its_starting_point_first(
     shared: Path, images: Path, tmp_path: Path, monkeypatch
 ) -> None:
     """The PSNR-against-time curve of a warm-started stage begins at its --init weights (step 0, minute 0)."""
-    from training.curve import read_curve
+    from training.curve import plot, read_curve
 
     monkeypatch.setenv("DRRN_CACHE_DIR", str(tmp_path / "cache"))
     assert _train(tmp_path / "a", images, 3) == 0
@@ -127,6 +127,8 @@ def test_a_warm_start_validates_its_starting_point_first(
     assert evals[0]["set5"] == parent["set5"]  # the same weights, the same validation
     curve = read_curve(tmp_path / "b" / "log.jsonl", tmp_path / "a" / "last.safetensors")
     assert [round(m, 6) for m, _ in curve][:1] == [0.0] and len(curve) == 2  # no duplicate start point
+    plot({"a run": curve, "the same again": curve}, tmp_path / "curve.png", "title", "minutes")
+    assert (tmp_path / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_best_never_holds_the_init_weights_and_resume_refuses_changed_data(

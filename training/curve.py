@@ -52,7 +52,7 @@ def plot(curves: dict[str, list[Point]], out: Path, title: str, xlabel: str) -> 
     import matplotlib.pyplot as plt
 
     scales = sorted({s for pts in curves.values() for _, p in pts for s in p}, key=int)
-    fig, axes = plt.subplots(1, len(scales), figsize=(4 * len(scales), 3.4), squeeze=False)
+    fig, axes = plt.subplots(1, len(scales), figsize=(4 * len(scales), 3.7), squeeze=False)
     for ax, s in zip(axes[0], scales, strict=True):
         for label, pts in curves.items():
             xs = [m for m, p in pts if s in p]
@@ -61,9 +61,10 @@ def plot(curves: dict[str, list[Point]], out: Path, title: str, xlabel: str) -> 
         ax.set_xlabel(xlabel)
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("PSNR (dB, Y)")
-    axes[0][0].legend(fontsize=8)
+    # Below the panels, so it never hides a curve or the axis labels.
+    fig.legend(*axes[0][0].get_legend_handles_labels(), loc="lower center", ncol=len(curves), fontsize=8)
     fig.suptitle(title)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110)
     plt.close(fig)
