@@ -64,8 +64,6 @@ def convert(args: argparse.Namespace) -> int:
 
 
 def quantize(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from drrn.paths import datasets_dir
     from model_export.quantize import calibration_crops, quantize_int8, write_recipe
 
@@ -104,9 +102,9 @@ def train(args: argparse.Namespace) -> int:
 
 
 def serve(args: argparse.Namespace) -> int:
-    from service.main import serve
+    from service.main import serve as run_server
 
-    serve(host=args.host, port=args.port)
+    run_server(host=args.host, port=args.port)
     return 0
 
 

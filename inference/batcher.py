@@ -244,8 +244,15 @@ class TileBatcher:
         self._lane(model).check_tiles(tiles, model)
         self.check_capacity(model, len(tiles), deadline, tiles.shape[2] * tiles.shape[3], cpu_after_s)
         loop = asyncio.get_running_loop()
-        job = Job(request_id, tiles, loop.create_future(), loop.time(), model)
-        job.deadline, job.cpu_after_s = deadline, cpu_after_s
+        job = Job(
+            request_id,
+            tiles,
+            loop.create_future(),
+            loop.time(),
+            model,
+            deadline=deadline,
+            cpu_after_s=cpu_after_s,
+        )
         if deadline <= job.submitted:
             self.observer.on_reject(model, "deadline")
             raise DeadlineExceededError(f"request {request_id} reached its deadline before queueing")

@@ -34,9 +34,10 @@ class CpuStages:
     def run(
         self, stage: tuple[str, int], megapixels: float, fn: Callable[..., Any], *args: Any
     ) -> asyncio.Future:
-        """``(fn(*args), seconds)`` from the pool. The seconds feed the stage's cost fit from the thread,
-        so a step that outlives its request's deadline (the request stops waiting; the thread cannot be
-        interrupted) still teaches admission what such an output costs."""
+        """``(fn(*args), seconds)`` from the pool; ``stage`` is the cost key ``(stage name, ensemble)``.
+        The seconds feed the stage's cost fit from the thread, so a step that outlives its request's
+        deadline (the request stops waiting; the thread cannot be interrupted) still teaches admission
+        what such an output costs."""
         loop = asyncio.get_running_loop()
 
         def call() -> tuple[Any, float]:

@@ -162,7 +162,9 @@ class Upscaler:
         loop = asyncio.get_running_loop()
         end = loop.time() + grace_s
         if self.slots.busy and not await self.slots.wait_idle(grace_s):
-            log.warning("%d requests in flight after %.1fs shutdown grace", self.slots.inflight, grace_s)
+            log.warning(
+                "%d requests still in flight after %.1fs shutdown grace", self.slots.inflight, grace_s
+            )
         if self.batcher is not None:
             await self.batcher.stop(max(0.0, end - loop.time()))
 
@@ -267,7 +269,6 @@ class Upscaler:
                 prepared, prepare_s = await self.cpu.run(("prepare", ensemble), mpx, pipeline.prepare, *args)
                 cpu_wait += time.perf_counter() - t0 - prepare_s
                 timings["decode"] = probe_s + prepare_s
-                del data, args  # the encoded upload is not needed while tiles wait for the engine
                 (w, h), (ow, oh) = prepared.input_size, prepared.output_size  # upright (EXIF applied)
                 facts.update(input=f"{w}x{h}", output=f"{ow}x{oh}")
                 self.observer.on_prepared(m.name, timings["decode"], w * h / 1e6, n_tiles)

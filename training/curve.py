@@ -62,7 +62,9 @@ def plot(curves: dict[str, list[Point]], out: Path, title: str, xlabel: str) -> 
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("PSNR (dB, Y)")
     # Below the panels, so it never hides a curve or the axis labels.
-    fig.legend(*axes[0][0].get_legend_handles_labels(), loc="lower center", ncol=len(curves), fontsize=8)
+    fig.legend(
+        *axes[0][0].get_legend_handles_labels(), loc="lower center", ncol=min(len(curves), 3), fontsize=8
+    )
     fig.suptitle(title)
     fig.tight_layout(rect=(0, 0.07, 1, 1))
     out.parent.mkdir(parents=True, exist_ok=True)
