@@ -51,6 +51,7 @@ from inference.batch_types import (
     Lane,
     ShuttingDownError,
 )
+from inference.job_book import JobBook
 from inference.pacer import LaneShape, Pacer
 from inference.scheduling import WORK_OFFSET_TILES, Job, LaneRotation
 
@@ -99,9 +100,8 @@ class TileBatcher:
             deadline_budget_s,
             clock=lambda: asyncio.get_running_loop().time(),
         )
-        self._jobs: set[Job] = set()
+        self._book = JobBook(self._sched, self.pacer, self.observer)
         self._wakeup: asyncio.Event | None = None
-        self._idle: asyncio.Event | None = None
         self._worker: asyncio.Task[None] | None = None
         self._runner: BatchRunner | None = None  # the engine-run half, made at start (needs the executor)
         self._accepting = False
@@ -119,13 +119,13 @@ class TileBatcher:
             self.pacer,
             self.observer,
             self._executor,
-            self._fail,
-            self._finish,
+            self._book.fail,
+            self._book.finish,
             self._stalled,
             self.engine_stall_s,
         )
-        self._wakeup, self._idle = asyncio.Event(), asyncio.Event()
-        self._idle.set()
+        self._wakeup = asyncio.Event()
+        self._book.start()
         self._accepting = True
         self._worker = asyncio.get_running_loop().create_task(self._work(), name="drrn-batcher")
         self._worker.add_done_callback(self._worker_done)
@@ -136,25 +136,21 @@ class TileBatcher:
         if task.cancelled() or task.exception() is None:
             return
         exc = task.exception()
-        log.error("batcher worker crashed; failing %d pending requests", len(self._jobs), exc_info=exc)
+        log.error("batcher worker crashed; failing %d pending requests", len(self._book), exc_info=exc)
         self.failure, self._accepting = exc, False
-        for job in list(self._jobs):
-            self._fail(job, EngineError(f"batcher worker crashed: {exc!r}", job.request_id))
+        self._book.fail_all(lambda job: EngineError(f"batcher worker crashed: {exc!r}", job.request_id))
         self.observer.on_worker_crash(exc)
 
     async def stop(self, grace_s: float) -> None:
         """Refuse new work, let accepted requests finish for up to ``grace_s``, then fail the rest with
         :class:`ShuttingDownError` and stop the worker."""
         self._accepting = False
-        if self._idle is not None and self._jobs:
-            try:
-                await asyncio.wait_for(self._idle.wait(), timeout=grace_s)
-            except TimeoutError:
-                log.warning("batcher: %d requests unfinished after %.1fs grace", len(self._jobs), grace_s)
-        for job in list(self._jobs):
-            if not job.future.done():
-                self.observer.on_reject(job.lane, "shutting_down")
-            self._fail(job, ShuttingDownError("service shutting down before the request finished"))
+        if not await self._book.wait_idle(grace_s):
+            log.warning("batcher: %d requests unfinished after %.1fs grace", len(self._book), grace_s)
+        self._book.fail_all(
+            lambda job: ShuttingDownError("service shutting down before the request finished"),
+            on_pending=lambda job: self.observer.on_reject(job.lane, "shutting_down"),
+        )
         if self._worker is not None:
             self._worker.cancel()
             await asyncio.gather(self._worker, return_exceptions=True)
@@ -184,7 +180,7 @@ class TileBatcher:
     @property
     def inflight(self) -> int:
         """Requests accepted and not yet finished."""
-        return len(self._jobs)
+        return len(self._book)
 
     def calibrate(self, model: str, pixels: int, seconds: float) -> None:
         """Count an engine run made outside the batcher (the warmup: ``pixels`` in ``seconds``) in
@@ -256,62 +252,17 @@ class TileBatcher:
         if deadline <= job.submitted:
             self.observer.on_reject(model, "deadline")
             raise DeadlineExceededError(f"request {request_id} reached its deadline before queueing")
-        self._jobs.add(job)
-        self._idle.clear()
-        self._sched.add(job)
-        self._queue_changed(model)
+        self._book.add(job)
         self._wakeup.set()
-        timer = loop.call_at(deadline, self._expire, job)
+        timer = loop.call_at(deadline, self._book.expire, job)
         try:
             # shield: a cancelled caller must not cancel the future the worker resolves; we clean up below.
             return await asyncio.shield(job.future)
         except asyncio.CancelledError:
-            # Also when the result arrived in the same loop turn as the cancellation: the caller still
-            # abandons the request, and its 504/499 is not counted anywhere else.
-            fut = job.future
-            delivered = fut.done() and not fut.cancelled() and fut.exception() is None
-            if not fut.done() or delivered:  # a failed future was counted where it failed
-                late = loop.time() >= deadline
-                self.observer.on_reject(model, "deadline" if late else "cancelled")
-                if late:
-                    job.expired = True
-                    if job.engine_s:
-                        self.observer.on_deadline_work(model, job.engine_s)
-            if not job.future.done():
-                self._fail(job, None)
+            self._book.abandon(job, late=loop.time() >= deadline)
             raise
         finally:
             timer.cancel()
-
-    def _expire(self, job: Job) -> None:
-        if not job.future.done():
-            self.observer.on_reject(job.lane, "deadline")
-            job.expired = True
-            if job.engine_s:
-                self.observer.on_deadline_work(job.lane, job.engine_s)
-            self._fail(job, DeadlineExceededError(f"request {job.request_id} exceeded its deadline"))
-
-    def _fail(self, job: Job, exc: BaseException | None) -> None:
-        """Finish ``job`` with ``exc`` (None = cancel) and drop its queued tiles."""
-        if not job.future.done():
-            if exc is None:
-                job.future.cancel()
-            else:
-                job.future.set_exception(exc)
-        self._finish(job)
-
-    def _finish(self, job: Job) -> None:
-        dropped = self._sched.remove(job)
-        self._jobs.discard(job)
-        if not self._jobs:
-            self._idle.set()
-        if dropped:
-            self._queue_changed(job.lane)
-
-    def _queue_changed(self, model: str) -> None:
-        self.observer.on_queue_depth(model, self._sched.queued(model))
-        if (seconds := self.pacer.queued_seconds(self._sched, model)) is not None:
-            self.observer.on_queued_work(model, seconds)
 
     # --- worker -----------------------------------------------------------------------------------------
     async def _next_batch(self) -> tuple[str, list[tuple[Job, int]]]:
@@ -327,8 +278,7 @@ class TileBatcher:
                 await asyncio.wait_for(self._wakeup.wait(), timeout=timeout)
             except TimeoutError:
                 pass
-        model = picked[0]
-        self._queue_changed(model)
+        self._book.queue_changed(picked[0])
         return picked
 
     def _next_from(self, now: float) -> tuple[str, list[tuple[Job, int]]] | None:
