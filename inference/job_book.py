@@ -2,8 +2,9 @@
 
 A request (:class:`inference.scheduling.Job`) is in the book from the moment it is queued until its future
 is resolved: by its outputs (:mod:`inference.batch_runner`), an error, its deadline, or its caller giving up.
-Ending it always removes its queued tiles from the scheduler, so abandoned work never reaches the engine,
-and counts its rejection exactly once.
+Ending it always removes its queued tiles from the scheduler, so abandoned work never reaches the engine.
+A deadline, cancellation or shutdown ending is counted as a rejection exactly once; engine failures are
+counted as errors by the service, not here.
 """
 
 from __future__ import annotations
