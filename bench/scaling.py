@@ -116,7 +116,7 @@ def reset_peak_rss() -> None:
 
 def _run_child(spec: dict[str, Any], width: int, height: int, env: dict[str, str]) -> tuple[dict, float]:
     """``(child's JSON, child's peak RSS in MiB)`` for a ``width x height`` textured input."""
-    from bench.loadgen import png_bytes, textured_image
+    from bench.request_mix import png_bytes, textured_image
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "input.png"

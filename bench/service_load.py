@@ -3,7 +3,7 @@
 Per concurrency level (1, 2, 4, 8, 16, 32; ``--quick``: 1 and 4 with a few requests) it reports req/s,
 delivered output Mpx/s, p50/p95/p99 latency, 503 rejections and errors, and from the service's ``/metrics``
 (deltas over the measured window) the mean engine batch size (``drrn_batch_size_tiles_sum / _count``), the
-mean requests per batch and the engine busy fraction. See :mod:`bench.loadgen` for the request mix.
+mean requests per batch and the engine busy fraction. See :mod:`bench.request_mix` for the request mix.
 
 **Overhead ratio.** After the load, the same engine the service runs (model file, tile, max_batch and
 threads from ``GET /v1/model`` and the service's ``DRRN_*`` settings) is built in this process with
@@ -29,9 +29,10 @@ from urllib.parse import urlparse
 
 import numpy as np
 
-from bench.loadgen import build_mix, latency_probe, run_level
+from bench.loadgen import latency_probe, run_level
 from bench.options import env_pairs, int_list
 from bench.report import header, load_average, markdown_table, summarize_ms, time_calls, write_json
+from bench.request_mix import build_mix
 from drrn.errors import UserError
 from drrn.paths import PROJECT_ROOT
 

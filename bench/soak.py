@@ -23,9 +23,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode, urlparse
 
-from bench.loadgen import parse_metrics, png_size, wait_idle
+from bench.loadgen import parse_metrics, wait_idle
 from bench.options import env_pairs, int_list
 from bench.report import header, load_average, write_json
+from bench.request_mix import png_size
 from bench.soak_report import criteria, plot_soak, render, windows
 from bench.soak_traffic import SoakRequest, make_request
 from drrn.paths import PROJECT_ROOT

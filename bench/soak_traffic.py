@@ -16,7 +16,7 @@ reproducible request by request whatever the order the workers take them in.
 - **abort** (2%): the client closes the connection mid-upload, while waiting, or after the first response
   bytes (raw sockets, :mod:`bench.soak`). No answer is expected.
 
-Pixels come from one :func:`bench.loadgen.textured_image` per run, tiled and cropped at a drawn offset.
+Pixels come from one :func:`bench.request_mix.textured_image` per run, tiled and cropped at a drawn offset.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from functools import cache
 
 import numpy as np
 
-from bench.loadgen import textured_image
+from bench.request_mix import textured_image
 from imaging.resize import output_shape_for_scale
 
 MALFORMED_FRAC, ABORT_FRAC = 0.05, 0.02

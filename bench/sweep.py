@@ -20,9 +20,10 @@ import os
 import sys
 from typing import Any
 
-from bench.loadgen import build_mix, run_level
+from bench.loadgen import run_level
 from bench.options import env_pairs
 from bench.report import header, markdown_table, write_json
+from bench.request_mix import build_mix
 from bench.service_load import SPAWN_DEFAULTS, fetch_model, service_settings
 from drrn.errors import UserError
 
