@@ -433,6 +433,14 @@ def test_shellcheck_renderer() -> None:
     assert res.returncode == 0, res.stdout + res.stderr
 
 
+def test_shellcheck_gpu_scripts() -> None:
+    """The scripts a lent GPU runs once each, with no chance to fix a typo there."""
+    shellcheck = tool("shellcheck", "Debian shellcheck")
+    scripts = [str(REPO / "bench/gpu.sh"), str(REPO / "training/gpu_finetune.sh")]
+    res = run([shellcheck, "--shell=bash", *scripts])
+    assert res.returncode == 0, res.stdout + res.stderr
+
+
 # --------------------------------------------------------------------------------------------------------
 # Grafana + metric names against the running service
 # --------------------------------------------------------------------------------------------------------

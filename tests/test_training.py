@@ -83,6 +83,9 @@ def test_shipped_recipes_parse_and_schedules_behave() -> None:
     distill = load_recipe("cpu-distill")
     assert distill.distill.teacher.endswith(".onnx") and distill.distill.weight == 0.5
     assert distill.model == load_recipe("cpu-stage4").model  # it warm-starts from the shipped fast model
+    cpu_ft, gpu_ft = load_recipe("quality-finetune"), load_recipe("quality-finetune-gpu")
+    assert gpu_ft.model == cpu_ft.model and gpu_ft.data == cpu_ft.data  # the same stage, sized for a GPU
+    assert gpu_ft.model.rectified_skips and gpu_ft.optim.lr < cpu_ft.optim.lr
 
 
 def test_recipe_typos_are_errors(tmp_path: Path) -> None:

@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Fine-tune the shipped quality model on a lent GPU, in one prepared call (recipe quality-finetune-gpu).
+#
+#   bash training/gpu_finetune.sh [MINUTES]        # default 8: the training cap; the whole call ~10 min
+#
+# Meant for the device tool, which sends the repository and not ../shared: copy the data in first, into a
+# folder git ignores, and carry it:
+#   mkdir -p .device-data && cp -r ../shared/datasets/{T91,BSD200,Set5} .device-data/
+#   run: bash training/gpu_finetune.sh 8   carry: [".device-data", ".whl"]   timeout_s: 600
+# Wheels in .whl/ (safetensors, tqdm, ... if the machine's python lacks them) are installed into /tmp/site.
+# Results under $OUT (else runs/quality-ft-gpu/): log.jsonl, recipe.json, last.safetensors (the shipped
+# candidate: the last step, decided in advance), best.safetensors (Set5 only, for the curve), train.log.
+# Evaluate last.safetensors afterwards on the CPU through the deployed pipeline:
+#   drrn eval --model PATH/last.safetensors --data ../shared/datasets/{Set5,Set14,BSD100} --scales 2 3 4
+# Knobs for a CPU smoke run of this script: DRRN_FT_DEVICE=cpu DRRN_FT_MAX_STEPS=2.
+set -u
+cd "$(dirname "$0")/.." || exit 1
+MINUTES="${1:-8}"
+OUTDIR="${OUT:-runs/quality-ft-gpu}"
+DATA="$(realpath "${DRRN_DATA:-.device-data}")"
+DEVICE="${DRRN_FT_DEVICE:-cuda}"
+mkdir -p "$OUTDIR"
+exec > >(tee -a "$OUTDIR/train.log") 2>&1
+export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+
+if ls .whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    && export PYTHONPATH="/tmp/site:$PYTHONPATH" || echo "WARNING: wheel install failed"
+fi
+PY=""
+for c in "${PYTHON:-}" .venv/bin/python python3 python; do
+  [ -n "$c" ] && command -v "$c" >/dev/null 2>&1 && "$c" -c "import torch, numpy, safetensors, tqdm, PIL" 2>/dev/null \
+    && { PY="$c"; break; }
+done
+if [ -z "$PY" ]; then
+  echo "MISSING: no python with torch, numpy, safetensors, tqdm and Pillow; carry their wheels in .whl/"
+  exit 1
+fi
+for d in T91 BSD200 Set5; do
+  [ -d "$DATA/$d" ] || { echo "MISSING: $DATA/$d (copy ../shared/datasets/$d there and carry it)"; exit 1; }
+done
+command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+"$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"
+
+# The recipe names ../shared/datasets; here the data is wherever DATA points.
+RECIPE="$OUTDIR/quality-finetune-gpu.toml"
+sed "s#\.\./shared/datasets#$DATA#g" training/recipes/quality-finetune-gpu.toml > "$RECIPE"
+STEPS=()
+[ -n "${DRRN_FT_MAX_STEPS:-}" ] && STEPS=(--max-steps "$DRRN_FT_MAX_STEPS")
+RESUME=()
+[ -f "$OUTDIR/run/checkpoint.pt" ] && RESUME=(--resume)
+DRRN_CACHE_DIR="${DRRN_CACHE_DIR:-/tmp/drrn-cache}" timeout $(( ${MINUTES%.*} * 60 + 150 )) \
+  "$PY" -m drrn train --recipe "$RECIPE" --init weights/quality.safetensors --out "$OUTDIR/run" \
+  --device "$DEVICE" --max-minutes "$MINUTES" "${STEPS[@]}" "${RESUME[@]}"
+echo "drrn train exit status $?"
+ls -la "$OUTDIR/run"
