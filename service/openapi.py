@@ -177,9 +177,9 @@ UPSCALE_RESPONSES: dict[int | str, dict[str, Any]] = {
         "`quota_exceeded`: the key's DRRN_API_KEY_MAX_INFLIGHT requests are in flight", "Retry-After"
     ),
     503: _error(
-        "`queue_full`, `overloaded` (DRRN_MAX_INFLIGHT_REQUESTS, DRRN_MAX_UPLOADS), `backlog` (the work "
-        "queued ahead would make it miss its deadline; Retry-After from the queue), `not_ready` or "
-        "`shutting_down`",
+        "`queue_full`, `overloaded` (DRRN_MAX_INFLIGHT_REQUESTS, DRRN_MAX_UPLOADS, DRRN_MAX_CONNECTIONS), "
+        "`backlog` (the work queued ahead would make it miss its deadline; Retry-After from the queue), "
+        "`not_ready` or `shutting_down`",
         "Retry-After",
     ),
     504: _error("`deadline_exceeded`: not finished within DRRN_REQUEST_TIMEOUT_S of arrival"),
