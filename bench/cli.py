@@ -44,7 +44,8 @@ def run_bench_cli(args: argparse.Namespace) -> int:
         from bench.cost import run_cost
 
         models = None if args.model in (None, "default") else args.model.split(",")
-        run_cost(models, args.json_out, quick=args.quick)
+        ensembles = tuple(int_list(args.ensembles) or [1])
+        run_cost(models, args.json_out, quick=args.quick, ensembles=ensembles)
         return 0
     if args.target == "tiles":
         from bench.tiles import run_tiles
@@ -130,6 +131,8 @@ def add_bench_arguments(s: argparse.ArgumentParser) -> None:
     g.add_argument("--full", action="store_true", help="full tile grid for B1U25 too (slow on a CPU)")
     g.add_argument("--budget-s", type=float, default=2.0, help="timed seconds per cell (>= 3 repeats)")
     g.add_argument("--repeats", type=int, default=10, help="most timed repeats per cell")
+    g = s.add_argument_group("cost")
+    g.add_argument("--ensembles", help="cost: comma list of 1 and/or 8 (default 1); 8 = ?ensemble=8")
     g = s.add_argument_group("margins")
     g.add_argument("--data", nargs="+", help="margins: dataset folders (default Set5, Set14, BSD100)")
     g.add_argument("--scales", help="margins: comma list, default 2,3,4")

@@ -5,7 +5,10 @@ input upscaled x4 (a 1024x1024 = 1.05 Mpx output) through :func:`inference.pipel
 the model card's tile and margin and the service's batch size, after one warm-up request. Also the
 tiles computed per output pixel (the tiling overhead) and the effective GFLOP/s: model FLOPs per output
 pixel x output pixels / time, i.e. useful work only, so margins count as waste. The machine's float32
-GEMM peak is measured in the same run (:mod:`bench.peak`) to put that number on a scale.
+GEMM peak is measured in the same run (:mod:`bench.peak`) to put that number on a scale. ``ensembles``
+(e.g. 1 and 8) measures each model also with the geometric self-ensemble (``/upscale?ensemble=8``: 8x the
+tiles through the same engine, plus the transforms and the average) and gives its cost as a ratio to the
+single pass measured in the same run.
 """
 
 from __future__ import annotations
@@ -39,9 +42,11 @@ def _photo(side: int, seed: int = 0) -> bytes:
     return buf.getvalue()
 
 
-def measure_model(card: ModelCard, repeats: int, max_batch: int | None, side: int = SIDE) -> dict[str, Any]:
-    """Seconds for the ``side * 4`` squared output with ``card``'s model (median of ``repeats`` after a
-    warm-up request)."""
+def measure_model(
+    card: ModelCard, repeats: int, max_batch: int | None, side: int = SIDE, ensemble: int = 1
+) -> dict[str, Any]:
+    """Seconds for the ``side * 4`` squared output with ``card``'s model, averaged over ``ensemble``
+    dihedral transforms (median of ``repeats`` after a warm-up request)."""
     from engines.resolver import open_card
     from imaging.tiling import plan_tiles
     from inference.pipeline import ImageLimits, upscale_bytes
@@ -53,17 +58,18 @@ def measure_model(card: ModelCard, repeats: int, max_batch: int | None, side: in
     out = side * SCALE
     limits = ImageLimits(max_upload_bytes=1 << 26, max_input_pixels=1 << 24, max_output_pixels=1 << 24)
     # Warm-up on a small input: the ORT arena and thread pool are set up, without paying a full run.
-    upscale_bytes(_photo(32), SCALE, engine.run, limits, tile, margin, max_batch)
+    upscale_bytes(_photo(32), SCALE, engine.run, limits, tile, margin, max_batch, ensemble)
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        upscale_bytes(data, SCALE, engine.run, limits, tile, margin, max_batch)
+        upscale_bytes(data, SCALE, engine.run, limits, tile, margin, max_batch, ensemble)
         times.append(time.perf_counter() - t0)
     seconds = float(np.median(times))
     plan = plan_tiles(out, out, tile, margin)
     mpx = out * out / 1e6
     return {
         "model": card.name,
+        "ensemble": ensemble,
         "architecture": card.architecture,
         "mflop_per_pixel": card.mflop_per_pixel,
         "tile": tile,
@@ -87,9 +93,11 @@ def run_cost(
     quick: bool = False,
     root: Path | None = None,
     repeats: int = 1,
+    ensembles: tuple[int, ...] = (1,),
 ) -> dict[str, Any]:
     """Measure each model (default: every shipped model, or every model of ``root``), print a table,
-    write JSON. ``quick``: a 64x64 input (a smoke run), not the 1-Mpx headline."""
+    write JSON. ``quick``: a 64x64 input (a smoke run), not the 1-Mpx headline. ``ensembles``: 1 and/or 8,
+    each model measured at each (1 first, so the others' ``cost_vs_single`` is a same-run ratio)."""
     from bench.peak import gemm_numpy_gflops, gemm_ort_int8_gops
     from drrn.paths import WEIGHTS_DIR
     from engines.repository import ModelRepository
@@ -101,10 +109,20 @@ def run_cost(
     else:  # the shipped weights; resolve_card builds a missing or stale repository entry on first use
         names = models or sorted(p.stem for p in WEIGHTS_DIR.glob("*.safetensors"))
         cards = [resolve_card(n) for n in names]
+    from imaging.ensemble import ENSEMBLE_SIZES
+
+    if not ensembles or not set(ensembles) <= set(ENSEMBLE_SIZES):
+        raise ValueError(f"ensembles must be among {ENSEMBLE_SIZES}, got {ensembles}")
     rows = []
     for card in cards:
-        print(f"cost: {card.name} ...", file=sys.stderr)
-        rows.append(measure_model(card, repeats, max_batch=None, side=64 if quick else SIDE))
+        single = None
+        for ensemble in sorted(set(ensembles)):
+            print(f"cost: {card.name}, ensemble {ensemble} ...", file=sys.stderr)
+            row = measure_model(card, repeats, max_batch=None, side=64 if quick else SIDE, ensemble=ensemble)
+            if ensemble == 1:
+                single = row["seconds"]
+            row["cost_vs_single"] = None if single is None else row["seconds"] / single
+            rows.append(row)
     n = 512 if quick else 2048
     peak = gemm_numpy_gflops(n=n)
     int8_peak = gemm_ort_int8_gops(n=n) if any(r["precision"] == "int8" for r in rows) else None
@@ -129,11 +147,13 @@ def render_cost(report: dict[str, Any]) -> str:
     """Markdown: one row per model."""
     cols = [
         ("model", "model"),
+        ("ensemble", "ensemble"),
+        ("cost_vs_single", "× single pass"),
         ("mflop_per_pixel", "MFLOP/px"),
         ("tile", "tile"),
         ("margin", "margin"),
         ("computed_over_output_px", "computed ÷ output px"),
-        ("seconds", "s per 1.05-Mpx output"),
+        ("seconds", "s per output (see input)"),
         ("seconds_per_mpx", "s/Mpx"),
         ("effective_gflops", "useful GFLOP/s"),
         ("precision", "precision"),

@@ -190,13 +190,19 @@ def test_spawn_retries_a_port_taken_after_it_was_chosen(tiny_onnx: Path) -> None
 def test_cost_quick(tiny_repo: Path, tmp_path: Path) -> None:
     from bench.cost import run_cost
 
-    report = run_cost(None, str(tmp_path / "cost.json"), quick=True, root=tiny_repo)
+    report = run_cost(None, str(tmp_path / "cost.json"), quick=True, root=tiny_repo, ensembles=(8, 1))
     assert report["schema"] == "drrn-bench-cost/1" and report["input"] == "64x64 x4"
-    rows = {r["model"]: r for r in report["models"]}
-    assert sorted(rows) == ["fast", "quality"]
+    rows = {(r["model"], r["ensemble"]): r for r in report["models"]}
+    assert sorted(rows) == [("fast", 1), ("fast", 8), ("quality", 1), ("quality", 8)]  # 1 measured first
     for r in rows.values():
         assert r["seconds"] > 0 and r["computed_over_output_px"] >= 1.0 and r["tiles"] >= 1
         assert r["effective_gflops"] > 0 and r["efficiency_vs_gemm_peak"] > 0
+    for model in ("fast", "quality"):
+        one, eight = rows[model, 1], rows[model, 8]
+        assert one["cost_vs_single"] == 1.0
+        assert eight["cost_vs_single"] == pytest.approx(eight["seconds"] / one["seconds"])
+    with pytest.raises(ValueError, match="ensembles"):
+        run_cost(None, None, quick=True, root=tiny_repo, ensembles=(2,))
     assert json.loads((tmp_path / "cost.json").read_text())["models"][0]["model"] == "fast"
 
 
