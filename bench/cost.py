@@ -102,17 +102,17 @@ def run_cost(
     from drrn.paths import WEIGHTS_DIR
     from engines.repository import ModelRepository
     from engines.resolver import resolve_card
+    from imaging.ensemble import ENSEMBLE_SIZES
 
+    # before resolving the cards, which may export a stale model: a bad option fails at once
+    if not ensembles or not set(ensembles) <= set(ENSEMBLE_SIZES):
+        raise ValueError(f"ensembles must be among {ENSEMBLE_SIZES}, got {ensembles}")
     if root is not None:
         repo = ModelRepository(root)
         cards = [repo.card(n) for n in models or repo.names()]
     else:  # the shipped weights; resolve_card builds a missing or stale repository entry on first use
         names = models or sorted(p.stem for p in WEIGHTS_DIR.glob("*.safetensors"))
         cards = [resolve_card(n) for n in names]
-    from imaging.ensemble import ENSEMBLE_SIZES
-
-    if not ensembles or not set(ensembles) <= set(ENSEMBLE_SIZES):
-        raise ValueError(f"ensembles must be among {ENSEMBLE_SIZES}, got {ensembles}")
     rows = []
     for card in cards:
         single = None
