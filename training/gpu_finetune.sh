@@ -6,7 +6,7 @@
 # Meant for the device tool, which sends the repository and not ../shared: copy the data in first, into a
 # folder git ignores, and carry it:
 #   mkdir -p .device-data && cp -r ../shared/datasets/{T91,BSD200,Set5} .device-data/
-#   run: bash training/gpu_finetune.sh 8   carry: [".device-data", ".whl"]   timeout_s: 600
+#   run: bash training/gpu_finetune.sh 7   carry: [".device-data", ".whl"]   timeout_s: 600
 # Wheels in .whl/ (safetensors, tqdm, ... if the machine's python lacks them) are installed into /tmp/site.
 # Results under $OUT (else runs/quality-ft-gpu/): log.jsonl, recipe.json, last.safetensors (the shipped
 # candidate: the last step, decided in advance), best.safetensors (Set5 only, for the curve), train.log.
