@@ -31,16 +31,9 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from imaging.resize import output_shape_for_scale
 from inference import png
+from inference.image_limits import ImageError, ImageLimits, check_upload_size, limit_body
 
-__all__ = [
-    "ACCEPTED_FORMATS",
-    "Decoded",
-    "ImageError",
-    "ImageLimits",
-    "check_upload_size",
-    "decode_image",
-    "probe_image",
-]
+__all__ = ["ACCEPTED_FORMATS", "Decoded", "decode_image", "probe_image"]
 
 ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "TIFF")
 
@@ -53,57 +46,6 @@ _WIDE_GREY = {"I;16", "I;16L", "I;16B", "I;16N", "I"}
 _ACCEPTED_MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"BM", b"II*\x00", b"MM\x00*")
 _OTHER_MAGIC = {b"GIF87a": "GIF", b"GIF89a": "GIF", b"%PDF": "PDF", b"\x00\x00\x01\x00": "ICO"}
 _ACCEPTED_TEXT = "JPEG, PNG, WebP, BMP or TIFF"
-
-
-@dataclass(frozen=True)
-class ImageLimits:
-    """Request limits. Pixels are ``width * height``; ``max_scale`` bounds the scale factor."""
-
-    max_upload_bytes: int = 20 * 2**20
-    max_input_pixels: int = 16_000_000
-    max_output_pixels: int = 16_000_000
-    max_ensemble_output_pixels: int = 4_000_000  # ?ensemble=8 costs 8x the engine work and ~8x the tiles
-    max_scale: float = 4.0
-
-
-class ImageError(Exception):
-    """A client-caused image problem.
-
-    Attributes:
-        status: HTTP status, 400 (malformed), 413 (too large), 415 (unsupported) or 422 (bad parameter).
-        code: stable machine-readable code, e.g. ``corrupt_image``, ``input_too_large``, ``bad_scale``.
-        detail: one human-readable sentence.
-        limit: ``{"name": ..., "value": ...}`` of the limit that was hit, else None.
-    """
-
-    def __init__(self, status: int, code: str, detail: str, limit: dict | None = None) -> None:
-        super().__init__(f"{code}: {detail}")
-        self.status = status
-        self.code = code
-        self.detail = detail
-        self.limit = limit
-
-    def to_dict(self) -> dict:
-        """``{"error": code, "detail": ..., "limit": {...}}``; ``limit`` only when a limit was hit."""
-        body: dict = {"error": self.code, "detail": self.detail}
-        if self.limit is not None:
-            body["limit"] = dict(self.limit)
-        return body
-
-
-def _limit(name: str, limits: ImageLimits) -> dict:
-    return {"name": name, "value": getattr(limits, name)}
-
-
-def check_upload_size(n_bytes: int, limits: ImageLimits) -> None:
-    """Raise ``ImageError(413, "upload_too_large")`` if ``n_bytes`` exceeds ``max_upload_bytes``."""
-    if n_bytes > limits.max_upload_bytes:
-        raise ImageError(
-            413,
-            "upload_too_large",
-            f"upload of {n_bytes} bytes exceeds the limit of {limits.max_upload_bytes} bytes",
-            _limit("max_upload_bytes", limits),
-        )
 
 
 @dataclass(frozen=True)
@@ -141,7 +83,7 @@ def _too_large(pixels: int | None, limits: ImageLimits) -> ImageError:
         413,
         "input_too_large",
         f"{got} exceeds the input limit of {limits.max_input_pixels} pixels",
-        _limit("max_input_pixels", limits),
+        limit_body("max_input_pixels", limits),
     )
 
 
@@ -195,7 +137,7 @@ def _check_pixels(size: tuple[int, int], scale: float, limits: ImageLimits) -> N
             "output_too_large",
             f"{width}x{height} at scale {scale:g} gives {out_w}x{out_h} = {out_w * out_h} pixels, over "
             f"the output limit of {limits.max_output_pixels} pixels",
-            _limit("max_output_pixels", limits),
+            limit_body("max_output_pixels", limits),
         )
 
 

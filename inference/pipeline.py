@@ -43,7 +43,8 @@ from imaging.tiling import (
     stitch_rows,
     stitch_tiles,
 )
-from inference.image_io import ImageError, ImageLimits, check_upload_size, decode_image, probe_image
+from inference.image_io import decode_image, probe_image
+from inference.image_limits import ImageError, ImageLimits, check_upload_size
 from inference.png import encode_png
 from inference.request_params import check_ensemble, check_scale
 

@@ -1,6 +1,6 @@
 """Request parameters of an upscale: parsing ``scale`` and ``ensemble``, and the limits each one implies.
 
-Every failure is an :class:`inference.image_io.ImageError` (422) naming the limit that was hit, so the
+Every failure is an :class:`inference.image_limits.ImageError` (422) naming the limit that was hit, so the
 HTTP layer, ``drrn upscale`` and the folder upscaler report bad parameters the same way.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import re
 
-from inference.image_io import ImageError, ImageLimits
+from inference.image_limits import ImageError, ImageLimits
 
 __all__ = ["check_ensemble", "check_scale", "parse_ensemble", "parse_scale"]
 

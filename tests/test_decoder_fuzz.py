@@ -6,7 +6,7 @@ or dropped byte ranges and chunks/segments, extreme width/height written into th
 and feeds each result to what ``Upscaler`` runs on an upload: :func:`inference.pipeline.probe` (header
 only) then :func:`inference.image_io.decode_image`. Properties, per case:
 
-* the only exception is the pipeline's own :class:`~inference.image_io.ImageError`;
+* the only exception is the pipeline's own :class:`~inference.image_limits.ImageError`;
 * a Hypothesis deadline bounds its time (generous: a decode within the test's limits takes milliseconds);
 * memory stays within the limits: the decoded planes are the probed size, at most ``max_input_pixels``,
   and the process's peak resident memory during the case (Linux ``VmHWM``, reset before each case, so
@@ -28,7 +28,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from inference.image_io import Decoded, ImageError, ImageLimits, decode_image
+from inference.image_io import Decoded, decode_image
+from inference.image_limits import ImageError, ImageLimits
 from inference.pipeline import probe
 from tests.test_decoder_fuzz_formats import SET_DIMS, chunks, png_bomb_chunks, seeds
 

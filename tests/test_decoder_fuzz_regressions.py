@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from inference.image_io import ImageError, ImageLimits, decode_image
+from inference.image_io import decode_image
+from inference.image_limits import ImageError, ImageLimits
 from inference.pipeline import probe
 from tests.test_decoder_fuzz_formats import SET_DIMS, chunks, png_bomb_chunks, seeds
 
