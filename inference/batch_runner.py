@@ -24,8 +24,8 @@ from concurrent.futures import Executor
 import numpy as np
 
 from inference.batch_types import BatcherObserver, BatchResult, EngineError, Lane
+from inference.lane_queue import Job
 from inference.pacer import Pacer
-from inference.scheduling import Job
 
 log = logging.getLogger(__name__)
 

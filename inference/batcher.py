@@ -52,8 +52,9 @@ from inference.batch_types import (
     ShuttingDownError,
 )
 from inference.job_book import JobBook
+from inference.lane_queue import WORK_OFFSET_TILES, Job
 from inference.pacer import LaneShape, Pacer
-from inference.scheduling import WORK_OFFSET_TILES, Job, LaneRotation
+from inference.scheduling import LaneRotation
 
 log = logging.getLogger(__name__)
 

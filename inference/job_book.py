@@ -1,6 +1,6 @@
 """The batcher's accepted requests (plain asyncio; no HTTP): how each one ends and what it counts as.
 
-A request (:class:`inference.scheduling.Job`) is in the book from the moment it is queued until its future
+A request (:class:`inference.lane_queue.Job`) is in the book from the moment it is queued until its future
 is resolved: by its outputs (:mod:`inference.batch_runner`), an error, its deadline, or its caller giving up.
 Ending it always removes its queued tiles from the scheduler, so abandoned work never reaches the engine.
 A deadline, cancellation or shutdown ending is counted as a rejection exactly once; engine failures are
@@ -13,8 +13,9 @@ import asyncio
 from collections.abc import Callable
 
 from inference.batch_types import BatcherObserver, DeadlineExceededError
+from inference.lane_queue import Job
 from inference.pacer import Pacer
-from inference.scheduling import Job, LaneRotation
+from inference.scheduling import LaneRotation
 
 
 class JobBook:

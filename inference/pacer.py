@@ -12,10 +12,10 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from inference.batch_types import BacklogError, DeadlineUnreachableError
+from inference.lane_queue import OLDEST_SHARE
 from inference.linear_cost import LinearCost
 from inference.pacing import Estimate, LaneLoad, finish_estimate, verdict
 from inference.recent_load import RecentLoad
-from inference.scheduling import OLDEST_SHARE
 
 # A queued request whose slack (time left before its engine deadline, less its own remaining engine work)
 # is down to this share of its whole time goes before every other tile of every lane (least slack first).
@@ -33,7 +33,7 @@ ALTERNATE_SHARE = 0.5
 
 
 class QueuedJob(Protocol):
-    """What :class:`Pacer` reads of a queued request (:class:`inference.scheduling.Job`)."""
+    """What :class:`Pacer` reads of a queued request (:class:`inference.lane_queue.Job`)."""
 
     lane: str
     submitted: float

@@ -13,7 +13,7 @@ batcher converts pixels to full tiles before asking (a 64x64 image's one tile is
 against its size in full tiles.
 
 **Engine work done** (:func:`finish_estimate`): within a lane, the lane's time alternates between the
-request that has waited longest for its queued work and the oldest one (:mod:`inference.scheduling`). The
+request that has waited longest for its queued work and the oldest one (:mod:`inference.lane_queue`). The
 estimate takes as ahead of a request every queued request of its lane with at most as much queued work
 (equals count as ahead), and every older one with more work whose response ratio (waited per queued work
 plus one full tile) would still be the higher one when those are done: ``A`` tiles in ``ceil(A /
@@ -39,8 +39,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from inference.batch_types import BacklogError, DeadlineUnreachableError
+from inference.lane_queue import OLDEST_SHARE, WORK_OFFSET_TILES
 from inference.linear_cost import LinearCost
-from inference.scheduling import OLDEST_SHARE, WORK_OFFSET_TILES
 
 # A request is admitted only if its estimated time (engine work from the queue model, plus its CPU stages
 # from :class:`LinearCost` fits of decode and encode) fits this share of its remaining time: the rest

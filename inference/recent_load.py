@@ -3,7 +3,7 @@
 Why: admission estimates when a newcomer's engine work would be done from the work queued *now*
 (:func:`inference.pacing.finish_estimate`). A large newcomer then looks as if it will have the engine to
 itself once the queue ahead is done. Under a steady stream of smaller requests it does not: most of those
-that arrive after it soon have the higher response ratio and go first (:mod:`inference.scheduling`), so
+that arrive after it soon have the higher response ratio and go first (:mod:`inference.lane_queue`), so
 it gets what that stream leaves, and at least the oldest request's share. In the soak, two 1.6–3 Mpx
 requests admitted that way both ran into their last 10% of slack, had the engine to themselves
 (:meth:`inference.pacer.Pacer.urgent`), and small requests behind them waited 11–16 s.

@@ -95,9 +95,10 @@ def test_a_large_newcomer_counts_the_engine_share_that_smaller_traffic_has_been_
     first: its work gets half of the engine (the oldest's share, the floor), so it needs 32 s plus the
     queued tile and is refused with a Retry-After. Runs of larger requests, or before the window, do not
     count, and neither does any of it once the engine is idle with nothing queued."""
+    from inference.lane_queue import Job
     from inference.pacer import LaneShape, Pacer
     from inference.recent_load import RecentLoad
-    from inference.scheduling import Job, LaneRotation
+    from inference.scheduling import LaneRotation
 
     pacer = Pacer({"f": LaneShape(2, 1)}, load_window_s=30.0)
     pacer.observe("f", 4, 1.0)  # 1 s per full 2x2 tile

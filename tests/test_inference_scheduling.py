@@ -11,7 +11,8 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
-from inference.scheduling import Job, LaneRotation, ResponseRatioQueue
+from inference.lane_queue import Job, ResponseRatioQueue
+from inference.scheduling import LaneRotation
 
 INF = float("inf")
 NOW = 1.0  # the queue tests' clock: every job there arrived at 0, so all have waited alike
