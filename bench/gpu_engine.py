@@ -23,48 +23,18 @@ import argparse
 import copy
 import json
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from bench.report import header, summarize_ms, write_json
-from drrn.contract import INPUT_NAME, OUTPUT_NAME
+from bench.gpu_ort import bench_ort, ort_cuda_status
+from bench.gpu_timing import Budget, result_row, time_cell
+from bench.report import header, write_json
 
 TILES, BATCHES = (128, 256, 512), (1, 8, 32)
 QUICK_TILES, QUICK_BATCHES = (128,), (8,)
 TORCH_VARIANTS = ("fp32", "tf32", "bf16-autocast", "fp16-cl", "fp16-cl-cudnn-bench", "fp16-cl-cudagraph")
-
-
-class Budget:
-    def __init__(self, seconds: float) -> None:
-        self.deadline = time.perf_counter() + seconds
-
-    @property
-    def left(self) -> float:
-        return self.deadline - time.perf_counter()
-
-
-def _time(fn, sync, budget: Budget, min_s: float = 0.5) -> dict[str, Any]:
-    """Warm up twice, then time >= 3 runs (up to ``min_s`` seconds or 50 runs)."""
-    for _ in range(2):
-        fn()
-    sync()
-    times: list[float] = []
-    while len(times) < 3 or (sum(times) < min_s and len(times) < 50 and budget.left > 0):
-        t0 = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - t0)
-    return summarize_ms(times)
-
-
-def _row(backend: str, tile: int, batch: int, stats: dict, fpp: int) -> dict[str, Any]:
-    s = stats["ms_median"] / 1e3
-    px = batch * tile * tile
-    return {"backend": backend, "tile": tile, "batch": batch, **stats, "mpx_per_s": px / s / 1e6,
-            "tflops": fpp * px / s / 1e12}  # fmt: skip
 
 
 def torch_peaks() -> dict[str, float]:
@@ -78,7 +48,7 @@ def torch_peaks() -> dict[str, float]:
         torch.backends.cuda.matmul.allow_tf32 = tf32
         a = torch.randn(n, n, device="cuda", dtype=dtype)
         b = torch.randn(n, n, device="cuda", dtype=dtype)
-        st = _time(lambda a=a, b=b: a @ b, torch.cuda.synchronize, Budget(10))
+        st = time_cell(lambda a=a, b=b: a @ b, torch.cuda.synchronize, Budget(10))
         out[name + "_tflops"] = 2 * n**3 / (st["ms_min"] / 1e3) / 1e12
     torch.backends.cuda.matmul.allow_tf32 = False
     x = torch.randn(32, 128, 256, 256, device="cuda", dtype=torch.float16).to(
@@ -86,7 +56,7 @@ def torch_peaks() -> dict[str, float]:
     )
     w = torch.randn(128, 128, 3, 3, device="cuda", dtype=torch.float16).to(memory_format=torch.channels_last)
     torch.backends.cudnn.benchmark = True
-    st = _time(lambda: torch.nn.functional.conv2d(x, w, padding=1), torch.cuda.synchronize, Budget(10))
+    st = time_cell(lambda: torch.nn.functional.conv2d(x, w, padding=1), torch.cuda.synchronize, Budget(10))
     out["conv3x3_c128_fp16_tflops"] = 2 * 9 * 128 * 128 * x.numel() / 128 / (st["ms_min"] / 1e3) / 1e12
     return out
 
@@ -141,79 +111,14 @@ def bench_torch(weights: Path, tiles, batches, budget: Budget) -> tuple[list, li
                     continue
                 x = torch.rand(batch, 1, tile, tile, device="cuda")
                 try:
-                    stats = _time(_torch_runner(model, variant, x), torch.cuda.synchronize, share)
+                    stats = time_cell(_torch_runner(model, variant, x), torch.cuda.synchronize, share)
                 except torch.cuda.OutOfMemoryError:
                     skipped.append(f"torch-{variant} tile {tile} batch {batch}: out of memory")
                     continue
-                rows.append(_row(f"torch-{variant}", tile, batch, stats, fpp))
+                rows.append(result_row(f"torch-{variant}", tile, batch, stats, fpp))
                 print(f"  torch-{variant} {tile}x{batch}: {stats['ms_median']:.2f} ms", file=sys.stderr)
         del model
         torch.cuda.empty_cache()
-    return rows, skipped
-
-
-def ort_cuda_status() -> tuple[bool, str]:
-    """Whether ORT's CUDA EP really runs a session here (not just listed), with the reason if not."""
-    try:
-        import onnxruntime as ort
-    except ImportError:
-        return False, "onnxruntime is not installed"
-    if "CUDAExecutionProvider" not in ort.get_available_providers():
-        return False, f"onnxruntime {ort.__version__} has no CUDA EP (install onnxruntime-gpu)"
-    return True, f"onnxruntime {ort.__version__} lists CUDAExecutionProvider"
-
-
-class _NoCuda(RuntimeError):
-    """The CUDA EP is listed but a session does not run on it (missing CUDA/cuDNN libraries)."""
-
-
-def _ort_cell(ort, path: Path, opts: dict, mode: str, tile: int, batch: int, fpp: int, name: str, budget):
-    """One timed ORT CUDA cell: host numpy I/O, or IOBinding with device-resident input and output."""
-    sess = ort.InferenceSession(str(path), providers=[("CUDAExecutionProvider", opts)])
-    if sess.get_providers()[0] != "CUDAExecutionProvider":
-        raise _NoCuda(f"CUDA EP did not load (session runs on {sess.get_providers()})")
-    x = np.random.default_rng(0).random((batch, 1, tile, tile), dtype=np.float32)
-    if mode == "numpy":
-        fn = lambda: sess.run([OUTPUT_NAME], {INPUT_NAME: x})  # noqa: E731
-    else:
-        xo = ort.OrtValue.ortvalue_from_numpy(x, "cuda", 0)
-        yo = ort.OrtValue.ortvalue_from_shape_and_type(x.shape, np.float32, "cuda", 0)
-        io = sess.io_binding()
-        io.bind_ortvalue_input(INPUT_NAME, xo)
-        io.bind_ortvalue_output(OUTPUT_NAME, yo)
-        fn = lambda: sess.run_with_iobinding(io)  # noqa: E731
-    stats = _time(fn, lambda: None, budget)
-    print(f"  {name} {tile}x{batch}: {stats['ms_median']:.2f} ms", file=sys.stderr)
-    return _row(name, tile, batch, stats, fpp)
-
-
-def bench_ort(onnx_paths: dict[str, Path], fpp: int, cells, budget: Budget) -> tuple[list, list]:
-    import onnxruntime as ort
-
-    rows, skipped = [], []
-    combos = [
-        (precision, path, algo, mode)
-        for precision, path in onnx_paths.items()
-        for algo in ("HEURISTIC", "EXHAUSTIVE")
-        for mode in ("numpy", "iobinding", "cudagraph")
-        if not (mode == "cudagraph" and algo == "EXHAUSTIVE")
-    ]
-    for ci, (precision, path, algo, mode) in enumerate(combos):
-        share = Budget(max(0.0, budget.left) / (len(combos) - ci))
-        opts = {"device_id": 0, "cudnn_conv_algo_search": algo}
-        if mode == "cudagraph":
-            opts["enable_cuda_graph"] = "1"
-        name = f"ort-{precision}-{algo.lower()}-{mode}"
-        for tile, batch in cells:
-            if share.left <= 0:
-                skipped.append(f"{name} {tile}x{batch}: budget")
-                continue
-            try:
-                rows.append(_ort_cell(ort, path, opts, mode, tile, batch, fpp, name, share))
-            except _NoCuda as exc:
-                return rows, [*skipped, str(exc)]
-            except Exception as exc:  # e.g. a graph that cannot be captured: record, go on
-                skipped.append(f"{name} {tile}x{batch}: {type(exc).__name__}: {str(exc)[:200]}")
     return rows, skipped
 
 
