@@ -226,9 +226,11 @@ class Upscaler:
         served = self.resolve(model)
         params = parse_scale(scale, self.limits), parse_ensemble(ensemble, self.limits)
         with self.slots.upload():
-            data = await self._receive(read, request_id, facts, arrival)
+            # Handed over in a list that _run empties, so no frame keeps the upload (up to
+            # max_upload_bytes) while the request's tiles wait for the engine.
+            body = [await self._receive(read, request_id, facts, arrival)]
         with self.slots.serve():  # the in-flight slot is taken only now that the body is in
-            return await self._run(served, data, params, request_id, facts, arrival, disconnected)
+            return await self._run(served, body, params, request_id, facts, arrival, disconnected)
 
     async def _receive(self, read: Callable[[], Awaitable[bytes]], rid: str, facts: dict, arrival: float):
         """The body, within ``upload_timeout_s`` (408) and the request's deadline (504) of ``arrival``."""
@@ -245,8 +247,9 @@ class Upscaler:
         facts["bytes_in"], facts["read_ms"] = len(data), round((time.perf_counter() - t0) * 1000, 3)
         return data
 
-    async def _run(self, m, data, params, rid, facts, arrival, disconnected) -> UpscaleResult:
-        loop, c = asyncio.get_running_loop(), self.config
+    async def _run(self, m, body, params, rid, facts, arrival, disconnected) -> UpscaleResult:
+        """Probe, prepare, queue and encode ``body.pop()`` (the upload's bytes, dropped once prepared)."""
+        loop, c, data = asyncio.get_running_loop(), self.config, body.pop()
         deadline = arrival + c.request_timeout_s
         timings: dict[str, float] = {"read": facts["read_ms"] / 1000}
         stage, cpu_wait, (scale, ensemble) = "decode", 0.0, params
@@ -267,6 +270,7 @@ class Upscaler:
                 probe_s, t0 = time.perf_counter() - t0, time.perf_counter()
                 args = (data, scale, self.limits, m.tile, m.margin, ensemble, m.tile_shape)
                 prepared, prepare_s = await self.cpu.run(("prepare", ensemble), mpx, pipeline.prepare, *args)
+                del data, args  # the tiles, planes and alpha hold all that is needed from here on
                 cpu_wait += time.perf_counter() - t0 - prepare_s
                 timings["decode"] = probe_s + prepare_s
                 (w, h), (ow, oh) = prepared.input_size, prepared.output_size  # upright (EXIF applied)
