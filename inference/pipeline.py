@@ -9,8 +9,8 @@ Colour handling follows the DRRN protocol: the model sees only MATLAB-YCbCr lumi
 their one channel as Y). Cb, Cr and alpha are bicubic-upscaled with the same MATLAB-compatible
 ``imresize``. All maths is float32 in [0, 1]; 8-bit inputs give 8-bit PNGs and 16-bit inputs 16-bit
 PNGs, quantised like the evaluation protocol (:func:`imaging.protocol.quantize`: rounded half up, clipped).
-Decoding and limits live in :mod:`inference.image_io`, the ``scale``/``ensemble`` parameters in
-:mod:`inference.request_params`, PNG output in :mod:`inference.png`.
+Decoding lives in :mod:`inference.image_io`, limits in :mod:`inference.image_limits`, the
+``scale``/``ensemble`` parameters in :mod:`inference.request_params`, PNG output in :mod:`inference.png`.
 
 Memory. Nothing float is ever held at the output's full size except the tiles themselves: the bicubic
 upscale of Y is computed one band of tile rows at a time (``imresize(window=...)``, bit-identical to the

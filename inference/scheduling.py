@@ -30,8 +30,8 @@ class LaneRotation:
 
     ``max_batch`` maps each lane name to its batch bound, in rotation order; ``min_work`` (optional, per
     lane) the pixels its response ratios add to each request's queued work (the batcher sets
-    :data:`WORK_OFFSET_TILES` full tiles). Times are the caller's clock (the batcher passes
-    ``loop.time()``); nothing here reads a clock or awaits.
+    :data:`inference.lane_queue.WORK_OFFSET_TILES` full tiles). Times are the caller's clock (the
+    batcher passes ``loop.time()``); nothing here reads a clock or awaits.
     """
 
     def __init__(

@@ -32,7 +32,7 @@ from inference.batch_types import (
     RequestTooLargeError,
     ShuttingDownError,
 )
-from inference.pipeline import ImageError
+from inference.image_limits import ImageError
 from inference.upscaler_types import (
     ClientGoneError,
     NotReadyError,

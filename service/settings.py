@@ -15,7 +15,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from drrn.paths import MODELS_DIR
 
 if TYPE_CHECKING:
-    from inference.pipeline import ImageLimits
+    from inference.image_limits import ImageLimits
 
 MiB = 1024 * 1024
 
@@ -242,7 +242,7 @@ class Settings(BaseSettings):
 
     def image_limits(self) -> ImageLimits:
         """The pipeline's :class:`~inference.pipeline.ImageLimits` built from these settings."""
-        from inference.pipeline import ImageLimits
+        from inference.image_limits import ImageLimits
 
         return ImageLimits(
             max_upload_bytes=self.max_upload_bytes,

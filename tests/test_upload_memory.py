@@ -1,90 +1,88 @@
-"""A queued request holds its tiles, not its upload: once prepared, no frame of the service keeps the body.
+"""A queued request holds its tiles, not its upload: once prepared, nothing in the service keeps the body.
 
 Under load the queue holds up to ``DRRN_MAX_INFLIGHT_REQUESTS`` requests; each one's upload is up to
-``DRRN_MAX_UPLOAD_BYTES``, and nothing needs it after decoding. The check walks every task's coroutine
-chain while an engine run is held, and looks in the locals of the frames of ``service/`` and
-``inference/`` for a bytes object of the upload's length (the PNG is noise, so nothing else has it).
+``DRRN_MAX_UPLOAD_BYTES``, and nothing needs it after decoding. The test captures the bytes object the
+service read (wrapping ``Upscaler._receive``) and, while an engine run holding the request's tiles is
+held, asks the garbage collector what still refers to it: a suspended coroutine's frame, a closure, a
+tuple of arguments, an executor's work item or any other container would show up.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+import gc
 from pathlib import Path
-from types import FrameType
+from typing import Any
 
 from tests.conftest import until
 from tests.test_service_http import gated, png, serving, up
 
-_OURS = ("/service/", "/inference/")
+
+def _capture_uploads(upscaler: Any, captured: list[bytes]) -> None:
+    """Append each request's bytes, as the service received them, to ``captured``."""
+    receive = upscaler._receive
+
+    async def capturing(*args: Any, **kwargs: Any) -> bytes:
+        data = await receive(*args, **kwargs)
+        captured.append(data)
+        return data
+
+    upscaler._receive = capturing
 
 
-def _coroutine_frames() -> Iterator[FrameType]:
-    """The frames of every task's chain of awaited coroutines (outermost first)."""
-    for task in asyncio.all_tasks():
-        coro = task.get_coro()
-        while coro is not None and getattr(coro, "cr_frame", None) is not None:
-            yield coro.cr_frame
-            coro = getattr(coro, "cr_await", None)
-
-
-def _holders(n_bytes: int) -> list[str]:
-    """``"function: local"`` for each service/inference frame local (or item of a tuple or list local)
-    that is a bytes-like object of ``n_bytes``."""
-    found = []
-    for frame in _coroutine_frames():
-        if not any(part in frame.f_code.co_filename.replace("\\", "/") for part in _OURS):
-            continue
-        for name, value in frame.f_locals.items():
-            items = value if isinstance(value, tuple | list) else (value,)
-            if any(isinstance(v, bytes | bytearray | memoryview) and len(v) == n_bytes for v in items):
-                found.append(f"{frame.f_code.co_name}: {name}")
-    return found
+def _referrers(captured: list[bytes]) -> list[str]:
+    """What refers to ``captured[0]``, ``captured`` itself aside (by qualified name or type)."""
+    found = [r for r in gc.get_referrers(captured[0]) if r is not captured]
+    return [getattr(r, "__qualname__", None) or type(r).__name__ for r in found]
 
 
 def test_upload_is_not_held_while_its_tiles_wait_for_the_engine(tiny_onnx: Path) -> None:
     app, engine = gated(tiny_onnx)
-    body = png(48, 40, seed=7)
+    captured: list[bytes] = []
 
     async def main() -> None:
         async with serving(app) as client:
+            _capture_uploads(app.state.upscaler, captured)
             engine.hold_next = True
-            request = asyncio.create_task(up(client, body))
+            request = asyncio.create_task(up(client, png(48, 40, seed=7)))
             await until(engine.run_entered.is_set)  # prepared, its tiles in the held engine run
-            held = _holders(len(body))
+            held = _referrers(captured)
             engine.run_gate.set()
             r = await request
             assert r.status_code == 200, r.text
+            assert len(captured) == 1
             assert held == [], f"the upload is still referenced while queued: {held}"
 
     asyncio.run(main())
 
 
-def test_the_walk_finds_an_upload_a_service_frame_holds(tiny_onnx: Path) -> None:
-    """The control for the test above: the same walk, while the request awaits ``prepare`` (the upload
-    still needed), finds the body, so an empty result there means the bytes are gone, not a blind walk."""
+def test_the_check_sees_an_upload_the_service_still_holds(tiny_onnx: Path) -> None:
+    """The control for the test above: the same check, while the request awaits ``prepare`` (the upload
+    still needed), finds ``_run`` holding it, so an empty result there means the bytes are gone."""
     app, _ = gated(tiny_onnx)
-    body = png(48, 40, seed=7)
+    captured: list[bytes] = []
     seen: list[list[str]] = []
     lookers: list[asyncio.Task] = []
 
     async def look() -> None:  # runs once the request's task is suspended on prepare's future
-        seen.append(_holders(len(body)))
+        seen.append(_referrers(captured))
 
     async def main() -> None:
         async with serving(app) as client:
-            cpu = app.state.upscaler.cpu
-            original = cpu.run
+            upscaler = app.state.upscaler
+            _capture_uploads(upscaler, captured)
+            original = upscaler.cpu.run
 
             def spying_run(stage, megapixels, fn, *args):  # type: ignore[no-untyped-def]
                 future = original(stage, megapixels, fn, *args)
                 if stage[0] == "prepare":
-                    lookers.append(asyncio.ensure_future(look()))  # runs before the result wakes the request
+                    # queued now, so it runs before the pool's result (two callbacks later) wakes _run
+                    lookers.append(asyncio.ensure_future(look()))
                 return future
 
-            cpu.run = spying_run
-            r = await up(client, body)
+            upscaler.cpu.run = spying_run
+            r = await up(client, png(48, 40, seed=7))
             assert r.status_code == 200, r.text
 
     asyncio.run(main())
-    assert len(seen) == 1 and "_run: data" in seen[0], seen
+    assert len(seen) == 1 and "Upscaler._run" in seen[0], seen
