@@ -29,7 +29,7 @@ from service.main import JsonFormatter
 from service.settings import Settings
 from tests import test_web_browser as web
 from tests.fake_engines import ToneEngine
-from tests.test_service_http import MAX_BATCH, TILE, png, rejections, serving, settings
+from tests.service_harness import MAX_BATCH, TILE, png, rejections, serving, settings
 
 
 def new_key(capsys: pytest.CaptureFixture[str], path: Path, name: str) -> str:

@@ -35,7 +35,7 @@ from drrn.client import (
     UnknownModel,
     UnsupportedImage,
 )
-from tests.test_service_http import png
+from tests.service_harness import png
 
 pytestmark = pytest.mark.slow
 

@@ -20,7 +20,7 @@ from inference import pipeline
 from service.app import create_app
 from tests.conftest import until
 from tests.fake_engines import ToneEngine
-from tests.test_service_http import (
+from tests.service_harness import (
     MAX_BATCH,
     TILE,
     gauge,

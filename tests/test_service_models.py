@@ -21,7 +21,7 @@ from engines.ort_engine import OrtEngine
 from service.app import create_app
 from service.lifecycle import ModelLoadError
 from service.settings import Settings
-from tests.test_service_http import png, serving
+from tests.service_harness import png, serving
 
 
 def _settings(repo: Path, **kw: Any) -> Settings:

@@ -27,7 +27,7 @@ from service.app import create_app
 from service.main import uvicorn_config
 from service.settings import Settings
 from tests.fake_engines import ToneEngine
-from tests.test_service_http import gauge, png, rejections
+from tests.service_harness import gauge, png, rejections
 
 TILE, MAX_BATCH = 32, 4
 HEX_ID = re.compile(r"[0-9a-f]{32}")

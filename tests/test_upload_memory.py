@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.conftest import until
-from tests.test_service_http import gated, png, serving, up
+from tests.service_harness import gated, png, serving, up
 
 
 def _capture_uploads(upscaler: Any, captured: list[bytes]) -> None:
