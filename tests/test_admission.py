@@ -14,10 +14,10 @@ from inference.batcher import TileBatcher
 from inference.linear_cost import LinearCost
 from inference.pacing import LaneLoad, deadline_refusal, finish_estimate
 from service.app import create_app
+from tests.batcher_harness import FakeEngine, Recorder, T, tiles
 from tests.conftest import until
 from tests.fake_engines import ToneEngine
 from tests.service_harness import metric_samples, png, rejections, serving, settings
-from tests.test_inference_batcher import FakeEngine, Recorder, T, tiles
 
 
 def test_run_cost_fits_fixed_and_per_tile_costs() -> None:
