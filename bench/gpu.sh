@@ -27,19 +27,10 @@ QUICK=""
 T0=$(date +%s)
 step() { echo; echo "=== [$(( $(date +%s) - T0 ))s] $*"; }
 
-if ls .whl/*.whl >/dev/null 2>&1; then
-  step "installing carried wheels from .whl/ into /tmp/site"
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-    && export PYTHONPATH="/tmp/site:$PYTHONPATH" || echo "WARNING: wheel install failed"
-fi
-
-PY=""
-for c in "${PYTHON:-}" .venv/bin/python python3 python; do
-  if [ -z "$c" ] || ! command -v "$c" >/dev/null 2>&1; then continue; fi
-  if "$c" -c "import numpy, torch" 2>/dev/null; then PY="$c"; break; fi
-  [ -z "$PY" ] && "$c" -c "import numpy" 2>/dev/null && PY="$c"
-done
-if [ -z "$PY" ]; then echo "MISSING: no python with numpy found; nothing to run"; exit 1; fi
+# shellcheck source=SCRIPTDIR/device_env.sh
+. bench/device_env.sh
+install_carried_wheels
+if ! find_python "numpy torch" "numpy"; then echo "MISSING: no python with numpy found; nothing to run"; exit 1; fi
 
 step "1. environment (python: $PY)"
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv 2>&1 || echo "MISSING: nvidia-smi"

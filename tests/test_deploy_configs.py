@@ -436,8 +436,9 @@ def test_shellcheck_renderer() -> None:
 def test_shellcheck_gpu_scripts() -> None:
     """The scripts a lent GPU runs once each, with no chance to fix a typo there."""
     shellcheck = tool("shellcheck", "Debian shellcheck")
-    scripts = [str(REPO / "bench/gpu.sh"), str(REPO / "training/gpu_finetune.sh")]
-    res = run([shellcheck, "--shell=bash", *scripts])
+    scripts = [str(REPO / p) for p in ("bench/gpu.sh", "training/gpu_finetune.sh", "bench/device_env.sh")]
+    # -x follows the `. bench/device_env.sh` both scripts source, so a call into it is checked too.
+    res = run([shellcheck, "--shell=bash", "--external-sources", *scripts])
     assert res.returncode == 0, res.stdout + res.stderr
 
 

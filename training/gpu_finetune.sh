@@ -25,16 +25,10 @@ mkdir -p "$OUTDIR"
 exec > >(tee -a "$OUTDIR/train.log") 2>&1
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 
-if ls .whl/*.whl >/dev/null 2>&1; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-    && export PYTHONPATH="/tmp/site:$PYTHONPATH" || echo "WARNING: wheel install failed"
-fi
-PY=""
-for c in "${PYTHON:-}" .venv/bin/python python3 python; do
-  [ -n "$c" ] && command -v "$c" >/dev/null 2>&1 && "$c" -c "import torch, numpy, safetensors, tqdm, PIL" 2>/dev/null \
-    && { PY="$c"; break; }
-done
-if [ -z "$PY" ]; then
+# shellcheck source=SCRIPTDIR/../bench/device_env.sh
+. bench/device_env.sh
+install_carried_wheels
+if ! find_python "torch numpy safetensors tqdm PIL"; then
   echo "MISSING: no python with torch, numpy, safetensors, tqdm and Pillow; carry their wheels in .whl/"
   exit 1
 fi
