@@ -14,6 +14,7 @@ import json
 from pathlib import Path
 
 from drrn.paths import DEFAULT_WEIGHTS
+from evaluation.stamp import stamp_weights
 from model_export.lineage import stages_of, totals
 
 # (PSNR, SSIM) from the DRRN paper, Table: DRRN B1U9, and SRCNN's published PSNR (the acceptance floor).
@@ -198,25 +199,6 @@ def update_readme(readme: Path, default_json: Path, vdsr_json: Path | None) -> N
     readme.write_text(f"{head}{README_START}\n{table}\n{README_END}{tail}", encoding="utf-8")
 
 
-def stamp_weights(weights: Path, default_json: Path, command: str | None) -> None:
-    """Record the ``drrn eval`` summary (and the training command) in the weight file's metadata."""
-    from model_export.weights import load_weights, save_weights
-
-    model, meta = load_weights(weights)
-    doc = json.loads(default_json.read_text())
-    meta.evaluation = {
-        **meta.evaluation,
-        "protocol": doc["protocol"],
-        "results": {
-            name: {s: {"psnr": round(r["psnr"], 2), "ssim": round(r["ssim"], 4)} for s, r in per.items()}
-            for name, per in doc["results"].items()
-        },
-    }
-    if command:
-        meta.provenance["command"] = command
-    save_weights(model, meta, weights)
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--default", required=True, type=Path, help="drrn eval JSON of the default model")
@@ -230,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("-o", "--output", type=Path, required=True)
     args = p.parse_args(argv)
     if args.stamp:
-        stamp_weights(DEFAULT_WEIGHTS, args.default, args.command)
+        stamp_weights(DEFAULT_WEIGHTS, [args.default], command=args.command)
     notes = "\n## Training notes\n\n" + args.notes.read_text() if args.notes else ""
     args.output.write_text(render(args.default, args.vdsr, args.log, int8_json=args.int8) + notes)
     if args.readme:
