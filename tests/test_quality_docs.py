@@ -1,0 +1,80 @@
+"""The quality model's tables in the README and its card are hand-written; each measured cell in them must
+be the committed ``drrn eval`` JSON it cites, rounded as printed. A cell with no JSON must say "not run"."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from drrn.paths import PROJECT_ROOT
+from evaluation.stamp import summarize
+
+EVALS = PROJECT_ROOT / "docs/eval"
+SETS = ("Set5", "Set14", "BSD100")
+
+
+def _cells(paths: list[Path], ensemble: int) -> dict[tuple[str, str], str]:
+    _, results = summarize(paths, ensemble=ensemble)
+    cells = {
+        (s, k): f"{r['psnr']:.2f} / {r['ssim']:.4f}" for s, per in results.items() for k, r in per.items()
+    }
+    return cells
+
+
+def _bicubic() -> dict[tuple[str, str], str]:
+    doc = json.loads((EVALS / "eval-quality.json").read_text(encoding="utf-8"))
+    return {
+        (s, k): f"{r['bicubic_psnr']:.2f} / {r['bicubic_ssim']:.4f}"
+        for s, per in doc["results"].items()
+        for k, r in per.items()
+    }
+
+
+def _row(line: str) -> list[str]:
+    return [c.strip().strip("*").strip() for c in line.strip().strip("|").split("|")]
+
+
+def _expect(table: dict[tuple[str, str], str], key: tuple[str, str]) -> str:
+    return table.get(key, "not run")
+
+
+@pytest.fixture(scope="module")
+def measured() -> dict[str, dict[tuple[str, str], str]]:
+    return {
+        "single": _cells([EVALS / "eval-quality.json"], 1),
+        "ensemble": _cells(sorted(EVALS.glob("eval-quality-ens8-*.json")), 8),
+        "stage2": _cells(sorted(EVALS.glob("eval-quality-ft-gpu-*.json")), 1),
+        "bicubic": _bicubic(),
+    }
+
+
+def test_card_table_is_the_committed_json(measured: dict) -> None:
+    text = (PROJECT_ROOT / "weights/QUALITY_MODEL_CARD.md").read_text(encoding="utf-8")
+    row_start = re.compile(r"\| (Set5|Set14|BSD100) \| x[234] \|")
+    rows = [_row(line) for line in text.splitlines() if row_start.match(line)]
+    quality_rows = [r for r in rows if len(r) == 7]
+    assert len(quality_rows) == 9, "the card's quality table has one row per set and scale"
+    for name, scale, bicubic, _independent, _paper, single, ensemble in quality_rows:
+        key = (name, scale[1:])
+        assert bicubic == measured["bicubic"][key], key
+        assert single == measured["single"][key], key
+        assert ensemble == _expect(measured["ensemble"], key), key
+
+
+@pytest.mark.parametrize("name", SETS)
+def test_readme_tables_are_the_committed_json(measured: dict, name: str) -> None:
+    text = (PROJECT_ROOT / "README.md").read_text(encoding="utf-8")
+    head = f"| {name} | ×2 | ×3 | ×4 |"
+    assert text.count(head) == 1, f"one README table headed {head!r}"
+    lines = text.split(head, 1)[1].splitlines()[2:]
+    rows = {r[0]: r[1:] for r in map(_row, lines[: next(i for i, x in enumerate(lines) if not x.strip())])}
+    expected = {
+        "this model, via `drrn eval`": measured["single"],
+        "the same, ×8 self-ensemble": measured["ensemble"],
+        "fine-tuning stage 2 (H200, not shipped)": measured["stage2"],
+    }
+    for label, table in expected.items():
+        assert rows[label] == [_expect(table, (name, s)) for s in "234"], label
