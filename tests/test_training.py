@@ -155,3 +155,77 @@ def test_best_never_holds_the_init_weights_and_resume_refuses_changed_data(
     resumed = ["train", "--recipe", "smoke", "--out", str(tmp_path / "a"), "--data", str(other)]
     assert main([*resumed, "--resume", "--max-steps", "4"]) == 2
     assert "patch cache" in capsys.readouterr().err
+
+
+def test_resume_without_init_keeps_the_lineage(images: Path, tmp_path: Path, monkeypatch) -> None:
+    """A warm-started run resumed as the README says (no --init) still lists its parent's stages."""
+    from drrn.paths import sha256_file
+    from model_export.lineage import stages_of
+
+    monkeypatch.setenv("DRRN_CACHE_DIR", str(tmp_path / "cache"))
+    assert _train(tmp_path / "a", images, 6) == 0
+    parent = tmp_path / "a" / "last.safetensors"
+    args = ["train", "--recipe", "smoke", "--out", str(tmp_path / "b"), "--data", str(images)]
+    assert main([*args, "--max-steps", "2", "--init", str(parent)]) == 0
+    assert main([*args, "--max-steps", "4", "--resume"]) == 0
+
+    _, meta = load_weights(tmp_path / "b" / "last.safetensors")
+    stages = stages_of(meta)
+    assert [(s["recipe"], s["steps"], s["run"]) for s in stages] == [("smoke", 6, "a"), ("smoke", 4, "b")]
+    assert stages[1]["init_sha256"] == sha256_file(parent)
+
+
+def test_resume_refuses_a_changed_recipe_and_keeps_its_record(
+    images: Path, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    monkeypatch.setenv("DRRN_CACHE_DIR", str(tmp_path / "cache"))
+    assert _train(tmp_path / "a", images, 2) == 0
+    recorded = (tmp_path / "a" / "recipe.json").read_text()
+    faster = tmp_path / "faster.toml"
+    faster.write_text((RECIPE_DIR / "smoke.toml").read_text().replace("lr = 1e-3", "lr = 2e-3"))
+    args = ["train", "--recipe", str(faster), "--out", str(tmp_path / "a"), "--data", str(images)]
+    assert main([*args, "--resume", "--max-steps", "4"]) == 2
+    assert "[optim] differ" in capsys.readouterr().err
+    assert (tmp_path / "a" / "recipe.json").read_text() == recorded
+
+
+def test_resume_drops_log_rows_past_the_checkpoint(images: Path, tmp_path: Path, monkeypatch) -> None:
+    """After a hard kill the log can run ahead of the checkpoint; those steps are trained again."""
+    monkeypatch.setenv("DRRN_CACHE_DIR", str(tmp_path / "cache"))
+    assert _train(tmp_path / "a", images, 10) == 0
+    log = tmp_path / "a" / "log.jsonl"
+    with log.open("a") as f:
+        f.write(json.dumps({"event": "train", "step": 500, "loss": 9.0}) + "\n")
+    assert _train(tmp_path / "a", images, 20, resume=True) == 0
+    steps = [json.loads(x)["step"] for x in log.read_text().splitlines()]
+    assert 500 not in steps and steps == sorted(steps) and steps[-1] == 20
+
+
+def test_a_stop_request_checkpoints_before_the_final_validation(
+    images: Path, tmp_path: Path, monkeypatch
+) -> None:
+    """SIGTERM's grace period may end during that validation: the steps trained must already be saved."""
+    import torch
+
+    import training.loop as loop
+
+    monkeypatch.setenv("DRRN_CACHE_DIR", str(tmp_path / "cache"))
+    out = tmp_path / "run"
+    out.mkdir()
+    recipe = load_recipe("smoke")
+    recipe.data.folders = [str(images)]
+    trainer = loop.Trainer(recipe, out, "cpu")
+    step = trainer.train_step
+
+    def stop_at_3() -> tuple[float, float]:
+        result = step()
+        trainer.stop_requested = trainer.step >= 3
+        return result
+
+    seen = []
+    monkeypatch.setattr(trainer, "train_step", stop_at_3)
+    monkeypatch.setattr(
+        loop, "validate", lambda *a: seen.append(torch.load(out / "checkpoint.pt")["step"]) or {}
+    )
+    trainer.run(max_minutes=None, max_steps=40, progress=False)
+    assert trainer.step == 3 and seen == [3]

@@ -37,14 +37,16 @@ def run_training_cli(args: argparse.Namespace) -> int:
     if ckpt.exists() and not args.resume:
         raise UserError(f"{out} already has a checkpoint; pass --resume to continue it or pick a new --out")
     out.mkdir(parents=True, exist_ok=True)
-    (out / "recipe.json").write_text(json.dumps(recipe.to_dict(), indent=1))
     try:
         trainer = Trainer(recipe, out, args.device, init=args.init, command=_command_line())
     except FileNotFoundError as exc:
         raise UserError(str(exc)) from exc
     if args.resume and ckpt.exists():
-        trainer.load_state_dict(torch.load(ckpt, map_location=args.device, weights_only=False))
+        # On the CPU whatever --device is: the RNG states must be CPU tensors, and load_state_dict moves
+        # the model's and optimiser's tensors to their parameters' device itself.
+        trainer.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=False))
         print(f"resumed {out} at step {trainer.step}")
+    (out / "recipe.json").write_text(json.dumps(recipe.to_dict(), indent=1))
 
     def _request_stop(signum: int, _frame: object) -> None:
         trainer.stop_requested = True

@@ -2,7 +2,8 @@
 
 Run directory layout (``runs/NAME/``):
 
-- ``checkpoint.pt``: model, optimiser, step, sampler and RNG state (atomic; also written on SIGINT/SIGTERM)
+- ``checkpoint.pt``: model, optimiser, step, sampler, RNG state and lineage (atomic; written periodically,
+  at each new best, and on SIGINT/SIGTERM before the final validation)
 - ``best.safetensors``: weights with the best mean Set5 PSNR so far, in the project's weight format
 - ``last.safetensors``: the weights when the run stopped
 - ``log.jsonl``: one JSON object per log interval (``"event": "train"``) and per validation (``"eval"``)
@@ -31,13 +32,8 @@ from training.data import PatchSampler, build_patch_cache
 from training.distill import load_teacher
 from training.paths import cache_root, resolve
 from training.recipe import Recipe, learning_rate
+from training.run_dir import atomic_torch_save, check_resumable, trim_log
 from training.validation import validate
-
-
-def _atomic_torch_save(obj: dict, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
 
 
 def pixel_loss(pred: torch.Tensor, target: torch.Tensor, kind: str) -> torch.Tensor:
@@ -131,9 +127,26 @@ class Trainer:
             "best": self.best,
             "last_eval": self.last_eval,
             "recipe": self.recipe.to_dict(),
+            # what a resume without --init must still know to write the weights' lineage
+            "lineage": {
+                "init": self.init,
+                "init_sha256": self.init_sha256,
+                "parent_stages": self.parent_stages,
+                "command": self.command,
+            },
         }
 
     def load_state_dict(self, state: dict) -> None:
+        """Continue a checkpoint (CPU tensors: ``torch.load(..., map_location="cpu")``). Refused when the
+        recipe's maths or the --init weights differ from the checkpoint's; the lineage comes from it, and
+        ``log.jsonl`` loses any rows past its step."""
+        check_resumable(state.get("recipe", {}), self.recipe.to_dict())
+        lineage = state.get("lineage")
+        if lineage:
+            if self.init_sha256 and lineage["init_sha256"] != self.init_sha256:
+                raise UserError(f"the checkpoint started from {lineage['init']}, not this --init {self.init}")
+            self.init, self.init_sha256 = lineage["init"], lineage["init_sha256"]
+            self.parent_stages, self.command = lineage["parent_stages"], lineage["command"]
         self.model.load_state_dict(state["model"])
         self.opt.load_state_dict(state["optim"])
         if state.get("patch_key", self.patch_key) != self.patch_key:
@@ -146,9 +159,10 @@ class Trainer:
         self.sampler.load_state_dict(state["sampler"])
         torch.set_rng_state(state["torch_rng"])
         self.best, self.last_eval = state["best"], state["last_eval"]
+        trim_log(self.out / "log.jsonl", self.step)
 
     def checkpoint(self) -> None:
-        _atomic_torch_save(self.state_dict(), self.out / "checkpoint.pt")
+        atomic_torch_save(self.state_dict(), self.out / "checkpoint.pt")
 
     def meta(self, evaluation: dict) -> WeightsMeta:
         r = self.recipe
@@ -256,6 +270,8 @@ class Trainer:
                     last_ckpt = time.monotonic()
                 if max_minutes is not None and now - start >= max_minutes * 60:
                     break
+            if self.stop_requested:
+                self.checkpoint()  # before the final validation, which can outlast a container's grace period
             if (
                 self.step >= r.schedule.total_steps
                 or not self.last_eval
@@ -296,3 +312,5 @@ class Trainer:
             if save:
                 model = self.model if self.device == "cpu" else self._cpu_copy()
                 save_weights(model, self.meta(self.last_eval), self.out / "best.safetensors")
+                # so that a resume after a hard kill knows this best and cannot overwrite it with a worse one
+                self.checkpoint()
