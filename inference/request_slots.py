@@ -60,10 +60,13 @@ class RequestSlots:
 
     async def wait_idle(self, timeout_s: float) -> bool:
         """Wait until no request holds a slot; False if ``timeout_s`` passed first."""
-        try:
-            await asyncio.wait_for(self._idle.wait(), timeout=timeout_s)
-        except TimeoutError:
-            return False
+        loop = asyncio.get_running_loop()
+        end = loop.time() + timeout_s
+        while self.busy:  # the event may have been set and cleared again before this task ran
+            try:
+                await asyncio.wait_for(self._idle.wait(), timeout=max(0.0, end - loop.time()))
+            except TimeoutError:
+                return False
         return True
 
     def _count(self, uploading: int = 0, inflight: int = 0) -> None:

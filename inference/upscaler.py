@@ -29,6 +29,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 
 from engines.repository import UnknownModelError
 from inference import pipeline
@@ -225,11 +226,14 @@ class Upscaler:
         self._admit()
         served = self.resolve(model)
         params = parse_scale(scale, self.limits), parse_ensemble(ensemble, self.limits)
-        with self.slots.upload():
-            # Handed over in a list that _run empties, so no frame keeps the upload (up to
-            # max_upload_bytes) while the request's tiles wait for the engine.
-            body = [await self._receive(read, request_id, facts, arrival)]
-        with self.slots.serve():  # the in-flight slot is taken only now that the body is in
+        with ExitStack() as serving:
+            with self.slots.upload():
+                # Handed over in a list that _run empties, so no frame keeps the upload (up to
+                # max_upload_bytes) while the request's tiles wait for the engine.
+                body = [await self._receive(read, request_id, facts, arrival)]
+                # The in-flight slot is taken only now that the body is in, but before the upload slot
+                # is given back: with neither held for an instant, a drain would stop the batcher.
+                serving.enter_context(self.slots.serve())
             return await self._run(served, body, params, request_id, facts, arrival, disconnected)
 
     async def _receive(self, read: Callable[[], Awaitable[bytes]], rid: str, facts: dict, arrival: float):
@@ -256,7 +260,10 @@ class Upscaler:
         try:
             async with asyncio.timeout_at(deadline):
                 t0 = time.perf_counter()
-                (w, h), (ow, oh) = pipeline.probe(data, scale, self.limits, ensemble)
+                # Off the event loop: reading a header can mean inflating every text chunk of a PNG.
+                (w, h), (ow, oh) = await loop.run_in_executor(
+                    None, pipeline.probe, data, scale, self.limits, ensemble
+                )
                 n_tiles, tile_px = pipeline.tile_load((ow, oh), m.tile, m.margin, ensemble, m.tile_shape)
                 facts.update(input=f"{w}x{h}", output=f"{ow}x{oh}", tiles=n_tiles)
                 # Refuse before the expensive part.

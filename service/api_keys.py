@@ -33,9 +33,10 @@ SCHEME = "pbkdf2_sha256"
 ITERATIONS = 1  # see the module docstring: the key has 256 random bits; a slow hash only adds load
 MAX_ITERATIONS = 10_000  # a line asking for more is refused: the file must not make every request slow
 MAX_KEY_CHARS = 256  # a longer presented key is wrong without being hashed
+DIGEST_BYTES = 32  # PBKDF2-HMAC-SHA256
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 _LINE_RE = re.compile(
-    r"(?P<name>[^:\s]+):(?P<scheme>[a-z0-9_]+)\$(?P<iter>\d+)\$(?P<salt>[\w-]+)\$(?P<hash>[\w-]+)"
+    r"(?P<name>[^:\s]+):(?P<scheme>[a-z0-9_]+)\$(?P<iter>[0-9]+)\$(?P<salt>[A-Za-z0-9_-]+)\$(?P<hash>[A-Za-z0-9_-]+)"
 )
 
 
@@ -93,7 +94,13 @@ def parse_keys(text: str, source: str = "<keys>") -> list[KeyRecord]:
             raise KeyFileError(f"{source}:{number}: iterations must be in [1, {MAX_ITERATIONS}]")
         if any(r.name == m["name"] for r in records):
             raise KeyFileError(f"{source}:{number}: key name {m['name']!r} appears twice")
-        records.append(KeyRecord(m["name"], iterations, _unb64(m["salt"]), _unb64(m["hash"])))
+        try:  # a length of 1 mod 4 is no base64 at all
+            salt, digest = _unb64(m["salt"]), _unb64(m["hash"])
+        except ValueError:
+            raise KeyFileError(f"{source}:{number}: the salt or hash is not base64") from None
+        if len(digest) != DIGEST_BYTES:  # it could never match: a truncated paste
+            raise KeyFileError(f"{source}:{number}: the hash is {len(digest)} bytes, not {DIGEST_BYTES}")
+        records.append(KeyRecord(m["name"], iterations, salt, digest))
     return records
 
 

@@ -109,6 +109,8 @@ def test_a_running_store_notices_a_revoked_key_and_keeps_its_keys_when_the_file_
     assert store.verify(by_name["ci"]) is None and store.verify(by_name["ops"]) == "ops"
     path.write_text("ops:not a hash\n")  # a bad edit: refuse it, keep serving the keys already loaded
     assert store.verify(by_name["ops"]) == "ops"
+    path.write_text("ops:pbkdf2_sha256$1$a$b\n")  # well-formed, but no base64: the same
+    assert store.verify(by_name["ops"]) == "ops"
 
 
 def test_a_malformed_or_missing_key_file_stops_the_service_at_startup(tmp_path: Path) -> None:
@@ -116,6 +118,11 @@ def test_a_malformed_or_missing_key_file_stops_the_service_at_startup(tmp_path: 
     bad.write_text("# comment\nci:md5$1$abc$def\n")
     with pytest.raises(KeyFileError, match=r"keys:2: not a NAME:pbkdf2_sha256"):
         create_app(settings(tmp_path, api_keys_file=bad), {"fast": ToneEngine(TILE, MAX_BATCH)})
+    for salt, digest, why in [("a", "b" * 43, "not base64"), ("éééé", "b" * 43, "not a NAME"),
+                              ("c2FsdA", "aGFzaA", "is 4 bytes, not 32")]:  # fmt: skip
+        bad.write_text(f"ci:pbkdf2_sha256$1${salt}${digest}\n")
+        with pytest.raises(KeyFileError, match=f"keys:1: .*{why}"):
+            create_app(settings(tmp_path, api_keys_file=bad), {"fast": ToneEngine(TILE, MAX_BATCH)})
     with pytest.raises(KeyFileError, match="cannot read"):
         create_app(settings(tmp_path, api_keys_file=tmp_path / "nope"), {"fast": ToneEngine(TILE, MAX_BATCH)})
     assert Settings(api_keys_file="").api_keys_file is None  # DRRN_API_KEYS_FILE= : auth off
