@@ -46,7 +46,11 @@ def calibration_crops(
         raise UserError(f"no calibration images in {[str(f) for f in folders]}")
     rng = np.random.default_rng(seed)
     crops: list[np.ndarray] = []
+    tries = 0
     while len(crops) < count:
+        tries += 1
+        if tries > 20 * count and not crops:  # no image is large enough: it would never end
+            raise UserError(f"no calibration image yields a {size}x{size} crop at scales {scales}")
         path, s = paths[rng.integers(len(paths))], int(rng.choice(scales))
         _, bic = prepare(path, s)
         if min(bic.shape) < size:

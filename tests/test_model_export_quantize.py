@@ -110,3 +110,13 @@ def test_a_recipe_for_other_weights_is_refused(tmp_path: Path) -> None:
     )
     with pytest.raises(UserError, match="other weights"):
         build_model(weights, tmp_path / "models", name="a", fp16=False)
+
+
+def test_calibration_refuses_images_too_small_to_crop(tmp_path: Path) -> None:
+    """No image reaches the crop size: a clear error, not a loop that never ends."""
+    from drrn.errors import UserError
+    from model_export.quantize import calibration_crops
+
+    Image.fromarray(np.full((40, 48, 3), 120, np.uint8)).save(tmp_path / "small.png")
+    with pytest.raises(UserError, match="no calibration image yields a 96x96 crop"):
+        calibration_crops([tmp_path], count=4, size=96)

@@ -229,3 +229,14 @@ def test_a_stop_request_checkpoints_before_the_final_validation(
     )
     trainer.run(max_minutes=None, max_steps=40, progress=False)
     assert trainer.step == 3 and seen == [3]
+
+
+def test_images_smaller_than_the_patch_are_a_clear_error(tmp_path: Path, monkeypatch, capsys) -> None:
+    """And no empty patch cache is left behind for the next run to trip on."""
+    monkeypatch.setenv("DRRN_CACHE_DIR", str(tmp_path / "cache"))
+    small = tmp_path / "small"
+    small.mkdir()
+    Image.fromarray(np.full((20, 24, 3), 90, np.uint8)).save(small / "s.png")
+    assert _train(tmp_path / "r", small, 2) == 2
+    assert "no training image is at least" in capsys.readouterr().err
+    assert not list((tmp_path / "cache").glob("patches-*/meta.json"))

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from drrn.errors import UserError
 from imaging.crop import modcrop
 from imaging.protocol import degrade, image_files, load_y
 
@@ -122,6 +123,8 @@ def build_patch_cache(
                 arrays["scales"].append(np.full(len(t), s, np.uint8))
                 if teacher is not None:
                     arrays["teacher"].append(_patches(teacher.sr(bicubic, s), patch, stride))
+        if not arrays["targets"]:  # else an empty cache would be committed, and every run fail on it
+            raise UserError(f"no training image is at least {patch}x{patch} after modcrop (of {len(files)})")
         tmp = out.with_name(out.name + ".partial")
         tmp.mkdir(parents=True, exist_ok=True)
         for name, parts in arrays.items():
