@@ -148,7 +148,8 @@ def deadline_refusal(
     engine (decode and encode, measured). :class:`DeadlineUnreachableError` when it alone needs more
     than the whole budget, :class:`BacklogError` when the work ahead is the reason, or when admitting
     it would make a queued request of any lane miss a deadline it would otherwise meet (its Retry-After
-    is when the work ahead should have drained enough for a fresh deadline)."""
+    is when the work ahead should have drained enough for a fresh deadline, and the requests it would
+    have endangered have left the engine)."""
     est = finish_estimate(lane, n_tiles, lanes, busy_left_s)
     return verdict(est, lane, n_tiles, lanes, busy_left_s, remaining_s, budget_s, cpu_s)
 
@@ -167,23 +168,30 @@ def verdict(
     if est is None:
         return None
     need_s = est.total_s + cpu_s
-    if need_s <= remaining_s * HEADROOM and not _pushes_past_deadline(lane, n_tiles, lanes, busy_left_s):
-        return None
+    endangered_s = None
+    if need_s <= remaining_s * HEADROOM:
+        endangered_s = _endangered_done_s(lane, n_tiles, lanes, busy_left_s)
+        if endangered_s is None:
+            return None
     if est.alone_s + cpu_s > budget_s * HEADROOM:
         return DeadlineUnreachableError(n_tiles, est.alone_s + cpu_s, budget_s)
-    return BacklogError(n_tiles, need_s, remaining_s, max(1, math.ceil(need_s - budget_s * HEADROOM)))
+    # Retry once the work ahead leaves a fresh deadline enough room, and once the requests it would
+    # have endangered are done: retrying sooner is refused again.
+    wait_s = max(need_s - budget_s * HEADROOM, endangered_s or 0.0)
+    return BacklogError(n_tiles, need_s, remaining_s, max(1, math.ceil(wait_s)))
 
 
-def _pushes_past_deadline(
+def _endangered_done_s(
     lane: str, n_tiles: float, lanes: Mapping[str, LaneLoad], busy_left_s: float
-) -> bool:
-    """Whether admitting ``n_tiles`` more tiles on ``lane`` would make a queued request, which would
-    finish in time without them, miss its deadline. A newcomer with less work goes before a queued
+) -> float | None:
+    """When (seconds from now) the last queued request that admitting ``n_tiles`` more tiles on ``lane``
+    would make miss its deadline, though it finishes in time without them, leaves the engine; None when
+    there is no such request. A newcomer with less work goes before a queued
     request of its own lane, and the lane rotation gives its lane a run per run of every other lane:
     admitting it can delay a queued request of any lane. (A stream of small newcomers, each harmless
     alone, could still take a large request's whole margin: :meth:`inference.pacer.Pacer.urgent`
     then serves the large one first.)"""
-    after = _with_newcomer(lanes, lane, n_tiles)
+    after, last = _with_newcomer(lanes, lane, n_tiles), None
     for name, load in lanes.items():
         if not load.time_left_s:
             continue
@@ -191,5 +199,5 @@ def _pushes_past_deadline(
             without = _engine_done_s(name, j, lanes, busy_left_s)
             with_new = _engine_done_s(name, j, after, busy_left_s)
             if without is not None and with_new is not None and without <= left < with_new:
-                return True
-    return False
+                last = max(last or 0.0, without)
+    return last

@@ -334,6 +334,7 @@ def test_a_newcomer_on_another_lane_that_would_push_a_queued_request_past_its_de
     lanes = {"fast": LaneLoad(1, (20.0,), fast, (12.0,)), "quality": LaneLoad(1, (), quality, ())}
     refusal = deadline_refusal("quality", 0.2, lanes, 0.0, remaining_s=30.0, budget_s=30.0)
     assert isinstance(refusal, BacklogError)  # 0.2 quality tiles = 4 s more before its last tile
+    assert refusal.retry_after_s == 10  # when the fast request is done; a retry before then is refused
     # the same newcomer is admitted when the fast request has time to spare for it
     lanes["fast"] = LaneLoad(1, (20.0,), fast, (18.0,))
     assert deadline_refusal("quality", 0.2, lanes, 0.0, 30.0, 30.0) is None
