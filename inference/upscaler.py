@@ -296,6 +296,10 @@ class Upscaler:
                 cpu_wait += time.perf_counter() - t0 - encode_s
                 timings["encode"] = encode_s
                 self.observer.on_encoded(m.name, encode_s)
+        except asyncio.CancelledError:  # by the server (shutdown), not by a timeout
+            if stage == "queue":  # the batcher counted it (cancelled or deadline): no second count
+                facts["rejection_counted_by"] = "batcher"
+            raise
         except TimeoutError:
             facts["timed_out_in"] = stage
             if stage == "queue":  # the batcher already counted it

@@ -74,8 +74,10 @@ class AccessLogMiddleware:
         except asyncio.CancelledError:
             rid = state.get("request_id", "-")
             log.warning("%s %s (request %s) cancelled by the server", scope["method"], scope["path"], rid)
+            access = state.get("access", {})
             if not resp["started"]:
-                self.metrics.on_reject(state.get("access", {}).get("model"), "shutting_down")
+                if "rejection_counted_by" not in access:  # the batcher counts a request it held
+                    self.metrics.on_reject(access.get("model"), "shutting_down")
                 body = {"error": "shutting_down", "detail": "the server stopped before the request finished"}
                 retry = [(b"retry-after", str(self.retry_after_s).encode())]
                 with contextlib.suppress(Exception):  # the connection may be gone already

@@ -111,6 +111,29 @@ def test_shutdown_refuses_new_requests_and_drains_admitted_ones(tiny_onnx: Path)
     asyncio.run(main())
 
 
+def test_a_queued_request_the_server_cancels_is_counted_once(tiny_onnx: Path) -> None:
+    """The batcher counts a request it held as cancelled; the middleware's 503 must not count it again."""
+    app, engine = gated(tiny_onnx)
+
+    async def main() -> None:
+        async with serving(app) as client:
+            engine.hold_next = True
+            running = asyncio.create_task(up(client, png(10, 10)))
+            await asyncio.to_thread(engine.run_entered.wait, 30)
+            queued = asyncio.create_task(up(client, png(12, 10, seed=1)))
+            batcher = app.state.upscaler.batcher
+            await until(lambda: batcher.queued(app.state.upscaler.default_model) > 0)
+            queued.cancel()  # in-process, the app runs in this task: the server cancelling it
+            with pytest.raises(asyncio.CancelledError):
+                await queued
+            engine.run_gate.set()
+            assert (await running).status_code == 200
+            counts = rejections(await client.get("/metrics"))
+            assert counts.get("cancelled") == 1 and counts.get("shutting_down", 0) == 0, counts
+
+    asyncio.run(main())
+
+
 def test_requests_left_at_the_end_of_the_grace_get_503_json(tiny_onnx: Path) -> None:
     app, engine = gated(tiny_onnx, shutdown_grace_s=0)
 
