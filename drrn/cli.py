@@ -144,11 +144,21 @@ def build_parser() -> argparse.ArgumentParser:
         a.set_defaults(func=commands.keys)
 
     s = sub.add_parser("bench", help="benchmarks (engine, service, scaling); see BENCHMARKS.md")
-    from bench.cli import add_bench_arguments  # argparse only: cheap
-
-    add_bench_arguments(s)
-    s.set_defaults(func=commands.bench)
+    try:
+        from bench.cli import add_bench_arguments  # argparse only: cheap
+    except ModuleNotFoundError as exc:  # the serving images ship drrn without bench/
+        if exc.name != "bench":
+            raise
+        s.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+        s.set_defaults(func=_bench_not_installed)
+    else:
+        add_bench_arguments(s)
+        s.set_defaults(func=commands.bench)
     return p
+
+
+def _bench_not_installed(_args: argparse.Namespace) -> int:
+    raise UserError("the benchmarks (bench/) are not part of this install; run them from a source checkout")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -151,6 +151,42 @@ def test_dockerfile_stages_and_runtime_contract() -> None:
     assert '"onnxruntime==${ORT_CPU_VERSION}"' in stages["runtime-cpu"]
 
 
+# What each stage then runs, with only the packages it copies importable (argv -> the exit status wanted).
+STAGE_COMMANDS = {
+    "export": [(["models", "--help"], 0)],
+    "wheel": [(["serve", "--help"], 0), (["upscale", "--help"], 0), (["keys", "list", "--help"], 0),
+              (["bench", "engine"], 2)],
+}  # fmt: skip
+_ONLY_STAGE_PACKAGES = """
+import sys
+sys.meta_path = [f for f in sys.meta_path if "editable" not in type(f).__module__ + repr(f)]
+sys.path = [sys.argv[1]] + [p for p in sys.path[1:] if p and not p.startswith(sys.argv[2])]
+try:
+    import bench  # noqa: F401
+except ModuleNotFoundError:
+    pass
+else:
+    raise SystemExit("the test's isolation failed: bench is importable")
+from drrn.cli import main
+raise SystemExit(main(sys.argv[3:]))
+"""
+
+
+@pytest.mark.parametrize("stage", sorted(STAGE_COMMANDS))
+def test_each_image_stage_runs_drrn_with_only_the_packages_it_copies(stage: str, tmp_path: Path) -> None:
+    """The images copy some packages only (no bench/, training/, ...); drrn must run with just those."""
+    packages = re.findall(r"(?m)^COPY (\w+) \./\1$", dockerfile_stages()[stage])
+    assert "drrn" in packages
+    for name in packages:
+        (tmp_path / name).symlink_to(REPO / name, target_is_directory=True)
+    for argv, status in STAGE_COMMANDS[stage]:
+        cmd = [sys.executable, "-c", _ONLY_STAGE_PACKAGES, str(tmp_path), str(REPO), *argv]
+        res = run(cmd, cwd=tmp_path)
+        assert res.returncode == status, f"{stage}: drrn {' '.join(argv)}\n{res.stdout}{res.stderr}"
+    if stage == "wheel":
+        assert "not part of this install" in res.stderr
+
+
 def test_serve_requirements_swap_onnxruntime() -> None:
     sys.path.insert(0, str(DOCKER))
     try:
