@@ -115,13 +115,10 @@ def upscale(args: argparse.Namespace) -> int:
 
     if args.url:
         return run_folder_cli(args)
-    from service.settings import Settings
+    from service.settings import settings_from_env
 
     # The service's DRRN_* settings apply; the tile only when set (else the model card's, as served).
-    try:
-        s = Settings()
-    except ValueError as exc:  # pydantic's ValidationError: a bad DRRN_* variable
-        raise UserError(f"invalid DRRN_* setting: {exc}".replace("\n", " ")) from exc
+    s = settings_from_env()
     local = {
         "limits": s.image_limits(),
         "tile": s.tile if "tile" in s.model_fields_set else None,

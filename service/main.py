@@ -33,7 +33,7 @@ from drrn.paths import WEIGHTS_DIR
 from engines.repository import ModelRepository
 from service.app import create_app
 from service.http_protocol import ConnectionLimits, guarded_protocol
-from service.settings import Settings
+from service.settings import Settings, settings_from_env
 
 UVICORN_SHUTDOWN_SLACK_S = 2  # uvicorn's graceful timeout beyond the drain grace, for the last responses
 EXIT_ENGINE_STALLED = 70  # exit status after a shutdown with an engine call still hung (EX_SOFTWARE)
@@ -123,7 +123,7 @@ def serve(host: str = "127.0.0.1", port: int = 8000) -> None:
     Raises a ``UserError`` (one line from the CLI) before binding the port when the model repository lacks
     a model to serve (it names the build command) or the default model is not among the served ones.
     """
-    settings = Settings()
+    settings = settings_from_env()
     logging.config.dictConfig(logging_config(settings.log_level))
     # Fail fast with the build command instead of a lifespan traceback.
     repo = ModelRepository(settings.model_dir)

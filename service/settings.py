@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from drrn.errors import UserError
 from drrn.paths import MODELS_DIR
 
 if TYPE_CHECKING:
@@ -264,3 +265,12 @@ class Settings(BaseSettings):
             "max_inflight_requests": self.max_inflight_requests,
             "request_timeout_s": self.request_timeout_s,
         }
+
+
+def settings_from_env() -> Settings:
+    """:class:`Settings` from the environment; a bad ``DRRN_*`` value is a one-line ``UserError`` that
+    names it, for the CLI to print (``drrn serve``, ``drrn upscale``), instead of a traceback."""
+    try:
+        return Settings()
+    except ValueError as exc:  # pydantic's ValidationError
+        raise UserError(f"invalid DRRN_* setting: {exc}".replace("\n", " ")) from exc

@@ -122,6 +122,11 @@ def test_dockerfile_stages_and_runtime_contract() -> None:
     stages = dockerfile_stages()
     assert list(stages)[-1] == "runtime-gpu", "runtime-gpu must be the last stage (the default target)"
     assert {"export", "runtime-cpu", "runtime-gpu"} <= set(stages)
+    # every shipped weight file and int8 recipe reaches the model build (the CPU image serves fast in int8)
+    copied = re.findall(r"(?m)^COPY (weights/.+) weights/$", stages["export"])[0].split()
+    for path in (REPO / "weights").glob("*"):
+        if path.name.endswith((".safetensors", ".int8.json")):
+            assert any(path.match(pattern) for pattern in copied), f"{path.name} is not copied"
     assert (
         "download.pytorch.org/whl/cpu" in stages["export"] and "torch==${TORCH_VERSION}" in stages["export"]
     )

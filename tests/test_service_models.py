@@ -184,3 +184,19 @@ def test_ensemble_is_a_request_option_with_its_own_limit(tiny_repo: Path) -> Non
             assert limits["max_ensemble_output_pixels"] == 48 * 40
 
     asyncio.run(main())
+
+
+@pytest.mark.parametrize(
+    "command", [["serve", "--port", "1"], ["upscale", "in.png", "out.png", "--scale", "2"]]
+)
+def test_a_bad_setting_is_one_line_naming_it(
+    command: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Before any port is bound or file read: exit 2 and the variable's name, not a pydantic traceback."""
+    from drrn.cli import main
+
+    monkeypatch.setenv("DRRN_TILE", "abc")
+    assert main(command) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"drrn {command[0]}: error: invalid DRRN_* setting:") and "tile" in err
+    assert err.count("\n") == 1
