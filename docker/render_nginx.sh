@@ -10,6 +10,7 @@
 #   DRRN_UPSTREAMS              required; replicas as host:port, separated by spaces or commas
 #   DRRN_MAX_UPLOAD_BYTES       the service's upload limit (default 20971520, as service/settings.py)
 #   DRRN_REQUEST_TIMEOUT_S      the service's request deadline in seconds (default 30)
+#   DRRN_KEEP_ALIVE_TIMEOUT_S   the service's idle keep-alive in seconds (default 5); nginx's is 1 s less
 #   NGINX_LISTEN                listen address/port (default 8080)
 #   NGINX_MAX_FAILS             passive health check: failures ...      (default 3)
 #   NGINX_FAIL_TIMEOUT          ... within this window eject for this long (default 10s)
@@ -45,6 +46,13 @@ case $max_upload in
     '' | *[!0-9]*) die "DRRN_MAX_UPLOAD_BYTES must be a whole number of bytes, got '$max_upload'" ;;
 esac
 request_timeout=${DRRN_REQUEST_TIMEOUT_S:-30}
+keep_alive=${DRRN_KEEP_ALIVE_TIMEOUT_S:-5}
+case $keep_alive in
+    '' | *[!0-9]* | 0) die "DRRN_KEEP_ALIVE_TIMEOUT_S must be a whole number of seconds >= 1, got '$keep_alive'" ;;
+esac
+# nginx must drop an idle connection to a replica before the replica does (uvicorn closes it after
+# DRRN_KEEP_ALIVE_TIMEOUT_S): else a request can be sent on a connection being closed, and fail there.
+NGINX_UPSTREAM_KEEPALIVE_TIMEOUT="$(( keep_alive > 1 ? keep_alive - 1 : 1 ))s"
 
 NGINX_USER=${NGINX_USER:-nginx}
 NGINX_WORKER_PROCESSES=${NGINX_WORKER_PROCESSES:-auto}
@@ -84,12 +92,13 @@ done
 
 export NGINX_USER NGINX_WORKER_PROCESSES NGINX_PID NGINX_ERROR_LOG NGINX_ACCESS_LOG NGINX_TEMP_DIR \
     NGINX_LISTEN NGINX_RESOLVER NGINX_NEXT_UPSTREAM_TRIES NGINX_CLIENT_MAX_BODY_SIZE \
-    NGINX_PROXY_READ_TIMEOUT NGINX_UPSTREAM_SERVERS
+    NGINX_PROXY_READ_TIMEOUT NGINX_UPSTREAM_SERVERS NGINX_UPSTREAM_KEEPALIVE_TIMEOUT
 
 # Only these variables are substituted: nginx's own $variables in the template stay as they are.
 vars='${NGINX_USER} ${NGINX_WORKER_PROCESSES} ${NGINX_PID} ${NGINX_ERROR_LOG} ${NGINX_ACCESS_LOG}'
 vars="$vars"' ${NGINX_TEMP_DIR} ${NGINX_LISTEN} ${NGINX_RESOLVER} ${NGINX_NEXT_UPSTREAM_TRIES}'
 vars="$vars"' ${NGINX_CLIENT_MAX_BODY_SIZE} ${NGINX_PROXY_READ_TIMEOUT} ${NGINX_UPSTREAM_SERVERS}'
+vars="$vars"' ${NGINX_UPSTREAM_KEEPALIVE_TIMEOUT}'
 
 tmp="$out.tmp.$$"
 envsubst "$vars" <"$template" >"$tmp"

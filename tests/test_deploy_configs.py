@@ -248,7 +248,9 @@ def test_compose_services_healthchecks_and_dependencies() -> None:
     for name, svc in services.items():
         assert "healthcheck" in svc, f"{name}: no healthcheck"
         for dep, cond in svc.get("depends_on", {}).items():
-            assert cond == {"condition": "service_healthy"}, f"{name} -> {dep}: wait for service_healthy"
+            # The LB needs any one replica, not all: it waits for none to be healthy, and retries on 503.
+            want = "service_started" if name == "nginx" else "service_healthy"
+            assert cond == {"condition": want}, f"{name} -> {dep}: wait for {want}"
     for name in replicas:
         svc = services[name]
         (device,) = svc["deploy"]["resources"]["reservations"]["devices"]
@@ -294,8 +296,15 @@ def test_compose_passes_every_setting_with_the_service_defaults() -> None:
         )
     Settings.model_validate({k[5:].lower(): v for k, v in resolved.items() if v is not None})
     nginx_env = services["nginx"]["environment"]
-    for var in ("DRRN_MAX_UPLOAD_BYTES", "DRRN_REQUEST_TIMEOUT_S"):
+    for var in ("DRRN_MAX_UPLOAD_BYTES", "DRRN_REQUEST_TIMEOUT_S", "DRRN_KEEP_ALIVE_TIMEOUT_S"):
         assert nginx_env[var] == first[var], f"nginx must see the replicas' {var}"
+    # /tmp of a replica (spooled multipart uploads) and of nginx (buffered bodies) holds a full set of
+    # concurrent maximum-size uploads
+    uploads = int(resolved["DRRN_MAX_UPLOADS"]) * int(resolved["DRRN_MAX_UPLOAD_BYTES"])
+    for name in (*envs, "nginx"):
+        (tmp,) = [t for t in services[name]["tmpfs"] if t.startswith("/tmp:")]
+        size = re.fullmatch(r"/tmp:size=(\d+)g", tmp)
+        assert size and int(size.group(1)) << 30 >= uploads, f"{name}: {tmp} < {uploads} bytes of uploads"
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -350,6 +359,20 @@ def test_kustomize_build_validates(tmp_path: Path) -> None:
     assert all(d["metadata"].get("namespace") == kust["namespace"] for d in docs if d["kind"] != "Namespace")
     res = run([validator, "--strict", str(rendered)])
     assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_k8s_tmp_holds_a_full_set_of_uploads() -> None:
+    """Past its sizeLimit the kubelet evicts the pod, and every request in flight with it."""
+    pod = k8s_objects()["Deployment"]["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    env = {e["name"]: e["value"] for e in container.get("env", []) if "value" in e}
+    fields = Settings.model_fields
+    uploads = int(env.get("DRRN_MAX_UPLOADS", fields["max_uploads"].default)) * int(
+        env.get("DRRN_MAX_UPLOAD_BYTES", fields["max_upload_bytes"].default)
+    )
+    (tmp,) = [v for v in pod["volumes"] if v["name"] == "tmp"]
+    limit = re.fullmatch(r"(\d+)Gi", tmp["emptyDir"]["sizeLimit"])
+    assert limit and int(limit.group(1)) << 30 >= uploads, f"/tmp {tmp} < {uploads} bytes of uploads"
 
 
 def test_k8s_objects_fit_together() -> None:
@@ -451,6 +474,16 @@ def test_nginx_limits_follow_the_service_settings(tmp_path: Path) -> None:
     )
     text = conf.read_text()
     assert f"client_max_body_size {1000 + MULTIPART_OVERHEAD};" in text and "proxy_read_timeout 8s;" in text
+    # nginx closes an idle upstream connection before the replica does (uvicorn's keep-alive)
+    keep_alive = defaults["keep_alive_timeout_s"].default
+    for env, want in (
+        ({}, keep_alive - 1),
+        ({"DRRN_KEEP_ALIVE_TIMEOUT_S": "30"}, 29),
+        ({"DRRN_KEEP_ALIVE_TIMEOUT_S": "1"}, 1),
+    ):
+        assert render_nginx(conf, DRRN_UPSTREAMS="a:1", **env).returncode == 0
+        assert f"keepalive_timeout {want}s;" in conf.read_text(), env
+    assert "proxy_max_temp_file_size 0;" in conf.read_text()  # results stream; never fill NGINX_TEMP_DIR
 
 
 @pytest.mark.parametrize(
@@ -460,6 +493,7 @@ def test_nginx_limits_follow_the_service_settings(tmp_path: Path) -> None:
         {"DRRN_UPSTREAMS": " "},
         {"DRRN_UPSTREAMS": "a:1 b"},
         {"DRRN_UPSTREAMS": "a:1", "DRRN_MAX_UPLOAD_BYTES": "2M"},
+        {"DRRN_UPSTREAMS": "a:1", "DRRN_KEEP_ALIVE_TIMEOUT_S": "0"},
     ],
 )
 def test_nginx_renderer_refuses_bad_input(tmp_path: Path, env: dict[str, str]) -> None:
