@@ -104,6 +104,9 @@ def find_jobs(inputs: Sequence[str | Path], out_dir: Path) -> list[Job]:
     for src, rel in found:
         out_rel = rel.with_suffix(".png") if plain[rel.with_suffix(".png")] == 1 else Path(f"{rel}.png")
         jobs.append(Job(src, out_dir / out_rel, str(rel)))
+    own = next((j for j in jobs if j.dst.resolve() == j.src.resolve()), None)
+    if own is not None:  # it would be skipped as "output exists", and nothing written
+        raise UserError(f"{own.src} would be its own output; choose another -o")
     clashes = [dst for dst, n in Counter(j.dst for j in jobs).items() if n > 1]
     if clashes:
         raise UserError(

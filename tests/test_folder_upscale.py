@@ -196,3 +196,5 @@ def test_find_jobs(tmp_path: Path) -> None:
         find_jobs([src / "sub"], src)
     with pytest.raises(UserError, match="no such file"):
         find_jobs([tmp_path / "missing"], out)
+    with pytest.raises(UserError, match="would be its own output"):  # else skipped as "output exists"
+        find_jobs([src / "sub" / "c.png"], src / "sub")
