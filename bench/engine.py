@@ -200,17 +200,29 @@ def bench_model(
     }
 
 
-def headline(results: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """ORT fp32 (all cores) vs PyTorch eager fp32 at the service's default tile/batch, else at the largest
-    cell both measured."""
+def served_cpu_cell() -> tuple[int, int] | None:
+    """``(tile, max_batch)`` the service runs its default model with on the CPU: ``DRRN_TILE`` or the
+    model card's tile, ``DRRN_MAX_BATCH`` or the CPU default; None when the model is not built."""
+    from engines.repository import ModelRepository, RepositoryError, UnknownModelError
+    from engines.resolver import DEFAULT_MAX_BATCH
     from service.settings import Settings
 
+    s = Settings()
+    try:
+        card = ModelRepository(s.model_dir).card(s.default_model)
+    except (RepositoryError, UnknownModelError):  # not built (`make models`): no cell to prefer
+        return None
+    return s.tile or card.tile, s.max_batch or DEFAULT_MAX_BATCH["cpu"]
+
+
+def headline(results: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """ORT fp32 (all cores) vs PyTorch eager fp32 at the tile and batch the service serves the default
+    model with on the CPU (``served``: True), else at the largest cell both measured (False)."""
     cells = {(r["backend"], r["tile"], r["batch"]): r for r in results}
     both = [(t, b) for (k, t, b) in cells if k == "ort-fp32" and ("torch-fp32", t, b) in cells]
     if not both:
         return None
-    s = Settings()
-    served = (s.tile or 128, s.max_batch)  # the fast model's card tile when DRRN_TILE is unset
+    served = served_cpu_cell()
     tile, batch = served if served in both else max(both, key=lambda c: c[0] ** 2 * c[1])
     ort_ms, torch_ms = (
         cells["ort-fp32", tile, batch]["ms_median"],
@@ -219,6 +231,7 @@ def headline(results: list[dict[str, Any]]) -> dict[str, Any] | None:
     return {
         "tile": tile,
         "batch": batch,
+        "served": (tile, batch) == served,
         "ort_fp32_ms": ort_ms,
         "torch_fp32_ms": torch_ms,
         "speedup_ort_fp32_over_torch_fp32": torch_ms / ort_ms,

@@ -101,9 +101,16 @@ async def send(client: Any, url: str, req: Req) -> Record:
 
 
 async def _scrape(client: Any, url: str) -> dict[str, float]:
+    return (await _timed_scrape(client, url))[0]
+
+
+async def _timed_scrape(client: Any, url: str) -> tuple[dict[str, float], float]:
+    """The metrics and when (``perf_counter``) they were read: the midpoint of the scrape, which on a busy
+    box can come well after it was asked for."""
+    t0 = time.perf_counter()
     resp = await client.get(f"{url}/metrics")
     resp.raise_for_status()
-    return parse_metrics(resp.text)
+    return parse_metrics(resp.text), (t0 + time.perf_counter()) / 2
 
 
 async def latency_probe(client: Any, url: str, req: Req, n: int) -> dict[str, Any]:
@@ -142,12 +149,16 @@ async def run_level(
     duration_s: float | None = None,
     n_requests: int | None = None,
     warmup_s: float = 0.0,
+    drain_s: float = 120.0,
 ) -> dict[str, Any]:
     """One closed-loop level: ``n_requests`` in total, or ``warmup_s`` + ``duration_s`` of time.
 
-    A time-based level cancels its workers at the end of the window (the service drops the tiles of a
-    request whose client went away) and waits for the service to go idle, so levels do not overlap and
-    a slow request never stretches the run.
+    A time-based level stops issuing at the end of the window and lets the requests in flight finish
+    (up to ``drain_s``, then they are cancelled and counted in ``cancelled_at_drain``), so that the slow
+    requests are in the latency percentiles, which are over the requests *started* in the window. Rates
+    are over the window: the client's from the requests that completed in it, the engine's from the
+    ``/metrics`` deltas between two scrapes, over the time between the scrapes. It then waits for the
+    service to go idle, so levels do not overlap.
     """
     if (duration_s is None) == (n_requests is None):
         raise ValueError("give exactly one of duration_s and n_requests")
@@ -172,27 +183,56 @@ async def run_level(
 
     extra: dict[str, Any] = {}
     if n_requests is not None:
-        before = await _scrape(client, url)
+        before, t_before = await _timed_scrape(client, url)
         await asyncio.gather(*(worker(i) for i in range(concurrency)))
-        after = await _scrape(client, url)
-        window = list(records)
+        after, t_after = await _timed_scrape(client, url)
+        window = started = list(records)
         wall = max(r.t_done for r in records) - t0 if records else 0.0
     else:
         tasks = [asyncio.create_task(worker(i)) for i in range(concurrency)]
         await asyncio.sleep(max(0.0, start - time.perf_counter()))
-        before = await _scrape(client, url)
+        before, t_before = await _timed_scrape(client, url)
         await asyncio.sleep(max(0.0, stop - time.perf_counter()))
-        after = await _scrape(client, url)
+        after, t_after = await _timed_scrape(client, url)
         in_flight = sum(not t.done() for t in tasks)
-        for t in tasks:
+        _, pending = await asyncio.wait(tasks, timeout=drain_s)
+        for t in pending:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         window = [r for r in records if start <= r.t_done <= stop]
+        started = [r for r in records if start <= r.t_start < stop]
         wall = stop - start
-        extra = {"in_flight_at_stop": in_flight, "idle_wait_s": round(await wait_idle(client, url), 2)}
+        extra = {
+            "in_flight_at_stop": in_flight,
+            "cancelled_at_drain": len(pending),
+            "idle_wait_s": round(await wait_idle(client, url), 2),
+        }
     px_per_tile = sum(r.out_w * r.out_h for r in mix) / max(1, sum(r.tiles for r in mix))
-    server = metrics_delta(before, after, wall)
-    return {**summarize_level(window, concurrency, wall, server, px_per_tile), **extra}
+    server = metrics_delta(before, after, t_after - t_before)
+    return {**summarize_level(window, concurrency, wall, server, px_per_tile, started), **extra}
+
+
+# Fewer samples than these give a percentile that is only the largest value or two: reported as None.
+MIN_SAMPLES = {"p95": 20, "p99": 100}
+
+
+def latency_summary(records: list[Record]) -> dict[str, Any]:
+    """p50/p95/p99/mean/max latency (ms) of the successful ``records`` and their number ``n``; a tail
+    percentile with fewer than :data:`MIN_SAMPLES` samples is None."""
+    lat = [(r.t_done - r.t_start) * 1000 for r in records if r.status == 200 and r.error is None]
+    out: dict[str, Any] = {"n": len(lat), "p50": percentile(lat, 50)}
+    for key, q in (("p95", 95), ("p99", 99)):
+        out[key] = percentile(lat, q) if len(lat) >= MIN_SAMPLES[key] else None
+    out["mean"], out["max"] = (sum(lat) / len(lat), max(lat)) if lat else (None, None)
+    return out
+
+
+def p50_by_request(records: list[Record]) -> dict[str, float]:
+    by_name: dict[str, list[float]] = {}
+    for r in records:
+        if r.status == 200 and r.error is None:
+            by_name.setdefault(r.name, []).append((r.t_done - r.t_start) * 1000)
+    return {k: percentile(v, 50) for k, v in sorted(by_name.items())}
 
 
 def summarize_level(
@@ -201,23 +241,22 @@ def summarize_level(
     wall_s: float,
     server: dict[str, Any],
     mix_px_per_tile: float | None = None,
+    started: list[Record] | None = None,
 ) -> dict[str, Any]:
-    """Throughput, latency percentiles and failure counts of the requests completed in a window.
+    """Throughput and failure counts of the requests completed in a window, and the latency of those
+    ``started`` in it (default: the same records; see :func:`latency_summary`).
 
     ``engine_output_mpx_per_s`` is the service engine's tile rate (from ``/metrics``) times the mix's mean
     output pixels per tile: what the service delivers in steady state, when no tile is wasted.
     """
     ok = [r for r in records if r.status == 200 and r.error is None]
-    lat = [(r.t_done - r.t_start) * 1000 for r in ok]
     errors: dict[str, int] = {}
     for r in records:
         if r.error is not None:
             errors[r.error] = errors.get(r.error, 0) + 1
-    by_name: dict[str, list[float]] = {}
-    for r in ok:
-        by_name.setdefault(r.name, []).append((r.t_done - r.t_start) * 1000)
     w = wall_s if wall_s > 0 else float("nan")
     out_px, tiles = sum(r.out_px for r in ok), sum(r.tiles for r in ok)
+    timed = records if started is None else started
     return {
         "concurrency": concurrency,
         "wall_s": wall_s,
@@ -231,14 +270,8 @@ def summarize_level(
         "tiles_per_s": tiles / w,
         "output_px": out_px,
         "tiles": tiles,
-        "latency_ms": {
-            "p50": percentile(lat, 50),
-            "p95": percentile(lat, 95),
-            "p99": percentile(lat, 99),
-            "mean": sum(lat) / len(lat) if lat else None,
-            "max": max(lat) if lat else None,
-        },
-        "p50_ms_by_request": {k: percentile(v, 50) for k, v in sorted(by_name.items())},
+        "latency_ms": latency_summary(timed),
+        "p50_ms_by_request": p50_by_request(timed),
         **server,
         "mix_px_per_tile": mix_px_per_tile,
         "engine_output_mpx_per_s": (

@@ -29,7 +29,11 @@ def plot_latency_throughput(report: dict[str, Any], out: str | Path) -> Path:
     conc = [lv["concurrency"] for lv in levels]
     fig, (lat, thr) = plt.subplots(1, 2, figsize=(9, 3.6), dpi=120)
     for key, style in (("p50", "o-"), ("p99", "s--")):
-        lat.plot(conc, [lv["latency_ms"][key] for lv in levels], style, label=f"{key}, all requests")
+        # a level with too few samples for its p99 (None) has no point, rather than its largest value
+        pts = [(c, lv["latency_ms"][key]) for c, lv in zip(conc, levels, strict=True)]
+        pts = [(c, y) for c, y in pts if y is not None]
+        if pts:
+            lat.plot(*zip(*pts, strict=True), style, label=f"{key}, all requests")
     small = [(c, lv["p50_ms_by_request"].get("crop64_x2")) for c, lv in zip(conc, levels, strict=True)]
     small = [(c, y) for c, y in small if y is not None]
     if small:  # the smallest request alone: how queueing behind big ones stretches a cheap request

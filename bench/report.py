@@ -221,7 +221,8 @@ def render_engine(report: dict[str, Any]) -> str:
         h = m["headline"]
         if h:
             lines.append(
-                f"- **ORT fp32 ÷ PyTorch eager fp32** at tile {h['tile']} batch {h['batch']}: "
+                f"- **ORT fp32 ÷ PyTorch eager fp32** at tile {h['tile']} batch {h['batch']} "
+                f"({'as served' if h.get('served') else 'the largest cell; not the served one'}): "
                 f"{h['speedup_ort_fp32_over_torch_fp32']:.2f}x speed-up "
                 f"({h['torch_fp32_ms']:.1f} ms -> {h['ort_fp32_ms']:.1f} ms)"
             )

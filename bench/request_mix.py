@@ -36,6 +36,7 @@ class Req:
     out_h: int
     tiles: int  # engine tiles the service cuts it into (for the engine comparison)
     source: str
+    tile_hw: tuple[int, int] = (0, 0)  # the shape of those tiles (all of a request's tiles have one)
 
 
 def textured_image(width: int, height: int, seed: int = 0) -> np.ndarray:
@@ -75,8 +76,9 @@ def png_bytes(rgb: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def build_mix(tile: int, margin: int) -> list[Req]:
-    """The request mix, with output size and tile count computed as the service will."""
+def build_mix(tile: int, margin: int, shape: str = "fit") -> list[Req]:
+    """The request mix, with output size, tile count and tile shape computed as the service will (pass the
+    ``tile_shape`` it reports under ``serving``: ``fit`` on the CPU, ``uniform`` on CUDA)."""
     from imaging.resize import output_shape_for_scale
     from imaging.tiling import plan_tiles
 
@@ -84,8 +86,8 @@ def build_mix(tile: int, margin: int) -> list[Req]:
     for name, w, h, scale, source in MIX_SPEC:
         rgb, origin = _crop(source, w, h)
         oh, ow = output_shape_for_scale((h, w), scale)
-        tiles = len(plan_tiles(oh, ow, tile, margin))
-        mix.append(Req(name, png_bytes(rgb), scale, ow, oh, tiles, origin))
+        plan = plan_tiles(oh, ow, tile, margin, shape)
+        mix.append(Req(name, png_bytes(rgb), scale, ow, oh, len(plan), origin, plan.tile_shape))
     return mix
 
 

@@ -5,14 +5,15 @@ delivered output Mpx/s, p50/p95/p99 latency, 503 rejections and errors, and from
 (deltas over the measured window) the mean engine batch size (``drrn_batch_size_tiles_sum / _count``), the
 mean requests per batch and the engine busy fraction. See :mod:`bench.request_mix` for the request mix.
 
-**Overhead ratio.** After the load, the same engine the service runs (model file, tile, max_batch and
-threads from ``GET /v1/model`` and the service's ``DRRN_*`` settings) is built in this process with
-:class:`engines.ort_engine.OrtEngine` and timed on full batches. Both sides are counted in *delivered output
-pixels* for the *same tiles*: the engine delivers ``tiles/s x (output px / tile)``, where output px per tile
-is that of the requests the service completed at saturation (core pixels, edge tiles and padding included).
-So ``service_over_engine = service Mpx/s at saturation / engine Mpx/s`` equals the ratio of tile rates, and
-1 - ratio is what HTTP, decode, bicubic, tiling, batching, stitching and PNG encoding cost on top of the
-model (on a CPU box they share the cores with the engine, and with this load generator).
+**Overhead ratio.** After the load, the engine the service runs (the same model file at the precision it
+reports, tile, max_batch and threads from ``GET /v1/models`` and the service's ``DRRN_*`` settings) is built
+in this process with :class:`engines.ort_engine.OrtEngine` and timed on full batches of each tile shape the
+mix is cut into (the service's ``tile_shape``: fitted tiles on the CPU, uniform ones on CUDA). One pass of
+the mix then costs the engine alone ``mix_engine_s``, which gives its rate in the mix's own tiles; the
+service's rate is its engine's tiles per second from ``/metrics`` (windows timed by the scrapes), averaged
+over the saturated levels. ``service_over_engine`` is their ratio, and 1 - ratio is what HTTP, decode,
+bicubic, tiling, batching, stitching and PNG encoding cost on top of the model (on a CPU box they share the
+cores with the engine, and with this load generator).
 
 ``--spawn`` starts ``drrn serve`` itself on a free port (env ``DRRN_*`` from ``--set``), so one command does
 everything. A ``--url`` that is not loopback is refused unless ``--allow-remote``.
@@ -32,13 +33,14 @@ import numpy as np
 from bench.loadgen import latency_probe, run_level
 from bench.options import env_pairs, int_list
 from bench.report import header, load_average, markdown_table, summarize_ms, time_calls, write_json
-from bench.request_mix import build_mix
+from bench.request_mix import Req, build_mix
 from drrn.errors import UserError
 from drrn.paths import PROJECT_ROOT
 
 DEFAULT_PLOT = PROJECT_ROOT / "docs" / "bench" / "latency_throughput.png"
 LEVELS, QUICK_LEVELS = (1, 2, 4, 8, 16, 32), (1, 4)
 PROBE_REQUEST = "crop64_x2"
+SATURATED_BUSY = 0.9  # a level whose engine was busy this share of its window counts as saturated
 # A 2-core CPU needs ~15 s for the 88-tile photo alone, and concurrent requests share the engine, so each
 # is stretched by the others in flight: the service's 30 s production deadline would turn the high levels
 # into 504s (or, with deadline admission, refusals).
@@ -75,22 +77,40 @@ def service_settings(overrides: dict[str, str]):
     return Settings(**{k[5:].lower(): v for k, v in overrides.items() if k.startswith("DRRN_")})
 
 
-def measure_engine(
-    info: dict[str, Any], settings, seconds: float, quick: bool, fallback: Path | None, probe_tiles: int = 1
-):
-    """Full-batch runs of the service's engine rebuilt locally; ``{"tiles_per_s", ...}`` or a skip reason.
+def served_file(info: dict[str, Any], fallback: Path | None) -> Path | str:
+    """The ONNX file the service runs: the repository model ``fallback`` (its fp32 file) belongs to, at the
+    precision the service reports (int8 on the CPU for a model whose card says so, fp16 on CUDA); or a
+    reason it cannot be found on this machine."""
+    from engines.repository import ModelRepository
 
-    Also times what one ``probe_tiles``-tile request costs the engine alone (``probe_engine_ms``: its
-    batches run back to back), the baseline of the concurrency-1 latency check.
+    if fallback is None or not fallback.is_file():
+        return f"model file {fallback} is not on this machine (pass --model FILE.onnx)"
+    precision, folder = info.get("precision", "fp32"), fallback.parent
+    if (folder / "card.json").is_file():
+        path = ModelRepository(folder.parent).card(folder.name).precision_path(precision)
+        return path if path.is_file() else f"the service runs {precision}, and {path} is not here"
+    if precision != "fp32":
+        return f"the service runs {precision}; pass a file of its model folder, not the loose {fallback}"
+    return fallback
+
+
+def measure_engine(
+    info: dict[str, Any], settings, seconds: float, quick: bool, fallback: Path | None, mix: list[Req]
+) -> dict[str, Any]:
+    """The service's engine rebuilt here (same file and precision, tile, max_batch, threads, provider) and
+    timed on full batches of each tile shape the request mix is cut into; or ``{"skipped": reason}``.
+
+    ``mix_engine_s`` is what one pass of the mix costs the engine alone (each request's tiles at the
+    per-tile time of their shape, in full batches: the engine's best case), so ``tiles_per_s`` counts the
+    mix's own tiles, as the service's ``/metrics`` does. ``probe_engine_ms``: the concurrency-1 probe
+    request's tiles alone, run as the service runs that request by itself.
     """
     from engines.ort_engine import CUDA, OrtEngine, select_providers
 
+    path = served_file(info, fallback)
+    if isinstance(path, str):
+        return {"skipped": path}
     serving = info["serving"]
-    path = Path(info.get("model_path") or "")
-    if not path.is_file():
-        if fallback is None or not fallback.is_file():
-            return {"skipped": f"model file {path} is not on this machine (pass --model FILE.onnx)"}
-        path = fallback
     on_cuda = info.get("provider") == CUDA
     providers = (
         select_providers("cuda", settings.cuda_device_id, settings.cudnn_conv_algo_search)
@@ -100,51 +120,73 @@ def measure_engine(
     tile, max_batch = serving["tile"], serving["max_batch"]
     threads = settings.intra_op_threads, settings.inter_op_threads
     eng = OrtEngine(path, tile, max_batch, providers, *threads, settings.graph_optimization)
-    x = np.random.default_rng(0).random((max_batch, 1, tile, tile), dtype=np.float32)
-    timing = (1, 2, 2, 0.0) if quick else (2, 3, 100_000, seconds)
-    stats = summarize_ms(time_calls(lambda: eng.run(x), *timing))
-    n_probe = min(probe_tiles, max_batch)
-    xp = np.ascontiguousarray(x[:n_probe])
+    rng = np.random.default_rng(0)
+    shapes = sorted({r.tile_hw for r in mix})
+    per_shape = []
+    for th, tw in shapes:
+        x = rng.random((max_batch, 1, th, tw), dtype=np.float32)
+        timing = (1, 2, 2, 0.0) if quick else (2, 3, 100_000, seconds / len(shapes))
+        stats = summarize_ms(time_calls(lambda x=x: eng.run(x), *timing))
+        per_shape.append({"tile_hw": [th, tw], **stats, "per_tile_ms": stats["ms_median"] / max_batch})
+    per_tile = {tuple(r["tile_hw"]): r["per_tile_ms"] for r in per_shape}
+    mix_s = sum(r.tiles * per_tile[r.tile_hw] for r in mix) / 1e3
+    mix_tiles, mix_px = sum(r.tiles for r in mix), sum(r.out_w * r.out_h for r in mix)
+    req = next(r for r in mix if r.name == PROBE_REQUEST)
+    xp = rng.random((min(req.tiles, max_batch), 1, *req.tile_hw), dtype=np.float32)
     probe = summarize_ms(time_calls(lambda: eng.run(xp), *((1, 2, 2, 0.0) if quick else (2, 15, 15, 0.0))))
     return {
         "model_path": str(path),
+        "precision": info.get("precision", "fp32"),
         "providers": eng.providers,
         "tile": tile,
         "max_batch": max_batch,
         "intra_op_threads": settings.intra_op_threads,
         "inter_op_threads": settings.inter_op_threads,
-        **stats,
-        "tiles_per_s": max_batch / (stats["ms_median"] / 1e3),
-        "tile_mpx_per_s": max_batch * tile * tile / (stats["ms_median"] / 1e3) / 1e6,
-        "probe_batch": n_probe,
+        "shapes": per_shape,
+        "mix_engine_s": mix_s,
+        "mix_tiles": mix_tiles,
+        "tiles_per_s": mix_tiles / mix_s,
+        "output_mpx_per_s": mix_px / mix_s / 1e6,
+        "probe_batch": len(xp),
         "probe_batch_ms": probe["ms_median"],
-        "probe_engine_ms": probe["ms_median"] * -(-probe_tiles // max_batch),
+        "probe_engine_ms": probe["ms_median"] * -(-req.tiles // max_batch),
     }
 
 
 def overhead(levels: list[dict[str, Any]], engine: dict[str, Any]) -> dict[str, Any] | None:
-    """The service's tile rate at saturation vs the raw engine's, on the same tiles and threads.
+    """The service's tile rate at saturation vs the raw engine's, on the mix's tiles and threads.
 
-    The service side is the engine tile rate read from ``/metrics`` over the measured window (every tile
-    it ran belonged to a request; none is wasted while nothing times out), so a window that completes only
-    a few large requests still measures it well. ``delivered_in_window_over_engine`` is the same ratio
-    from the requests that completed inside the window (noisy when requests are long).
+    The service side is the engine tile rate read from ``/metrics`` over each measured window (tiles of
+    the same mix, whoever they belong to; none is wasted while nothing times out), averaged over the
+    saturated levels: those whose engine was busy at least 90% of the window (else the busiest level).
+    One level is noisy (a batch counts when it finishes; a window holds few), so neither the best level
+    nor a single one is taken. ``delivered_in_window_over_engine`` is the same ratio from the requests
+    that completed inside the windows (noisier when requests are long).
     """
     done = [lv for lv in levels if lv.get("engine_tiles_per_s")]
     if not done or "tiles_per_s" not in engine:
         return None
-    sat = max(done, key=lambda lv: lv["engine_tiles_per_s"])
-    px = sat.get("mix_px_per_tile") or 0.0
+    sat = [lv for lv in done if (lv.get("engine_busy_frac") or 0.0) >= SATURATED_BUSY]
+    sat = sat or [max(done, key=lambda lv: lv.get("engine_busy_frac") or 0.0)]
+    rates = [lv["engine_tiles_per_s"] for lv in sat]
+    service = sum(rates) / len(rates)
+    delivered = sum(lv["tiles_per_s"] for lv in sat) / len(sat)
+    px = engine["output_mpx_per_s"] * 1e6 / engine["tiles_per_s"]  # the mix's output pixels per tile
     return {
-        "saturation_concurrency": sat["concurrency"],
-        "service_tiles_per_s": sat["engine_tiles_per_s"],
+        "saturated_levels": [lv["concurrency"] for lv in sat],
+        "service_tiles_per_s": service,
+        "service_tiles_per_s_range": [min(rates), max(rates)],
         "engine_tiles_per_s": engine["tiles_per_s"],
-        "service_over_engine": sat["engine_tiles_per_s"] / engine["tiles_per_s"],
-        "delivered_in_window_over_engine": sat["tiles_per_s"] / engine["tiles_per_s"],
+        "service_over_engine": service / engine["tiles_per_s"],
+        "service_over_engine_range": [min(rates) / engine["tiles_per_s"], max(rates) / engine["tiles_per_s"]],
+        "delivered_in_window_over_engine": delivered / engine["tiles_per_s"],
         "output_px_per_tile": px,
-        "service_output_mpx_per_s": sat["engine_tiles_per_s"] * px / 1e6,
-        "engine_output_mpx_per_s": engine["tiles_per_s"] * px / 1e6,
-        "wasted": {"errors": sat["errors"], "rejected_503": sat["rejected_503"]},
+        "service_output_mpx_per_s": service * px / 1e6,
+        "engine_output_mpx_per_s": engine["output_mpx_per_s"],
+        "wasted": {
+            "errors": sum(lv["errors"] for lv in sat),
+            "rejected_503": sum(lv["rejected_503"] for lv in sat),
+        },
         "pixel_convention": "output pixels per tile = the request mix's mean (cores incl. edge tiles)",
     }
 
@@ -176,7 +218,7 @@ async def _levels(url: str, mix, levels, duration_s, n_requests, warmup_s, probe
             lat = level["latency_ms"]
             print(
                 f"  concurrency {c}: {level['req_per_s']:.2f} req/s, {level['output_mpx_per_s']:.3f} Mpx/s, "
-                f"p50 {lat['p50']:.0f} ms, p99 {lat['p99']:.0f} ms, 503s {level['rejected_503']}, "
+                f"p50 {lat['p50']:.0f} ms (n {lat['n']}), 503s {level['rejected_503']}, "
                 f"errors {level['errors']}, engine {level['engine_tiles_per_s'] or 0:.2f} tiles/s",
                 file=sys.stderr,
             )
@@ -185,22 +227,26 @@ async def _levels(url: str, mix, levels, duration_s, n_requests, warmup_s, probe
 
 
 def load_phase(url: str, levels, duration_s, n_requests, warmup_s, probe_n: int) -> tuple:
-    """``(model info, request mix summary, level results, probe)`` against a running service."""
+    """``(model info, request mix, level results, probe)`` against a running service."""
     info = fetch_model(url)
     serving = info["serving"]
-    mix = build_mix(serving["tile"], serving["margin"])
+    mix = build_mix(serving["tile"], serving["margin"], serving.get("tile_shape", "fit"))
     results, probe = asyncio.run(_levels(url, mix, levels, duration_s, n_requests, warmup_s, probe_n))
-    mix_doc = [
+    return info, mix, results, probe
+
+
+def mix_summary(mix: list[Req]) -> list[dict[str, Any]]:
+    return [
         {
             "name": r.name,
             "scale": r.scale,
             "output": f"{r.out_w}x{r.out_h}",
             "tiles": r.tiles,
+            "tile_hw": list(r.tile_hw),
             "source": r.source,
         }
         for r in mix
     ]
-    return info, mix_doc, results, probe
 
 
 COLUMNS = [
@@ -216,18 +262,22 @@ def render(report: dict[str, Any]) -> str:
     lines = [markdown_table(rows, COLUMNS)]
     eng, ov = report["engine"], report["overhead"]
     if "tiles_per_s" in eng:
+        shapes = ", ".join(
+            f"{a}x{b} {r['per_tile_ms']:.1f} ms" for r in eng["shapes"] for a, b in [r["tile_hw"]]
+        )
         lines.append(
-            f"- raw engine: {eng['ms_median']:.1f} ms per batch of {eng['max_batch']} x {eng['tile']}^2 "
-            f"= {eng['tiles_per_s']:.1f} tiles/s"
+            f"- raw engine ({eng['precision']}, batch {eng['max_batch']}), per tile: {shapes}; one pass of "
+            f"the mix {eng['mix_engine_s']:.2f} s = {eng['tiles_per_s']:.2f} tiles/s"
         )
     else:
         lines.append(f"- raw engine: skipped ({eng.get('skipped')})")
     if ov:
+        lo, hi = ov["service_over_engine_range"]
         lines.append(
-            f"- **service ÷ raw engine** at saturation (concurrency {ov['saturation_concurrency']}): "
-            f"{ov['service_over_engine']:.3f} ({ov['service_tiles_per_s']:.2f} vs "
+            f"- **service ÷ raw engine** at saturation (mean of concurrency {ov['saturated_levels']}): "
+            f"{ov['service_over_engine']:.3f} (levels {lo:.3f}-{hi:.3f}; {ov['service_tiles_per_s']:.2f} vs "
             f"{ov['engine_tiles_per_s']:.2f} tiles/s = {ov['service_output_mpx_per_s']:.4f} vs "
-            f"{ov['engine_output_mpx_per_s']:.4f} output Mpx/s); from requests completed in the window: "
+            f"{ov['engine_output_mpx_per_s']:.4f} output Mpx/s); from requests completed in the windows: "
             f"{ov['delivered_in_window_over_engine']:.3f}"
         )
     lc = report.get("latency_c1")
@@ -254,19 +304,19 @@ def run_service_bench(args: argparse.Namespace) -> dict[str, Any]:
 
         fallback = serve_model_path(args.model)
         with SpawnedService({**SPAWN_DEFAULTS, **overrides}, fallback) as svc:
-            info, mix, results, probe = load_phase(svc.url, levels, duration, n_requests, warmup, probe_n)
-            settings = service_settings(svc.overrides)
-            engine = measure_engine(
-                info, settings, args.engine_seconds or 10.0, quick, fallback, probe["tiles"]
+            info, mix_reqs, results, probe = load_phase(
+                svc.url, levels, duration, n_requests, warmup, probe_n
             )
+            settings = service_settings(svc.overrides)
+            engine = measure_engine(info, settings, args.engine_seconds or 10.0, quick, fallback, mix_reqs)
             spawned = {"url": svc.url, "env": svc.overrides, "startup_s": svc.startup_s}
     else:
         check_loopback(args.url, args.allow_remote)
         if args.model != "default" and Path(args.model).suffix == ".onnx":
             fallback = Path(args.model)
-        info, mix, results, probe = load_phase(args.url, levels, duration, n_requests, warmup, probe_n)
+        info, mix_reqs, results, probe = load_phase(args.url, levels, duration, n_requests, warmup, probe_n)
         settings = service_settings(overrides)
-        engine = measure_engine(info, settings, args.engine_seconds or 10.0, quick, fallback, probe["tiles"])
+        engine = measure_engine(info, settings, args.engine_seconds or 10.0, quick, fallback, mix_reqs)
         engine["threads_source"] = "this process's DRRN_* env (GET /v1/model does not report threads)"
         spawned = None
     report = header(
@@ -277,7 +327,7 @@ def run_service_bench(args: argparse.Namespace) -> dict[str, Any]:
         model={k: info.get(k) for k in ("name", "provider", "precision", "depth", "flops_per_pixel")},
         serving=info["serving"],
         load={"levels": levels, "duration_s": duration, "warmup_s": warmup, "requests_per_level": n_requests},
-        request_mix=mix,
+        request_mix=mix_summary(mix_reqs),
         levels=results,
         engine=engine,
         overhead=overhead(results, engine),

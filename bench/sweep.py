@@ -76,7 +76,8 @@ async def _one_level(url: str, concurrency: int, duration, n_requests, warmup) -
     import httpx
 
     info = fetch_model(url)
-    mix = build_mix(info["serving"]["tile"], info["serving"]["margin"])
+    serving = info["serving"]
+    mix = build_mix(serving["tile"], serving["margin"], serving.get("tile_shape", "fit"))
     async with httpx.AsyncClient(timeout=httpx.Timeout(900.0)) as client:
         return await run_level(client, url, mix, concurrency, duration, n_requests, warmup)
 

@@ -62,6 +62,9 @@ class Serving(BaseModel):
     model_config = ConfigDict(extra="allow")
     tile: int = Field(description="tile side T in output pixels (the engine sees float32[N, 1, T, T])")
     margin: int = Field(description="context pixels around each tile's core")
+    tile_shape: str = Field(
+        description="fit: tiles shaped to each image; uniform: T x T where the image allows (CUDA batching)"
+    )
     max_batch: int
     max_delay_ms: float
     max_queue_tiles: int

@@ -78,6 +78,7 @@ def _entry(request: Request, m: ServedModel) -> dict[str, Any]:
     serving = {
         "tile": m.tile,
         "margin": m.margin,
+        "tile_shape": m.tile_shape,
         "max_batch": m.engine.max_batch,
         "max_delay_ms": s.max_delay_ms,
         "max_queue_tiles": s.max_queue_tiles,
