@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -113,21 +114,36 @@ async def _timed_scrape(client: Any, url: str) -> tuple[dict[str, float], float]
     return parse_metrics(resp.text), (t0 + time.perf_counter()) / 2
 
 
-async def latency_probe(client: Any, url: str, req: Req, n: int) -> dict[str, Any]:
-    """``n`` sequential requests of one kind on an otherwise idle service (concurrency 1)."""
-    lat = []
+async def latency_probe(
+    client: Any, url: str, req: Req, n: int, engine_run: Callable[[], None] | None = None
+) -> dict[str, Any]:
+    """``n`` sequential requests of one kind on an otherwise idle service (concurrency 1). With
+    ``engine_run`` (the same tiles on the engine alone), each request is followed by one timed engine run,
+    so both sides are measured in the same minutes, and the overhead is the median of the pairs'
+    differences."""
+    lat, eng = [], []
+    if engine_run is not None:
+        engine_run()  # untimed: the first run of a session pays its allocations
     for _ in range(n):
         rec = await send(client, url, req)
-        if rec.status == 200 and rec.error is None:
-            lat.append((rec.t_done - rec.t_start) * 1000)
-    return {
+        if rec.status != 200 or rec.error is not None:
+            continue
+        lat.append((rec.t_done - rec.t_start) * 1000)
+        if engine_run is not None:
+            t0 = time.perf_counter()
+            engine_run()
+            eng.append((time.perf_counter() - t0) * 1000)
+    out = {
         "request": req.name,
         "tiles": req.tiles,
         "n": len(lat),
         "p50_ms": percentile(lat, 50),
         "p90_ms": percentile(lat, 90),
         "min_ms": min(lat) if lat else None,
+        "engine_p50_ms": percentile(eng, 50) if eng else None,
     }
+    out["overhead_p50_ms"] = percentile([a - b for a, b in zip(lat, eng, strict=True)], 50) if eng else None
+    return out
 
 
 async def wait_idle(client: Any, url: str, timeout_s: float = 60.0) -> float:

@@ -28,19 +28,27 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-import numpy as np
-
 from bench.loadgen import latency_probe, run_level
 from bench.options import env_pairs, int_list
-from bench.report import header, load_average, markdown_table, summarize_ms, time_calls, write_json
+from bench.report import header, load_average, markdown_table, write_json
 from bench.request_mix import Req, build_mix
+from bench.service_engine import (
+    latency_check,
+    measure_engine,
+    open_served_engine,
+    overhead,
+    probe_runner,
+)
 from drrn.errors import UserError
 from drrn.paths import PROJECT_ROOT
 
 DEFAULT_PLOT = PROJECT_ROOT / "docs" / "bench" / "latency_throughput.png"
 LEVELS, QUICK_LEVELS = (1, 2, 4, 8, 16, 32), (1, 4)
 PROBE_REQUEST = "crop64_x2"
-SATURATED_BUSY = 0.9  # a level whose engine was busy this share of its window counts as saturated
+# 2: the engine is the served precision's file timed on the mix's tile shapes, the ratio a mean over the
+# saturated levels, latency over the requests started in a window (p95/p99 None on few samples), and the
+# concurrency-1 overhead from alternating pairs. Version 1 numbers are not comparable.
+SCHEMA_VERSION = 2
 # A 2-core CPU needs ~15 s for the 88-tile photo alone, and concurrent requests share the engine, so each
 # is stretched by the others in flight: the service's 30 s production deadline would turn the high levels
 # into 504s (or, with deadline admission, refusals).
@@ -77,141 +85,16 @@ def service_settings(overrides: dict[str, str]):
     return Settings(**{k[5:].lower(): v for k, v in overrides.items() if k.startswith("DRRN_")})
 
 
-def served_file(info: dict[str, Any], fallback: Path | None) -> Path | str:
-    """The ONNX file the service runs: the repository model ``fallback`` (its fp32 file) belongs to, at the
-    precision the service reports (int8 on the CPU for a model whose card says so, fp16 on CUDA); or a
-    reason it cannot be found on this machine."""
-    from engines.repository import ModelRepository
-
-    if fallback is None or not fallback.is_file():
-        return f"model file {fallback} is not on this machine (pass --model FILE.onnx)"
-    precision, folder = info.get("precision", "fp32"), fallback.parent
-    if (folder / "card.json").is_file():
-        path = ModelRepository(folder.parent).card(folder.name).precision_path(precision)
-        return path if path.is_file() else f"the service runs {precision}, and {path} is not here"
-    if precision != "fp32":
-        return f"the service runs {precision}; pass a file of its model folder, not the loose {fallback}"
-    return fallback
-
-
-def measure_engine(
-    info: dict[str, Any], settings, seconds: float, quick: bool, fallback: Path | None, mix: list[Req]
-) -> dict[str, Any]:
-    """The service's engine rebuilt here (same file and precision, tile, max_batch, threads, provider) and
-    timed on full batches of each tile shape the request mix is cut into; or ``{"skipped": reason}``.
-
-    ``mix_engine_s`` is what one pass of the mix costs the engine alone (each request's tiles at the
-    per-tile time of their shape, in full batches: the engine's best case), so ``tiles_per_s`` counts the
-    mix's own tiles, as the service's ``/metrics`` does. ``probe_engine_ms``: the concurrency-1 probe
-    request's tiles alone, run as the service runs that request by itself.
-    """
-    from engines.ort_engine import CUDA, OrtEngine, select_providers
-
-    path = served_file(info, fallback)
-    if isinstance(path, str):
-        return {"skipped": path}
-    serving = info["serving"]
-    on_cuda = info.get("provider") == CUDA
-    providers = (
-        select_providers("cuda", settings.cuda_device_id, settings.cudnn_conv_algo_search)
-        if on_cuda
-        else None
-    )
-    tile, max_batch = serving["tile"], serving["max_batch"]
-    threads = settings.intra_op_threads, settings.inter_op_threads
-    eng = OrtEngine(path, tile, max_batch, providers, *threads, settings.graph_optimization)
-    rng = np.random.default_rng(0)
-    shapes = sorted({r.tile_hw for r in mix})
-    per_shape = []
-    for th, tw in shapes:
-        x = rng.random((max_batch, 1, th, tw), dtype=np.float32)
-        timing = (1, 2, 2, 0.0) if quick else (2, 3, 100_000, seconds / len(shapes))
-        stats = summarize_ms(time_calls(lambda x=x: eng.run(x), *timing))
-        per_shape.append({"tile_hw": [th, tw], **stats, "per_tile_ms": stats["ms_median"] / max_batch})
-    per_tile = {tuple(r["tile_hw"]): r["per_tile_ms"] for r in per_shape}
-    mix_s = sum(r.tiles * per_tile[r.tile_hw] for r in mix) / 1e3
-    mix_tiles, mix_px = sum(r.tiles for r in mix), sum(r.out_w * r.out_h for r in mix)
-    req = next(r for r in mix if r.name == PROBE_REQUEST)
-    xp = rng.random((min(req.tiles, max_batch), 1, *req.tile_hw), dtype=np.float32)
-    probe = summarize_ms(time_calls(lambda: eng.run(xp), *((1, 2, 2, 0.0) if quick else (2, 15, 15, 0.0))))
-    return {
-        "model_path": str(path),
-        "precision": info.get("precision", "fp32"),
-        "providers": eng.providers,
-        "tile": tile,
-        "max_batch": max_batch,
-        "intra_op_threads": settings.intra_op_threads,
-        "inter_op_threads": settings.inter_op_threads,
-        "shapes": per_shape,
-        "mix_engine_s": mix_s,
-        "mix_tiles": mix_tiles,
-        "tiles_per_s": mix_tiles / mix_s,
-        "output_mpx_per_s": mix_px / mix_s / 1e6,
-        "probe_batch": len(xp),
-        "probe_batch_ms": probe["ms_median"],
-        "probe_engine_ms": probe["ms_median"] * -(-req.tiles // max_batch),
-    }
-
-
-def overhead(levels: list[dict[str, Any]], engine: dict[str, Any]) -> dict[str, Any] | None:
-    """The service's tile rate at saturation vs the raw engine's, on the mix's tiles and threads.
-
-    The service side is the engine tile rate read from ``/metrics`` over each measured window (tiles of
-    the same mix, whoever they belong to; none is wasted while nothing times out), averaged over the
-    saturated levels: those whose engine was busy at least 90% of the window (else the busiest level).
-    One level is noisy (a batch counts when it finishes; a window holds few), so neither the best level
-    nor a single one is taken. ``delivered_in_window_over_engine`` is the same ratio from the requests
-    that completed inside the windows (noisier when requests are long).
-    """
-    done = [lv for lv in levels if lv.get("engine_tiles_per_s")]
-    if not done or "tiles_per_s" not in engine:
-        return None
-    sat = [lv for lv in done if (lv.get("engine_busy_frac") or 0.0) >= SATURATED_BUSY]
-    sat = sat or [max(done, key=lambda lv: lv.get("engine_busy_frac") or 0.0)]
-    rates = [lv["engine_tiles_per_s"] for lv in sat]
-    service = sum(rates) / len(rates)
-    delivered = sum(lv["tiles_per_s"] for lv in sat) / len(sat)
-    px = engine["output_mpx_per_s"] * 1e6 / engine["tiles_per_s"]  # the mix's output pixels per tile
-    return {
-        "saturated_levels": [lv["concurrency"] for lv in sat],
-        "service_tiles_per_s": service,
-        "service_tiles_per_s_range": [min(rates), max(rates)],
-        "engine_tiles_per_s": engine["tiles_per_s"],
-        "service_over_engine": service / engine["tiles_per_s"],
-        "service_over_engine_range": [min(rates) / engine["tiles_per_s"], max(rates) / engine["tiles_per_s"]],
-        "delivered_in_window_over_engine": delivered / engine["tiles_per_s"],
-        "output_px_per_tile": px,
-        "service_output_mpx_per_s": service * px / 1e6,
-        "engine_output_mpx_per_s": engine["output_mpx_per_s"],
-        "wasted": {
-            "errors": sum(lv["errors"] for lv in sat),
-            "rejected_503": sum(lv["rejected_503"] for lv in sat),
-        },
-        "pixel_convention": "output pixels per tile = the request mix's mean (cores incl. edge tiles)",
-    }
-
-
-def latency_check(probe: dict[str, Any] | None, engine: dict[str, Any]) -> dict[str, Any] | None:
-    """Concurrency-1 latency of the probe request against the engine time of its tiles alone."""
-    if not probe or probe.get("p50_ms") is None or "probe_engine_ms" not in engine:
-        return None
-    return {
-        "request": probe["request"],
-        "service_p50_ms": probe["p50_ms"],
-        "engine_ms": engine["probe_engine_ms"],
-        "overhead_ms": probe["p50_ms"] - engine["probe_engine_ms"],
-    }
-
-
-async def _levels(url: str, mix, levels, duration_s, n_requests, warmup_s, probe_n: int):
-    """``(level results, concurrency-1 probe)``: the probe runs first, on the idle service."""
+async def _levels(url: str, mix, levels, duration_s, n_requests, warmup_s, probe_n: int, engine_run):
+    """``(level results, concurrency-1 probe)``: the probe runs first, on the idle service, alternating
+    with ``engine_run`` (the probe's tiles on the rebuilt engine) when there is one."""
     import httpx
 
     limits = httpx.Limits(max_connections=max(levels) + 4, max_keepalive_connections=max(levels) + 4)
     out = []
     async with httpx.AsyncClient(timeout=httpx.Timeout(900.0), limits=limits) as client:
         req = next(r for r in mix if r.name == PROBE_REQUEST)
-        probe = await latency_probe(client, url, req, probe_n)
+        probe = await latency_probe(client, url, req, probe_n, engine_run)
         print(f"  probe {req.name} at concurrency 1: p50 {probe['p50_ms']:.1f} ms", file=sys.stderr)
         for c in levels:
             level = await run_level(client, url, mix, c, duration_s, n_requests, warmup_s)
@@ -226,13 +109,23 @@ async def _levels(url: str, mix, levels, duration_s, n_requests, warmup_s, probe
     return out, probe
 
 
-def load_phase(url: str, levels, duration_s, n_requests, warmup_s, probe_n: int) -> tuple:
-    """``(model info, request mix, level results, probe)`` against a running service."""
+def measure(url: str, load: dict[str, Any], settings, fallback: Path | None, seconds: float, quick: bool):
+    """``(model info, mix, level results, probe, engine)`` against a running service: the engine it runs is
+    rebuilt here first (for the probe's pairs), and timed on the mix's tiles after the load."""
     info = fetch_model(url)
     serving = info["serving"]
     mix = build_mix(serving["tile"], serving["margin"], serving.get("tile_shape", "fit"))
-    results, probe = asyncio.run(_levels(url, mix, levels, duration_s, n_requests, warmup_s, probe_n))
-    return info, mix, results, probe
+    engine = open_served_engine(info, settings, fallback)
+    probe_req = next(r for r in mix if r.name == PROBE_REQUEST)
+    run = None if isinstance(engine, str) else probe_runner(engine, probe_req)
+    args = load["levels"], load["duration_s"], load["n_requests"], load["warmup_s"], load["probe_n"]
+    results, probe = asyncio.run(_levels(url, mix, *args, run))
+    if isinstance(engine, str):
+        return info, mix, results, probe, {"skipped": engine}
+    try:
+        return info, mix, results, probe, measure_engine(engine, info, settings, seconds, quick, mix)
+    finally:
+        engine.close()
 
 
 def mix_summary(mix: list[Req]) -> list[dict[str, Any]]:
@@ -297,31 +190,30 @@ def run_service_bench(args: argparse.Namespace) -> dict[str, Any]:
     duration = None if n_requests else (args.duration or 20.0)
     warmup = 0.0 if n_requests else min(5.0, duration / 4)
     overrides = env_pairs(args.set)
-    probe_n = 3 if quick else 30
-    fallback = None
+    load = {"levels": levels, "duration_s": duration, "n_requests": n_requests, "warmup_s": warmup}
+    load["probe_n"] = 3 if quick else 30
+    seconds = args.engine_seconds or 10.0
     if args.spawn:
         from bench.spawn import SpawnedService, serve_model_path
 
         fallback = serve_model_path(args.model)
         with SpawnedService({**SPAWN_DEFAULTS, **overrides}, fallback) as svc:
-            info, mix_reqs, results, probe = load_phase(
-                svc.url, levels, duration, n_requests, warmup, probe_n
-            )
             settings = service_settings(svc.overrides)
-            engine = measure_engine(info, settings, args.engine_seconds or 10.0, quick, fallback, mix_reqs)
+            info, mix_reqs, results, probe, engine = measure(
+                svc.url, load, settings, fallback, seconds, quick
+            )
             spawned = {"url": svc.url, "env": svc.overrides, "startup_s": svc.startup_s}
     else:
         check_loopback(args.url, args.allow_remote)
-        if args.model != "default" and Path(args.model).suffix == ".onnx":
-            fallback = Path(args.model)
-        info, mix_reqs, results, probe = load_phase(args.url, levels, duration, n_requests, warmup, probe_n)
+        fallback = Path(args.model) if Path(args.model).suffix == ".onnx" else None
         settings = service_settings(overrides)
-        engine = measure_engine(info, settings, args.engine_seconds or 10.0, quick, fallback, mix_reqs)
-        engine["threads_source"] = "this process's DRRN_* env (GET /v1/model does not report threads)"
+        info, mix_reqs, results, probe, engine = measure(args.url, load, settings, fallback, seconds, quick)
+        engine["threads_source"] = "this process's DRRN_* env (GET /v1/models does not report threads)"
         spawned = None
     report = header(
         "service",
         quick,
+        SCHEMA_VERSION,
         url=spawned["url"] if spawned else args.url,
         spawned=spawned,
         model={k: info.get(k) for k in ("name", "provider", "precision", "depth", "flops_per_pixel")},
@@ -332,7 +224,7 @@ def run_service_bench(args: argparse.Namespace) -> dict[str, Any]:
         engine=engine,
         overhead=overhead(results, engine),
         probe=probe,
-        latency_c1=latency_check(probe, engine),
+        latency_c1=latency_check(probe),
     )
     report["machine"]["load_average_end"] = load_average()
     print(render(report))

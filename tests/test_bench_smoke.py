@@ -94,7 +94,7 @@ def test_service_quick_spawn(tiny_onnx: Path, tmp_path: Path) -> None:
     argv = ["bench", "service", "--spawn", "--model", str(tiny_onnx), "--quick", "--json", str(out)]
     assert main([*argv, *SMALL_SERVICE, "--plot", str(plot)]) == 0
     report = json.loads(out.read_text())
-    assert report["schema"] == "drrn-bench-service/1"
+    assert report["schema"] == "drrn-bench-service/2"
     assert report["serving"]["tile"] == 64 and report["serving"]["max_batch"] == 4
     assert [lv["concurrency"] for lv in report["levels"]] == [1, 4]
     assert len(report["request_mix"]) == 5
@@ -118,8 +118,10 @@ def test_service_quick_spawn(tiny_onnx: Path, tmp_path: Path) -> None:
     lo, hi = ov["service_over_engine_range"]
     assert lo <= ov["service_over_engine"] <= hi
     assert report["probe"]["request"] == "crop64_x2" and report["probe"]["n"] == 3
-    lc = report["latency_c1"]
-    assert _positive(lc["engine_ms"]) and lc["overhead_ms"] == lc["service_p50_ms"] - lc["engine_ms"]
+    lc, probe = report["latency_c1"], report["probe"]
+    # both sides from the same alternating pairs; the overhead is the median of their differences
+    assert lc["pairs"] == probe["n"] == 3 and _positive(lc["engine_ms"]) and _positive(lc["service_p50_ms"])
+    assert lc["engine_ms"] == probe["engine_p50_ms"] and lc["overhead_ms"] == probe["overhead_p50_ms"]
     assert plot.read_bytes().startswith(b"\x89PNG")
 
 

@@ -92,7 +92,7 @@ def test_a_recipe_rebuilds_the_same_int8_model_and_makes_it_the_cpu_default(tmp_
     assert open_card(card, providers="cpu", max_batch=1).info()["precision"] == "int8"
     assert open_card(card, providers="cpu", max_batch=1, precision="fp32").info()["precision"] == "fp32"
     # the service benchmark times the file the service runs, not the fp32 one it was pointed at
-    from bench.service_load import served_file
+    from bench.service_engine import served_file
 
     fp32 = card.onnx_path(False)
     assert served_file({"name": "tiny", "precision": "int8"}, fp32) == card.folder / c.REPO_ONNX_INT8
