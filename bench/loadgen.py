@@ -115,7 +115,12 @@ async def _timed_scrape(client: Any, url: str) -> tuple[dict[str, float], float]
 
 
 async def latency_probe(
-    client: Any, url: str, req: Req, n: int, engine_run: Callable[[], None] | None = None
+    client: Any,
+    url: str,
+    req: Req,
+    n: int,
+    engine_run: Callable[[], None] | None = None,
+    settle_s: float = 0.25,
 ) -> dict[str, Any]:
     """``n`` sequential requests of one kind on an otherwise idle service (concurrency 1). With
     ``engine_run`` (the same tiles on the engine alone), each request is followed by one timed engine run,
@@ -125,11 +130,15 @@ async def latency_probe(
     if engine_run is not None:
         engine_run()  # untimed: the first run of a session pays its allocations
     for _ in range(n):
+        await asyncio.sleep(settle_s)
         rec = await send(client, url, req)
         if rec.status != 200 or rec.error is not None:
             continue
         lat.append((rec.t_done - rec.t_start) * 1000)
         if engine_run is not None:
+            # On a small box the two processes' thread pools share the cores: let the service's threads
+            # go idle (ONNX Runtime's spin after a run, the access log) before timing the engine alone.
+            await asyncio.sleep(settle_s)
             t0 = time.perf_counter()
             engine_run()
             eng.append((time.perf_counter() - t0) * 1000)
