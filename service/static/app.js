@@ -94,13 +94,18 @@ async function loadModels() {
     return;
   }
   ui.keyForm.hidden = true;
-  if (!response.ok) {
+  if (response.status === 503) { // warming up or draining: it says when to ask again
     const retry = Number(response.headers.get("Retry-After")) || 2;
     ui.limits.textContent = `The server is not ready yet (HTTP ${response.status}); trying again in ${retry} s…`;
     setTimeout(loadModels, retry * 1000);
     return;
   }
-  const listing = await response.json();
+  let listing = null;
+  try { listing = response.ok ? await response.json() : null; } catch { /* not JSON: a proxy's page */ }
+  if (!listing || !Array.isArray(listing.models) || !listing.models.length) {
+    showError(`The server did not list its models (HTTP ${response.status}). Check its address, then reload.`);
+    return;
+  }
   state.models = listing.models;
   state.limits = listing.models[0].limits;
   ui.model.replaceChildren(...listing.models.map((m) => {
@@ -164,12 +169,18 @@ function fileProblem(file, size) {
   return null;
 }
 
+let picks = 0; // counts file choices, so a slow decode of an earlier one cannot overwrite a later one
+
 async function chooseFile(file) {
   if (!file || state.busy) return;
+  const pick = ++picks;
   clearError();
   ui.result.hidden = true; // the result shown belongs to the previous file
+  ui.after.onload = null; // ... and one still loading must not show itself over the new file
+  const size = await decodedSize(file);
+  if (pick !== picks) return; // another file was chosen while this one was being measured
   state.file = file;
-  state.size = await decodedSize(file);
+  state.size = size;
   if (state.inputUrl) URL.revokeObjectURL(state.inputUrl);
   state.inputUrl = URL.createObjectURL(file);
   const what = state.size ? `${dims(state.size.width, state.size.height)}, ` : "";
@@ -207,7 +218,7 @@ function updateButton() {
 }
 
 // ---- the request --------------------------------------------------------------------------------------
-function serverErrorText(status, body) {
+function serverErrorText(status, body, retryAfter) {
   // Plain words from the JSON error body {error, detail, limit}; never the raw response.
   const code = body && body.error, detail = body && body.detail, limit = (body && body.limit) || {};
   const s = state.size;
@@ -228,9 +239,13 @@ function serverErrorText(status, body) {
       return "This API key has as many requests running as the server allows. Try again when one has finished.";
     case "queue_full":
     case "overloaded":
+    case "backlog":
     case "not_ready":
-    case "shutting_down":
-      return "The server is busy right now. Please try again in a few seconds.";
+    case "shutting_down": {
+      const wait = Number(retryAfter);
+      return wait > 0 ? `The server is busy right now. Please try again in ${wait} s.`
+        : "The server is busy right now. Please try again in a few seconds.";
+    }
     case "deadline_exceeded":
       return `The server could not finish within ${limit.value} s. Try a smaller image or a smaller scale.`;
     default:
@@ -270,7 +285,7 @@ async function upscale(event) {
     if (!response.ok) {
       let body = null;
       try { body = await response.json(); } catch { /* not JSON (a proxy page): say the status only */ }
-      showError(serverErrorText(response.status, body), requestId);
+      showError(serverErrorText(response.status, body, response.headers.get("Retry-After")), requestId);
       if (response.status === 401) askForKey("The server did not accept this API key. Check it and enter it again.");
       return;
     }
