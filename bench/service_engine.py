@@ -4,6 +4,7 @@ runs the load)."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -66,6 +67,30 @@ def probe_runner(engine, req: Req) -> Callable[[], None]:
     return run
 
 
+def mix_pass_timer(engine, mix: list[Req]) -> Callable[[], float]:
+    """A callable that runs one pass of the mix's tiles on ``engine`` (per tile shape, in full batches:
+    the engine's best case) and returns the engine's tiles per second over it. Run between the levels,
+    it measures the engine alone in the same minutes as each level, on a box whose speed drifts."""
+    b = engine.max_batch
+    rng = np.random.default_rng(2)
+    per_shape: dict[tuple[int, int], int] = {}
+    for r in mix:
+        per_shape[r.tile_hw] = per_shape.get(r.tile_hw, 0) + r.tiles
+    inputs = {hw: rng.random((b, 1, *hw), dtype=np.float32) for hw in per_shape}
+
+    def one_pass() -> float:
+        seconds = 0.0
+        for hw, n in per_shape.items():
+            runs = -(-n // b)
+            t0 = time.perf_counter()
+            for _ in range(runs):
+                engine.run(inputs[hw])
+            seconds += (time.perf_counter() - t0) * n / (runs * b)  # the share of the n tiles
+        return sum(per_shape.values()) / seconds
+
+    return one_pass
+
+
 def measure_engine(engine, info: dict[str, Any], settings, seconds: float, quick: bool, mix: list[Req]):
     """``engine`` (:func:`open_served_engine`) timed on full batches of each tile shape the request mix is
     cut into.
@@ -121,6 +146,12 @@ def overhead(levels: list[dict[str, Any]], engine: dict[str, Any]) -> dict[str, 
     service = sum(rates) / len(rates)
     delivered = sum(lv["tiles_per_s"] for lv in sat) / len(sat)
     px = engine["output_mpx_per_s"] * 1e6 / engine["tiles_per_s"]  # the mix's output pixels per tile
+    # Each level against the engine alone timed right after it (same minutes), when the bench did that.
+    paired = [
+        lv["engine_tiles_per_s"] / lv["engine_alone_tiles_per_s"]
+        for lv in sat
+        if lv.get("engine_alone_tiles_per_s")
+    ]
     return {
         "saturated_levels": [lv["concurrency"] for lv in sat],
         "service_tiles_per_s": service,
@@ -128,6 +159,8 @@ def overhead(levels: list[dict[str, Any]], engine: dict[str, Any]) -> dict[str, 
         "engine_tiles_per_s": engine["tiles_per_s"],
         "service_over_engine": service / engine["tiles_per_s"],
         "service_over_engine_range": [min(rates) / engine["tiles_per_s"], max(rates) / engine["tiles_per_s"]],
+        "paired_service_over_engine": sum(paired) / len(paired) if paired else None,
+        "paired_range": [min(paired), max(paired)] if paired else None,
         "delivered_in_window_over_engine": delivered / engine["tiles_per_s"],
         "output_px_per_tile": px,
         "service_output_mpx_per_s": service * px / 1e6,

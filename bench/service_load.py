@@ -35,6 +35,7 @@ from bench.request_mix import Req, build_mix
 from bench.service_engine import (
     latency_check,
     measure_engine,
+    mix_pass_timer,
     open_served_engine,
     overhead,
     probe_runner,
@@ -85,9 +86,12 @@ def service_settings(overrides: dict[str, str]):
     return Settings(**{k[5:].lower(): v for k, v in overrides.items() if k.startswith("DRRN_")})
 
 
-async def _levels(url: str, mix, levels, duration_s, n_requests, warmup_s, probe_n: int, engine_run):
+async def _levels(
+    url: str, mix, levels, duration_s, n_requests, warmup_s, probe_n: int, engine_run, mix_timer
+):
     """``(level results, concurrency-1 probe)``: the probe runs first, on the idle service, alternating
-    with ``engine_run`` (the probe's tiles on the rebuilt engine) when there is one."""
+    with ``engine_run`` (the probe's tiles on the rebuilt engine) when there is one; after each level, once
+    the service is idle, ``mix_timer`` times the engine alone on one pass of the mix."""
     import httpx
 
     limits = httpx.Limits(max_connections=max(levels) + 4, max_keepalive_connections=max(levels) + 4)
@@ -98,6 +102,8 @@ async def _levels(url: str, mix, levels, duration_s, n_requests, warmup_s, probe
         print(f"  probe {req.name} at concurrency 1: p50 {probe['p50_ms']:.1f} ms", file=sys.stderr)
         for c in levels:
             level = await run_level(client, url, mix, c, duration_s, n_requests, warmup_s)
+            if mix_timer is not None:
+                level["engine_alone_tiles_per_s"] = mix_timer()
             lat = level["latency_ms"]
             print(
                 f"  concurrency {c}: {level['req_per_s']:.2f} req/s, {level['output_mpx_per_s']:.3f} Mpx/s, "
@@ -118,8 +124,9 @@ def measure(url: str, load: dict[str, Any], settings, fallback: Path | None, sec
     engine = open_served_engine(info, settings, fallback)
     probe_req = next(r for r in mix if r.name == PROBE_REQUEST)
     run = None if isinstance(engine, str) else probe_runner(engine, probe_req)
+    timer = None if isinstance(engine, str) else mix_pass_timer(engine, mix)
     args = load["levels"], load["duration_s"], load["n_requests"], load["warmup_s"], load["probe_n"]
-    results, probe = asyncio.run(_levels(url, mix, *args, run))
+    results, probe = asyncio.run(_levels(url, mix, *args, run, timer))
     if isinstance(engine, str):
         return info, mix, results, probe, {"skipped": engine}
     try:
@@ -173,6 +180,12 @@ def render(report: dict[str, Any]) -> str:
             f"{ov['engine_output_mpx_per_s']:.4f} output Mpx/s); from requests completed in the windows: "
             f"{ov['delivered_in_window_over_engine']:.3f}"
         )
+        if ov.get("paired_service_over_engine"):
+            lo, hi = ov["paired_range"]
+            lines.append(
+                f"- **paired**, each level against the engine alone right after it: "
+                f"{ov['paired_service_over_engine']:.3f} (levels {lo:.3f}-{hi:.3f})"
+            )
     lc = report.get("latency_c1")
     if lc:
         lines.append(

@@ -117,6 +117,10 @@ def test_service_quick_spawn(tiny_onnx: Path, tmp_path: Path) -> None:
     assert _positive(ov["service_over_engine"]) and ov["saturated_levels"]
     lo, hi = ov["service_over_engine_range"]
     assert lo <= ov["service_over_engine"] <= hi
+    # and each level against the engine alone timed right after it
+    assert all(_positive(lv["engine_alone_tiles_per_s"]) for lv in report["levels"])
+    lo, hi = ov["paired_range"]
+    assert _positive(ov["paired_service_over_engine"]) and lo <= ov["paired_service_over_engine"] <= hi
     assert report["probe"]["request"] == "crop64_x2" and report["probe"]["n"] == 3
     lc, probe = report["latency_c1"], report["probe"]
     # both sides from the same alternating pairs; the overhead is the median of their differences
