@@ -46,6 +46,7 @@ from drrn.paths import PROJECT_ROOT
 DEFAULT_PLOT = PROJECT_ROOT / "docs" / "bench" / "latency_throughput.png"
 LEVELS, QUICK_LEVELS = (1, 2, 4, 8, 16, 32), (1, 4)
 PROBE_REQUEST = "crop64_x2"
+PAIR_SETTLE_S = 0.25  # before timing the engine alone right after the service worked
 # 2: the engine is the served precision's file timed on the mix's tile shapes, the ratio a mean over the
 # saturated levels, latency over the requests started in a window (p95/p99 None on few samples), and the
 # concurrency-1 overhead from alternating pairs. Version 1 numbers are not comparable.
@@ -98,11 +99,12 @@ async def _levels(
     out = []
     async with httpx.AsyncClient(timeout=httpx.Timeout(900.0), limits=limits) as client:
         req = next(r for r in mix if r.name == PROBE_REQUEST)
-        probe = await latency_probe(client, url, req, probe_n, engine_run)
+        probe = await latency_probe(client, url, req, probe_n, engine_run, PAIR_SETTLE_S)
         print(f"  probe {req.name} at concurrency 1: p50 {probe['p50_ms']:.1f} ms", file=sys.stderr)
         for c in levels:
             level = await run_level(client, url, mix, c, duration_s, n_requests, warmup_s)
             if mix_timer is not None:
+                await asyncio.sleep(PAIR_SETTLE_S)  # the service's threads idle first, as in the probe
                 level["engine_alone_tiles_per_s"] = mix_timer()
             lat = level["latency_ms"]
             print(

@@ -10,7 +10,7 @@
 #   DRRN_UPSTREAMS              required; replicas as host:port, separated by spaces or commas
 #   DRRN_MAX_UPLOAD_BYTES       the service's upload limit (default 20971520, as service/settings.py)
 #   DRRN_REQUEST_TIMEOUT_S      the service's request deadline in seconds (default 30)
-#   DRRN_KEEP_ALIVE_TIMEOUT_S   the service's idle keep-alive in seconds (default 5); nginx's is 1 s less
+#   DRRN_KEEP_ALIVE_TIMEOUT_S   the service's idle keep-alive in seconds (default 5); nginx's is 1 s less (0.5 s at 1)
 #   NGINX_LISTEN                listen address/port (default 8080)
 #   NGINX_MAX_FAILS             passive health check: failures ...      (default 3)
 #   NGINX_FAIL_TIMEOUT          ... within this window eject for this long (default 10s)
@@ -52,7 +52,11 @@ case $keep_alive in
 esac
 # nginx must drop an idle connection to a replica before the replica does (uvicorn closes it after
 # DRRN_KEEP_ALIVE_TIMEOUT_S): else a request can be sent on a connection being closed, and fail there.
-NGINX_UPSTREAM_KEEPALIVE_TIMEOUT="$(( keep_alive > 1 ? keep_alive - 1 : 1 ))s"
+if [ "$keep_alive" -gt 1 ]; then
+    NGINX_UPSTREAM_KEEPALIVE_TIMEOUT="$((keep_alive - 1))s"
+else
+    NGINX_UPSTREAM_KEEPALIVE_TIMEOUT=500ms
+fi
 
 NGINX_USER=${NGINX_USER:-nginx}
 NGINX_WORKER_PROCESSES=${NGINX_WORKER_PROCESSES:-auto}

@@ -35,6 +35,11 @@ def _read(path: Path) -> dict:
 def summarize(paths: list[Path], ensemble: int) -> tuple[str, dict]:
     """``(protocol, {set: {scale: {"psnr", "ssim"}}})`` merged from eval JSONs that all ran with
     ``--ensemble ENSEMBLE`` under one protocol on one model. A cell in two files is an error, not a choice."""
+    return _summarize(paths, ensemble)[:2]
+
+
+def _summarize(paths: list[Path], ensemble: int) -> tuple[str, dict, str | None]:
+    """:func:`summarize` and the ``--model`` the files evaluated."""
     protocols, models, cells = set(), set(), {}
     for path in paths:
         doc = _read(path)
@@ -52,7 +57,7 @@ def summarize(paths: list[Path], ensemble: int) -> tuple[str, dict]:
     results: dict[str, dict] = {}
     for (name, scale), (_, cell) in sorted(cells.items()):
         results.setdefault(name, {})[scale] = cell
-    return protocols.pop(), results
+    return protocols.pop(), results, models.pop()
 
 
 def stamp_weights(
@@ -62,13 +67,15 @@ def stamp_weights(
     new ``evaluation`` metadata. Keys of the old one that this does not set are kept."""
     from model_export.weights import load_weights, save_weights
 
-    protocol, results = summarize(single, ensemble=1)
+    protocol, results, evaluated = _summarize(single, ensemble=1)
     model, meta = load_weights(weights)
     evaluation = {**meta.evaluation, "protocol": protocol, "results": results}
     if ensemble:
-        ens_protocol, ens_results = summarize(ensemble, ensemble=8)
+        ens_protocol, ens_results, ens_evaluated = _summarize(ensemble, ensemble=8)
         if ens_protocol != protocol:
             raise UserError(f"single pass ran under {protocol!r}, the ensemble under {ens_protocol!r}")
+        if ens_evaluated != evaluated:
+            raise UserError(f"single pass evaluated {evaluated!r}, the ensemble {ens_evaluated!r}")
         evaluation["ensemble"] = {"size": 8, "results": ens_results}
     meta.evaluation = evaluation
     if command:

@@ -479,11 +479,11 @@ def test_nginx_limits_follow_the_service_settings(tmp_path: Path) -> None:
     for env, want in (
         ({}, keep_alive - 1),
         ({"DRRN_KEEP_ALIVE_TIMEOUT_S": "30"}, 29),
-        ({"DRRN_KEEP_ALIVE_TIMEOUT_S": "1"}, 1),
+        ({"DRRN_KEEP_ALIVE_TIMEOUT_S": "1"}, "500m"),
     ):
         assert render_nginx(conf, DRRN_UPSTREAMS="a:1", **env).returncode == 0
-        assert f"keepalive_timeout {want}s;" in conf.read_text(), env
-    assert "proxy_max_temp_file_size 0;" in conf.read_text()  # results stream; never fill NGINX_TEMP_DIR
+        assert f"keepalive_timeout {want}s;" in conf.read_text(), env  # "500m" + "s": 500ms
+    assert "proxy_max_temp_file_size 64m;" in conf.read_text()  # results up to 64 MB are taken at once
 
 
 @pytest.mark.parametrize(

@@ -69,6 +69,7 @@ def test_stamp_merges_files_and_keeps_the_tensors(tmp_path: Path, weights: Path)
         ("single_is_ensemble", "ran with --ensemble 8, expected 1"),
         ("ensemble_is_single", "ran with --ensemble 1, expected 8"),
         ("protocols", "mix protocols"),
+        ("models", "single pass evaluated 'm', the ensemble 'other'"),
         ("not_eval", "not a drrn eval JSON"),
     ],
 )
@@ -77,6 +78,9 @@ def test_bad_summaries_are_refused_and_leave_the_file(
 ) -> None:
     s = _eval_json(tmp_path / "s.json", {"Set5": {2: (37.0, 0.9)}})
     e = _eval_json(tmp_path / "e.json", {"Set5": {2: (37.1, 0.9)}}, ensemble=8)
+    other = _eval_json(tmp_path / "o.json", {"Set5": {3: (34.0, 0.9)}}, ensemble=8)
+    doc = json.loads(other.read_text())
+    other.write_text(json.dumps({**doc, "model": "other"}), encoding="utf-8")
     not_eval = tmp_path / "list.json"
     not_eval.write_text("[]", encoding="utf-8")
     single, ensemble = {
@@ -88,6 +92,7 @@ def test_bad_summaries_are_refused_and_leave_the_file(
             [],
         ),
         "not_eval": ([s, not_eval], []),
+        "models": ([s], [other]),
     }[case]
     digest = hashlib.sha256(weights.read_bytes()).hexdigest()
     with pytest.raises(UserError, match=message):

@@ -15,6 +15,7 @@ from drrn.errors import UserError
 from model_export.model import count_params
 from training.loop import Trainer
 from training.recipe import load_recipe
+from training.run_dir import check_resumable
 
 
 def _command_line() -> str:
@@ -37,14 +38,18 @@ def run_training_cli(args: argparse.Namespace) -> int:
     if ckpt.exists() and not args.resume:
         raise UserError(f"{out} already has a checkpoint; pass --resume to continue it or pick a new --out")
     out.mkdir(parents=True, exist_ok=True)
+    state = None
+    if args.resume and ckpt.exists():
+        # On the CPU whatever --device is: the RNG states must be CPU tensors, and load_state_dict moves
+        # the model's and optimiser's tensors to their parameters' device itself.
+        state = torch.load(ckpt, map_location="cpu", weights_only=False)
+        check_resumable(state.get("recipe", {}), recipe.to_dict())  # before the patch cache is built
     try:
         trainer = Trainer(recipe, out, args.device, init=args.init, command=_command_line())
     except FileNotFoundError as exc:
         raise UserError(str(exc)) from exc
-    if args.resume and ckpt.exists():
-        # On the CPU whatever --device is: the RNG states must be CPU tensors, and load_state_dict moves
-        # the model's and optimiser's tensors to their parameters' device itself.
-        trainer.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=False))
+    if state is not None:
+        trainer.load_state_dict(state)
         print(f"resumed {out} at step {trainer.step}")
     (out / "recipe.json").write_text(json.dumps(recipe.to_dict(), indent=1))
 

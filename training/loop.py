@@ -142,9 +142,15 @@ class Trainer:
         ``log.jsonl`` loses any rows past its step."""
         check_resumable(state.get("recipe", {}), self.recipe.to_dict())
         lineage = state.get("lineage")
+        if not lineage and not self.init:
+            tqdm.write(
+                "warning: this checkpoint predates recorded lineage; if the run was warm-started, pass its "
+                "--init again, or the weights will not list the parent's stages"
+            )
         if lineage:
             if self.init_sha256 and lineage["init_sha256"] != self.init_sha256:
-                raise UserError(f"the checkpoint started from {lineage['init']}, not this --init {self.init}")
+                began = f"from {lineage['init']}" if lineage["init"] else "without --init"
+                raise UserError(f"the checkpoint's run started {began}, not from this --init {self.init}")
             self.init, self.init_sha256 = lineage["init"], lineage["init_sha256"]
             self.parent_stages, self.command = lineage["parent_stages"], lineage["command"]
         self.model.load_state_dict(state["model"])

@@ -25,12 +25,18 @@ def atomic_torch_save(obj: dict, path: Path) -> None:
 
 def check_resumable(saved: dict, now: dict) -> None:
     """Refuse (UserError) a resume whose recipe (``Recipe.to_dict()``) differs from the checkpoint's in a
-    section of :data:`RESUME_MUST_MATCH`; a checkpoint from before a section existed is not held to it."""
-    changed = [k for k in RESUME_MUST_MATCH if k in saved and saved[k] != now[k]]
+    field of a section of :data:`RESUME_MUST_MATCH`; a field one side lacks (added to the recipe format
+    since the checkpoint was written) is not compared."""
+    changed = [
+        f"{section}.{key}"
+        for section in RESUME_MUST_MATCH
+        for key in sorted(set(saved.get(section) or {}) & set(now.get(section) or {}))
+        if saved[section][key] != now[section][key]
+    ]
     if changed:
         raise UserError(
-            f"the checkpoint was trained with another recipe ([{'], ['.join(changed)}] differ); resume "
-            "with the recipe it started with (its recipe.json) or start a new --out"
+            f"the checkpoint was trained with another recipe ({', '.join(changed)} differ); resume with "
+            "the recipe it started with (the run's recipe.json records it) or start a new --out"
         )
 
 
@@ -40,8 +46,17 @@ def trim_log(path: Path, step: int) -> None:
     if not path.is_file():
         return
     rows = path.read_text(encoding="utf-8").splitlines(keepends=True)
-    kept = [r for r in rows if r.strip() and json.loads(r).get("step", 0) <= step]
+    kept = [r for r in rows if (row := _row(r)) is not None and row.get("step", 0) <= step]
     if len(kept) != len(rows):
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_text("".join(kept), encoding="utf-8")
         os.replace(tmp, path)
+
+
+def _row(line: str) -> dict | None:
+    """A log line's object; None for a blank line or one a hard kill cut off mid-write."""
+    try:
+        row = json.loads(line)
+    except ValueError:
+        return None
+    return row if isinstance(row, dict) else None

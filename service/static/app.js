@@ -177,6 +177,8 @@ async function chooseFile(file) {
   clearError();
   ui.result.hidden = true; // the result shown belongs to the previous file
   ui.after.onload = null; // ... and one still loading must not show itself over the new file
+  state.file = null; // Upscale waits for this file: until it is measured, no file is ready to send
+  updateButton();
   const size = await decodedSize(file);
   if (pick !== picks) return; // another file was chosen while this one was being measured
   state.file = file;
