@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import Executor, ThreadPoolExecutor
 
 import numpy as np
@@ -222,7 +222,13 @@ class TileBatcher:
         )
 
     async def submit(
-        self, model: str, tiles: np.ndarray, deadline: float, request_id: str, cpu_after_s: float = 0.0
+        self,
+        model: str,
+        tiles: np.ndarray,
+        deadline: float,
+        request_id: str,
+        cpu_after_s: float = 0.0,
+        on_abandoned: Callable[[], None] | None = None,
     ) -> BatchResult:
         """Run ``tiles`` (``float32[N, 1, th, tw]``, N >= 1, ``th * tw <= T**2`` for the lane's tile T)
         through ``model``'s engine by ``deadline`` (loop.time()).
@@ -236,7 +242,8 @@ class TileBatcher:
         :class:`ShuttingDownError`, :class:`DeadlineExceededError` or :class:`EngineError` (ValueError for
         malformed tiles). Cancelling the awaiting task drops the request's queued tiles (counted as a
         ``deadline`` rejection when it happens at or after ``deadline``, e.g. by the caller's own
-        ``asyncio.timeout_at(deadline)``, else ``cancelled``).
+        ``asyncio.timeout_at(deadline)``, else ``cancelled``), and then calls ``on_abandoned``: the
+        caller's way to know the batcher counted it (a request cancelled before or after its wait was not).
         """
         self._lane(model).check_tiles(tiles, model)
         self.check_capacity(model, len(tiles), deadline, tiles.shape[2] * tiles.shape[3], cpu_after_s)
@@ -261,6 +268,8 @@ class TileBatcher:
             return await asyncio.shield(job.future)
         except asyncio.CancelledError:
             self._book.abandon(job, late=loop.time() >= deadline)
+            if on_abandoned is not None:
+                on_abandoned()
             raise
         finally:
             timer.cancel()

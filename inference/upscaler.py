@@ -25,6 +25,7 @@ ones get a grace period) -> :meth:`close` (STOPPED: batcher stopped, engines clo
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -285,7 +286,9 @@ class Upscaler:
                 self.observer.on_prepared(m.name, timings["decode"], w * h / 1e6, n_tiles)
 
                 stage = "queue"  # the batcher counts its own rejections, deadline included
-                submit = self.batcher.submit(m.name, prepared.tiles, deadline, rid, cpu_s["finish"])
+                # If the batcher counts this request's cancellation, the caller must not count it again.
+                counted = functools.partial(facts.__setitem__, "rejection_counted_by", "batcher")
+                submit = self.batcher.submit(m.name, prepared.tiles, deadline, rid, cpu_s["finish"], counted)
                 result = await race(submit, disconnected() if disconnected else None)
                 timings["queue"], timings["infer"] = result.queue_wait_s, result.infer_s
 
@@ -296,10 +299,6 @@ class Upscaler:
                 cpu_wait += time.perf_counter() - t0 - encode_s
                 timings["encode"] = encode_s
                 self.observer.on_encoded(m.name, encode_s)
-        except asyncio.CancelledError:  # by the server (shutdown), not by a timeout
-            if stage == "queue":  # the batcher counted it (cancelled or deadline): no second count
-                facts["rejection_counted_by"] = "batcher"
-            raise
         except TimeoutError:
             facts["timed_out_in"] = stage
             if stage == "queue":  # the batcher already counted it
