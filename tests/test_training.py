@@ -82,6 +82,13 @@ def test_shipped_recipes_parse_and_schedules_behave() -> None:
         assert not load_recipe(name).distill.teacher
     distill = load_recipe("cpu-distill")
     assert distill.distill.teacher.endswith(".onnx") and distill.distill.weight == 0.5
+    # its control differs in the teacher alone
+    control = load_recipe("cpu-distill-control").to_dict()
+    assert {k: v for k, v in control.items() if control[k] != distill.to_dict()[k]}.keys() == {
+        "name",
+        "description",
+        "distill",
+    } and not control["distill"]["teacher"]
     assert distill.model == load_recipe("cpu-stage4").model  # it warm-starts from the shipped fast model
     cpu_ft, gpu_ft = load_recipe("quality-finetune"), load_recipe("quality-finetune-gpu")
     assert gpu_ft.model == cpu_ft.model and gpu_ft.data == cpu_ft.data  # the same stage, sized for a GPU
