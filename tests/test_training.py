@@ -102,15 +102,20 @@ def test_recipe_typos_are_errors(tmp_path: Path) -> None:
         load_recipe(str(bad))
 
 
+def _parent_run(images: Path, tmp_path: Path, monkeypatch) -> tuple[Path, list[str]]:
+    """A 6-step run ``a`` to warm-start from, and the arguments of a run ``b`` on the same images."""
+    monkeypatch.setenv("DRRN_CACHE_DIR", str(tmp_path / "cache"))
+    assert _train(tmp_path / "a", images, 6) == 0
+    args = ["train", "--recipe", "smoke", "--out", str(tmp_path / "b"), "--data", str(images)]
+    return tmp_path / "a" / "last.safetensors", args
+
+
 def test_init_records_the_parents_stages(images: Path, tmp_path: Path, monkeypatch) -> None:
     """A warm-started run's weights list every stage behind them, oldest first (the card reads this)."""
     from drrn.paths import sha256_file
     from model_export.lineage import stages_of, totals
 
-    monkeypatch.setenv("DRRN_CACHE_DIR", str(tmp_path / "cache"))
-    assert _train(tmp_path / "a", images, 6) == 0
-    parent = tmp_path / "a" / "last.safetensors"
-    args = ["train", "--recipe", "smoke", "--out", str(tmp_path / "b"), "--data", str(images)]
+    parent, args = _parent_run(images, tmp_path, monkeypatch)
     assert main([*args, "--max-steps", "4", "--init", str(parent)]) == 0
 
     stages = stages_of(load_weights(tmp_path / "b" / "last.safetensors")[1])
@@ -169,10 +174,7 @@ def test_resume_without_init_keeps_the_lineage(images: Path, tmp_path: Path, mon
     from drrn.paths import sha256_file
     from model_export.lineage import stages_of
 
-    monkeypatch.setenv("DRRN_CACHE_DIR", str(tmp_path / "cache"))
-    assert _train(tmp_path / "a", images, 6) == 0
-    parent = tmp_path / "a" / "last.safetensors"
-    args = ["train", "--recipe", "smoke", "--out", str(tmp_path / "b"), "--data", str(images)]
+    parent, args = _parent_run(images, tmp_path, monkeypatch)
     assert main([*args, "--max-steps", "2", "--init", str(parent)]) == 0
     assert main([*args, "--max-steps", "4", "--resume"]) == 0
 
