@@ -118,3 +118,8 @@ def test_shipped_quality_weights_carry_the_published_table() -> None:
     assert meta.evaluation["protocol"] == protocol
     assert meta.evaluation["results"] == single
     assert sum(len(v) for v in single.values()) == 9, "one cell per set and scale"
+    ensemble_files = sorted((PROJECT_ROOT / "docs/eval").glob("eval-quality-ens8-*.json"))
+    ens_protocol, ens = summarize(ensemble_files, ensemble=8)
+    assert ens_protocol == protocol
+    assert meta.evaluation["ensemble"] == {"size": 8, "results": ens}
+    assert sum(len(v) for v in ens.values()) == 9, "the x8 column is complete"
