@@ -117,8 +117,9 @@ class BatchRunner:
             job.tiles[i] = y[row]
             job.remaining -= 1
             if job.remaining == 0:
+                wait = job.started - job.submitted
                 job.future.set_result(
-                    BatchResult(job.tiles, job.started - job.submitted, job.infer_s, job.runs, job.engine_s)
+                    BatchResult(job.tiles.outputs(), wait, job.infer_s, job.runs, job.engine_s)
                 )
                 self._finish(job)
 

@@ -5,7 +5,7 @@ and the :class:`BatcherObserver` metrics hooks (each names the lane, i.e. the mo
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,9 +23,18 @@ class Lane:
         if self.tile < 1 or self.max_batch < 1:
             raise ValueError(f"a lane needs tile >= 1 and max_batch >= 1, got {self.tile}, {self.max_batch}")
 
-    def check_tiles(self, tiles: np.ndarray, model: str) -> None:
-        """Raise ValueError unless ``tiles`` is a writeable, C-contiguous ``float32[N >= 1, 1, th, tw]`` with
-        ``th * tw <= T**2``: what this lane can run, with its outputs written over its inputs."""
+    def check_tiles(self, groups: Sequence[np.ndarray], model: str) -> None:
+        """Raise ValueError unless each group is a writeable, C-contiguous ``float32[N >= 1, 1, th, tw]``
+        with ``th * tw <= T**2``, the same ``th * tw`` in every group: what this lane can run, with its
+        outputs written over its inputs."""
+        if not groups:
+            raise ValueError("a request needs at least one group of tiles")
+        for tiles in groups:
+            self._check_group(tiles, model)
+        if len({g.shape[2] * g.shape[3] for g in groups}) != 1:
+            raise ValueError(f"tile groups {[g.shape[2:] for g in groups]} differ in pixels per tile")
+
+    def _check_group(self, tiles: np.ndarray, model: str) -> None:
         if tiles.ndim != 4 or tiles.shape[0] < 1 or tiles.shape[1] != 1 or tiles.dtype != np.float32:
             raise ValueError(f"tiles must be float32[N>=1, 1, th, tw], got {tiles.dtype}{tiles.shape}")
         if not (tiles.flags.writeable and tiles.flags.c_contiguous):
@@ -141,9 +150,10 @@ class BatcherObserver:
 
 @dataclass
 class BatchResult:
-    """Outputs ``float32[N, 1, th, tw]`` in submission order, plus where the request's time went."""
+    """Outputs in submission order (the array submitted, or its tuple of groups, overwritten), plus where
+    the request's time went."""
 
-    outputs: np.ndarray
+    outputs: np.ndarray | tuple[np.ndarray, ...]
     queue_wait_s: float  # submit -> first of its tiles started running
     infer_s: float  # sum of engine time of the runs that held its tiles
     engine_runs: int

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 
 import numpy as np
@@ -52,7 +52,7 @@ from inference.batch_types import (
     ShuttingDownError,
 )
 from inference.job_book import JobBook
-from inference.lane_queue import WORK_OFFSET_TILES, Job
+from inference.lane_queue import WORK_OFFSET_TILES, Job, TileSet
 from inference.pacer import LaneShape, Pacer
 from inference.scheduling import LaneRotation
 
@@ -224,14 +224,15 @@ class TileBatcher:
     async def submit(
         self,
         model: str,
-        tiles: np.ndarray,
+        tiles: np.ndarray | Sequence[np.ndarray],
         deadline: float,
         request_id: str,
         cpu_after_s: float = 0.0,
         on_abandoned: Callable[[], None] | None = None,
     ) -> BatchResult:
-        """Run ``tiles`` (``float32[N, 1, th, tw]``, N >= 1, ``th * tw <= T**2`` for the lane's tile T)
-        through ``model``'s engine by ``deadline`` (loop.time()).
+        """Run ``tiles`` (``float32[N, 1, th, tw]``, N >= 1, ``th * tw <= T**2`` for the lane's tile T; or a
+        sequence of such groups with equal ``th * tw``, :class:`inference.lane_queue.TileSet`) through
+        ``model``'s engine by ``deadline`` (loop.time()).
 
         The outputs are written over ``tiles`` in place (``result.outputs is tiles``): each tile's output
         replaces it after the engine run that read it, so a large request costs one tile buffer, not two.
@@ -245,12 +246,13 @@ class TileBatcher:
         ``asyncio.timeout_at(deadline)``, else ``cancelled``), and then calls ``on_abandoned``: the
         caller's way to know the batcher counted it (a request cancelled before or after its wait was not).
         """
-        self._lane(model).check_tiles(tiles, model)
-        self.check_capacity(model, len(tiles), deadline, tiles.shape[2] * tiles.shape[3], cpu_after_s)
+        tile_set = TileSet(tiles)
+        self._lane(model).check_tiles(tile_set.groups, model)
+        self.check_capacity(model, len(tile_set), deadline, tile_set.pixels, cpu_after_s)
         loop = asyncio.get_running_loop()
         job = Job(
             request_id,
-            tiles,
+            tile_set,
             loop.create_future(),
             loop.time(),
             model,

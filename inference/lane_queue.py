@@ -23,12 +23,15 @@ The rotation over lanes (one per model) is :mod:`inference.scheduling`.
 from __future__ import annotations
 
 import asyncio
+import bisect
+import itertools
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-__all__ = ["DEFAULT_MIN_WORK", "OLDEST_SHARE", "WORK_OFFSET_TILES", "Job", "ResponseRatioQueue"]
+__all__ = ["DEFAULT_MIN_WORK", "OLDEST_SHARE", "WORK_OFFSET_TILES", "Job", "ResponseRatioQueue", "TileSet"]
 
 # The share of a lane's time (its pixels) that goes to batches that start with the oldest request: what
 # a large request gets however many smaller ones keep arriving. The rest goes by response ratio, which
@@ -46,6 +49,49 @@ WORK_OFFSET_TILES = 1.0
 DEFAULT_MIN_WORK = 256
 
 
+class TileSet:
+    """A request's tiles as one sequence: one or more groups ``float32[N_g, 1, h_g, w_g]`` whose tiles all
+    have the same pixel count ``h_g * w_g`` (the x8 ensemble sends its upright tiles and their transposed
+    ``w x h`` twins), indexed in group order. A batch stacks one shape, so it can take a group's tiles only.
+
+    ``outputs()`` gives back what was submitted: the array itself, or the tuple of groups.
+    """
+
+    def __init__(self, tiles: np.ndarray | Sequence[np.ndarray]) -> None:
+        self.single = isinstance(tiles, np.ndarray)
+        self.groups: tuple[np.ndarray, ...] = (tiles,) if self.single else tuple(tiles)
+        if not self.groups:
+            raise ValueError("a request needs at least one group of tiles")
+        self._ends = list(itertools.accumulate(len(g) for g in self.groups))
+
+    def __len__(self) -> int:
+        return self._ends[-1]
+
+    def _where(self, i: int) -> tuple[np.ndarray, int]:
+        g = bisect.bisect_right(self._ends, i)
+        return self.groups[g], i - (self._ends[g - 1] if g else 0)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        group, j = self._where(i)
+        return group[j]
+
+    def __setitem__(self, i: int, value: np.ndarray) -> None:
+        group, j = self._where(i)
+        group[j] = value
+
+    def shape_at(self, i: int) -> tuple[int, int]:
+        """``(h, w)`` of tile ``i``."""
+        return self._where(i)[0].shape[2:]
+
+    @property
+    def pixels(self) -> int:
+        """Pixels of one tile (the same in every group)."""
+        return self.groups[0].shape[2] * self.groups[0].shape[3]
+
+    def outputs(self) -> np.ndarray | tuple[np.ndarray, ...]:
+        return self.groups[0] if self.single else self.groups
+
+
 @dataclass(eq=False)
 class Job:
     """One submitted request: its lane, its tiles, how far they got, and the future its caller awaits.
@@ -55,7 +101,7 @@ class Job:
     """
 
     request_id: str
-    tiles: np.ndarray
+    tiles: TileSet  # an ndarray is taken as a TileSet of one group
     future: asyncio.Future[Any]
     submitted: float  # loop.time() when queued: the arrival time of all of its tiles
     lane: str  # the model whose queue (and engine) its tiles go to
@@ -70,6 +116,8 @@ class Job:
     expired: bool = False  # ended past its deadline (engine time spent on it after that is wasted)
 
     def __post_init__(self) -> None:
+        if not isinstance(self.tiles, TileSet):
+            self.tiles = TileSet(self.tiles)
         self.remaining = len(self.tiles)
 
     @property
@@ -79,8 +127,8 @@ class Job:
 
     @property
     def tile_pixels(self) -> int:
-        """Pixels of one of its tiles (all of a request's tiles have one shape)."""
-        return self.tiles.shape[2] * self.tiles.shape[3]
+        """Pixels of one of its tiles (all of a request's tiles have one pixel count)."""
+        return self.tiles.pixels
 
     @property
     def queued_pixels(self) -> int:
@@ -150,8 +198,9 @@ class ResponseRatioQueue:
         batch); either way the rest of the batch takes the tiles of the requests in response-ratio
         order (earlier arrival first among equals).
 
-        A batch stacks tiles of one shape: the shape of the first tile taken. Requests with other shapes
-        are passed over for this batch. ``first``, a queued request (an urgent one,
+        A batch stacks tiles of one shape: the shape of the first tile taken. Requests whose next tiles
+        have another shape are passed over for this batch (a request of two groups, :class:`TileSet`,
+        runs its second group's tiles in later batches). ``first``, a queued request (an urgent one,
         :meth:`inference.pacer.Pacer.urgent`), fills the batch with its own tiles before any other (and
         the alternation waits). With ``max_pixels``, the batch holds at most that many pixels (tiles that
         do not fit are passed over): a batch that costs at most a given time."""
@@ -167,10 +216,11 @@ class ResponseRatioQueue:
         batch: list[tuple[Job, int]] = []
         shape, room = None, max_pixels
         for job in order:
-            tile_shape, tile_pixels = job.tiles.shape[2:], job.tile_pixels
-            if shape is not None and tile_shape != shape:
-                continue
+            tile_pixels = job.tile_pixels
             while job.queued and len(batch) < n and (room is None or tile_pixels <= room):
+                tile_shape = job.tiles.shape_at(job.next_tile)
+                if shape is not None and tile_shape != shape:
+                    break  # its next tiles are of another shape (the next group): a later batch's
                 batch.append((job, job.next_tile))
                 job.next_tile += 1
                 self._tiles -= 1

@@ -24,7 +24,7 @@ its queue) before the expensive :func:`prepare`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -66,20 +66,28 @@ __all__ = [
 _STRIP_PIXELS = 1 << 20
 
 
-def _ensemble_plans(out_shape: tuple[int, int], tile: int, margin: int, ensemble: int) -> list[TilePlan]:
-    """One tile plan per transform: the output's, and its transpose for the quarter turns. Square tiles, so
-    the tiles of all 8 transforms stack into one batchable array; no larger than the output's long side
-    (a 100x200 output runs on 200x200 tiles, not on T x T ones)."""
+def _ensemble_plans(
+    out_shape: tuple[int, int], tile: int, margin: int, ensemble: int, shape: str
+) -> list[tuple[int, TilePlan]]:
+    """``(transform k, its tile plan)`` in tile order: the transforms that keep the output's orientation
+    (even ``k``) first, then the quarter turns (odd ``k``), planned on the transposed output. Tile plans
+    are symmetric in their axes, so the turned plan is the upright one transposed: its ``tw x th`` tiles
+    hold as many pixels, and both orientations tile exactly like a single pass of the same shape."""
     h, w = out_shape
-    side = _ensemble_side(out_shape, tile, margin)
-    upright, turned = plan_tiles(h, w, side, margin, "square"), plan_tiles(w, h, side, margin, "square")
-    return [turned if k % 4 in (1, 3) else upright for k in range(ensemble)]
+    upright, turned = plan_tiles(h, w, tile, margin, shape), plan_tiles(w, h, tile, margin, shape)
+    order = [k for k in range(ensemble) if k % 2 == 0] + [k for k in range(ensemble) if k % 2 == 1]
+    return [(k, turned if k % 2 else upright) for k in order]
 
 
-def _ensemble_side(out_shape: tuple[int, int], tile: int, margin: int) -> int:
-    """The ensemble's square tile side: ``tile``, or the output's long side when that is shorter (but more
-    than twice the margin, which a tile needs)."""
-    return min(tile, max(*out_shape, 2 * margin + 1))
+def _by_shape(arrays: list[np.ndarray]) -> tuple[np.ndarray, ...]:
+    """Consecutive ``float32[n, 1, h, w]`` arrays of one shape concatenated: one group per tile shape."""
+    groups: list[list[np.ndarray]] = []
+    for a in arrays:
+        if groups and groups[-1][0].shape[2:] == a.shape[2:]:
+            groups[-1].append(a)
+        else:
+            groups.append([a])
+    return tuple(np.concatenate(g) if len(g) > 1 else g[0] for g in groups)
 
 
 @dataclass
@@ -87,9 +95,11 @@ class Prepared:
     """A decoded request, ready for the engine.
 
     Attributes:
-        tiles: ``float32[N, 1, th, tw]`` (``th * tw <= T**2``, :func:`imaging.tiling.plan_tiles`)
-            bicubic-upscaled Y in [0, 1] (unclipped bicubic overshoot, as
-            in training), cut by ``imaging.tiling``; the engine returns the same shape.
+        tiles: one group ``float32[N, 1, th, tw]`` per tile shape (``th * tw <= T**2``,
+            :func:`imaging.tiling.plan_tiles`) of bicubic-upscaled Y in [0, 1] (unclipped bicubic
+            overshoot, as in training), cut by ``imaging.tiling``; the engine returns the same shapes. A
+            single pass has one group; the x8 ensemble has two when its quarter turns' tiles are the
+            transposes of the others' (``tw x th``), so every transform runs on exactly fitted tiles.
         input_size: ``(width, height)`` of the upright input (after EXIF orientation).
         output_size: ``(width, height)`` = ``(ceil(w * s), ceil(h * s))``.
 
@@ -98,7 +108,7 @@ class Prepared:
     request's memory is its tiles plus the final 8/16-bit pixels and PNG (no whole-image float planes).
     """
 
-    tiles: np.ndarray
+    tiles: tuple[np.ndarray, ...]
     input_size: tuple[int, int]
     output_size: tuple[int, int]
     _plan: TilePlan = field(repr=False)
@@ -106,7 +116,7 @@ class Prepared:
     _alpha: np.ndarray | None = field(repr=False)  # float32[h, w] input alpha in [0, 1], or None
     _dtype: type = field(repr=False)  # np.uint8 or np.uint16: output sample type
     _icc_profile: bytes | None = field(repr=False)
-    _ensemble: list[TilePlan] | None = field(default=None, repr=False)  # one plan per transform k
+    _ensemble: list[tuple[int, TilePlan]] | None = field(default=None, repr=False)  # (k, plan), tile order
 
 
 def _strips(height: int, width: int) -> Iterator[slice]:
@@ -146,8 +156,8 @@ def tile_load(
     """``(tiles, pixels per tile)`` :func:`prepare` cuts for an output of ``(width, height)``."""
     width, height = output_size
     if ensemble > 1:
-        plans = _ensemble_plans((height, width), tile, margin, ensemble)
-        return sum(len(p) for p in plans), _ensemble_side((height, width), tile, margin) ** 2
+        plans = _ensemble_plans((height, width), tile, margin, ensemble, shape)
+        return sum(len(p) for _, p in plans), plans[0][1].tile_h * plans[0][1].tile_w
     plan = plan_tiles(height, width, tile, margin, shape)
     return len(plan), plan.tile_h * plan.tile_w
 
@@ -169,10 +179,10 @@ def prepare(
         limits: request limits, all checked before the pixels are decoded.
         tile: tile side T (tiles hold at most T**2 pixels and fit the image's shape); margin: context pixels
             per tile side (the model depth makes tiling exact); ``shape``: the tile shapes, ``fit``,
-            ``uniform`` or ``square`` (:func:`imaging.tiling.plan_tiles`; the ensemble is always square).
+            ``uniform`` or ``square`` (:func:`imaging.tiling.plan_tiles`).
         ensemble: 1, or 8 for the dihedral self-ensemble (:mod:`imaging.ensemble`): the tiles of all 8
-            transforms of the upscaled Y, in order; this holds the whole upscaled Y once (the output is
-            bounded by ``max_ensemble_output_pixels``).
+            transforms of the upscaled Y (the upright ones, then the quarter turns on transposed tiles);
+            this holds the whole upscaled Y once (the output is bounded by ``max_ensemble_output_pixels``).
 
     Raises:
         ImageError: for anything wrong with the input (see :func:`inference.image_io.decode_image`).
@@ -201,11 +211,11 @@ def prepare(
     plans = None
     if ensemble > 1:
         check_ensemble(ensemble, (out_shape[1], out_shape[0]), limits)
-        plans = _ensemble_plans(out_shape, tile, margin, ensemble)
+        plans = _ensemble_plans(out_shape, tile, margin, ensemble, shape)
         whole = imresize(luma, output_shape=out_shape).astype(np.float32)
-        tiles = np.concatenate([extract_tiles(dihedral(whole, k), p) for k, p in enumerate(plans)])
+        tiles = _by_shape([extract_tiles(dihedral(whole, k), p) for k, p in plans])
     else:
-        tiles = extract_tiles_by_band(upscaled_luma, plan)
+        tiles = (extract_tiles_by_band(upscaled_luma, plan),)
     return Prepared(
         tiles=tiles,
         input_size=(width, height),
@@ -219,33 +229,34 @@ def prepare(
     )
 
 
-def finish(prepared: Prepared, sr_tiles: np.ndarray) -> bytes:
+def finish(prepared: Prepared, sr_tiles: Sequence[np.ndarray]) -> bytes:
     """Stitch the model's output tiles, recombine with chroma/alpha and encode a PNG.
 
     Args:
         prepared: from :func:`prepare`.
-        sr_tiles: ``float32[N, 1, th, tw]`` model output for ``prepared.tiles`` in the same order; Y in
-            [0, 1] (values outside are clipped, NaN becomes 0).
+        sr_tiles: the model's output for each group of ``prepared.tiles``, of the same shapes and in the
+            same order; Y in [0, 1] (values outside are clipped, NaN becomes 0).
 
     Returns:
         PNG bytes, ``output_size``, mode L/LA/RGB/RGBA (16-bit samples for 16-bit inputs), with the input's
         ICC profile when it matches the output's colour space.
     """
     plan, dtype = prepared._plan, prepared._dtype
-    sr_tiles = np.asarray(sr_tiles, dtype=np.float32)
+    groups = [np.asarray(g, dtype=np.float32) for g in sr_tiles]
+    got, expected = [g.shape for g in groups], [g.shape for g in prepared.tiles]
+    if got != expected:
+        raise ValueError(f"outputs {got} do not match the tiles {expected}")
     shape = (plan.height, plan.width)
     n_color = 1 if prepared._chroma is None else 3
     pixels = np.empty((*shape, n_color + (prepared._alpha is not None)), dtype=dtype)
     if prepared._ensemble is not None:  # undo each transform and average: the whole Y, once
         acc = np.zeros(shape, dtype=np.float64)
-        start = 0
-        for k, p in enumerate(prepared._ensemble):
-            acc += undo_dihedral(stitch_tiles(sr_tiles[start : start + len(p)], p), k)
-            start += len(p)
+        for k, p, out in _per_transform(groups, prepared._ensemble):
+            acc += undo_dihedral(stitch_tiles(out, p), k)
         whole = (acc / len(prepared._ensemble)).astype(np.float32)
     # Band by band (the core rows of one row of tiles): only the final pixels exist at full size.
     for rows in core_bands(plan):
-        luma = whole[rows] if prepared._ensemble is not None else stitch_rows(sr_tiles, plan, rows)
+        luma = whole[rows] if prepared._ensemble is not None else stitch_rows(groups[0], plan, rows)
         window = (rows, slice(None))
         if prepared._chroma is None:
             pixels[rows, :, 0] = quantize(luma, dtype)
@@ -278,4 +289,16 @@ def upscale_bytes(
     if max_batch < 1:
         raise ValueError(f"max_batch must be >= 1, got {max_batch}")
     prepared = prepare(data, scale, limits, tile, margin, ensemble)
-    return finish(prepared, run_in_batches(prepared.tiles, run, max_batch))
+    return finish(prepared, [run_in_batches(g, run, max_batch) for g in prepared.tiles])
+
+
+def _per_transform(
+    groups: list[np.ndarray], plans: list[tuple[int, TilePlan]]
+) -> Iterator[tuple[int, TilePlan, np.ndarray]]:
+    """``(k, plan, its output tiles)`` for each transform: each one's tiles are consecutive in one group."""
+    g, start = 0, 0
+    for k, p in plans:
+        if start == len(groups[g]):
+            g, start = g + 1, 0
+        yield k, p, groups[g][start : start + len(p)]
+        start += len(p)

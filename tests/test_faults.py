@@ -74,7 +74,7 @@ def tile_owners(bodies: list[bytes]) -> dict[bytes, int]:
     owners: dict[bytes, int] = {}
     for i, body in enumerate(bodies):
         prepared = pipeline.prepare(body, 2.0, s.image_limits(), TILE, 2, 1)
-        for t in prepared.tiles:
+        for t in prepared.tiles[0]:
             owners[hashlib.sha256(np.ascontiguousarray(t).tobytes()).digest()] = i
     return owners
 

@@ -13,7 +13,7 @@ from imaging.ensemble import dihedral, self_ensemble, undo_dihedral
 from imaging.protocol import quantize
 from imaging.resize import imresize
 from imaging.tiling import run_tiled
-from inference.pipeline import ImageError, ImageLimits, count_tiles, tile_load, upscale_bytes
+from inference.pipeline import ImageError, ImageLimits, count_tiles, prepare, tile_load, upscale_bytes
 from inference.request_params import parse_ensemble
 
 
@@ -58,7 +58,8 @@ def test_parse_ensemble() -> None:
 @pytest.mark.parametrize("tile", [32, 128])
 def test_pipeline_ensemble_matches_the_eval_ensemble(tiny_runner, tile: int) -> None:
     """?ensemble=8 in the service = imaging.ensemble over the tiled model, as ``drrn eval --ensemble 8``,
-    with tiles smaller than the output (32) and larger (128: square tiles of the output's long side)."""
+    bit for bit, with tiles smaller than the output (32) and larger (128: one tile per transform, of the
+    output's shape or its transpose, so no transform runs on padding)."""
     run, depth = tiny_runner
     margin, scale = depth, 2
     grey = np.random.default_rng(1).integers(0, 256, (23, 30), dtype=np.uint8)
@@ -71,14 +72,20 @@ def test_pipeline_ensemble_matches_the_eval_ensemble(tiny_runner, tile: int) -> 
     bic = imresize(grey.astype(np.float32) / 255, output_shape=(46, 60)).astype(np.float32)
     want8 = quantize(self_ensemble(bic, lambda x: run_tiled(x, run, tile, margin, 4), 8))
     assert got8.shape == (46, 60)
-    assert np.abs(got8.astype(int) - want8.astype(int)).max() <= 1  # float summation order only
+    np.testing.assert_array_equal(got8, want8)  # the same tiles, so the same numbers
     assert not np.array_equal(got8, np.asarray(Image.open(io.BytesIO(png1))))  # the ensemble did something
     if tile == 32:  # 8 transforms: 4 upright + 4 turned plans
         assert count_tiles((60, 46), tile, margin, 8) == 4 * count_tiles(
             (60, 46), tile, margin
         ) + 4 * count_tiles((46, 60), tile, margin)
-    else:  # one 60x60 tile per transform, not 128x128
-        assert tile_load((60, 46), tile, margin, 8) == (8, 60 * 60)
+    else:  # one tile per transform: 46x60 upright, 60x46 for the quarter turns (not 60x60 or 128x128)
+        assert tile_load((60, 46), tile, margin, 8) == (8, 46 * 60)
+        groups = prepare(buf.getvalue(), scale, limits, tile, margin, ensemble=8).tiles
+        assert [g.shape for g in groups] == [(4, 1, 46, 60), (4, 1, 60, 46)]
+        square = io.BytesIO()
+        Image.fromarray(grey[:23, :23], "L").save(square, "PNG")
+        (group,) = prepare(square.getvalue(), scale, limits, tile, margin, ensemble=8).tiles
+        assert group.shape == (8, 1, 46, 46)  # one shape, one group
 
 
 def test_ensemble_has_its_own_output_limit(tiny_runner) -> None:

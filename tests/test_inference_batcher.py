@@ -68,6 +68,46 @@ def test_arrays_that_cannot_take_outputs_in_place_are_refused_up_front() -> None
     run_with(engine, body)
 
 
+def test_a_request_of_two_tile_shapes_runs_each_in_its_own_batches() -> None:
+    """The x8 ensemble's tiles come in two groups, h x w and w x h: each run stacks one shape, a group's
+    tiles may share a run with another request's tiles of that shape, and the outputs come back in the
+    groups they were submitted in."""
+    engine = FakeEngine(gated=True)
+
+    async def body(b: TileBatcher, rec: Recorder) -> None:
+        first = await block_engine(b, engine)
+        wide = tiles(1, 3)[:, :, :2, :].copy()  # 2x4
+        tall = tiles(2, 2)[:, :, :, :2].copy()  # 4x2
+        other = tiles(3, 2)[:, :, :2, :].copy()  # another request's 2x4 tiles
+        both = asyncio.create_task(b.submit("m", (wide, tall), far(), "ens"))
+        alone = asyncio.create_task(b.submit("m", other, far(), "other"))
+        await until(lambda: b.queue_depth == 7)
+        engine.gate.set()
+        res = await both
+        assert isinstance(res.outputs, tuple) and res.outputs[0] is wide and res.outputs[1] is tall
+        np.testing.assert_array_equal(wide, tiles(1, 3)[:, :, :2, :] + 1)
+        np.testing.assert_array_equal(tall, tiles(2, 2)[:, :, :, :2] + 1)
+        np.testing.assert_array_equal((await alone).outputs, tiles(3, 2)[:, :, :2, :] + 1)
+        await first
+
+    run_with(engine, body, max_batch=8)
+    runs = engine.calls[1:]
+    assert all(len({c.shape[2:]}) == 1 for c in runs) and {c.shape[2:] for c in runs} == {(2, 4), (4, 2)}
+    assert sorted(engine.seen()[1:]) == [100, 101, 102, 200, 201, 300, 301]
+    assert [sorted(ids(c)) for c in runs] == [[100, 101, 102, 300, 301], [200, 201]]  # 300 joins the 2x4 run
+
+
+def test_tile_groups_must_hold_the_same_pixels_per_tile() -> None:
+    async def body(b: TileBatcher, rec: Recorder) -> None:
+        with pytest.raises(ValueError, match="differ in pixels per tile"):
+            await b.submit("m", (tiles(1, 1), tiles(2, 1)[:, :, :2, :].copy()), far(), "bad")
+        with pytest.raises(ValueError, match="at least one group"):
+            await b.submit("m", (), far(), "empty")
+        assert rec.rejects == []
+
+    run_with(FakeEngine(), body)
+
+
 def test_results_go_to_their_requests_and_batches_mix_requests() -> None:
     engine = FakeEngine(gated=True)
 

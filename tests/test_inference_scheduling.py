@@ -36,7 +36,7 @@ def make_job(
 
 
 def ids(batch: list[tuple[Job, int]]) -> list[int]:
-    return [int(job.tiles[i, 0, 0, 0]) for job, i in batch]
+    return [int(job.tiles[i][0, 0, 0]) for job, i in batch]
 
 
 def drain(rot: LaneRotation, now: float = INF) -> list[tuple[str, list[int]]]:

@@ -263,7 +263,8 @@ def test_probe_reads_sizes_and_limits_from_the_header_only() -> None:
     assert probe(data, 3, LIMITS) == ((50, 30), (150, 90))
     assert probe(data, 2.5, LIMITS)[1] == (125, 75)  # ceil, as prepare
     prepared = prepare(data, 3, LIMITS, 32, 6)
-    assert count_tiles(prepared.output_size, 32, 6) == len(prepared.tiles) == 28  # 4 x 7 tiles of 32x32
+    (tiles,) = prepared.tiles
+    assert count_tiles(prepared.output_size, 32, 6) == len(tiles) == 28  # 4 x 7 tiles of 32x32
     tracemalloc.start()
     try:
         sizes = probe(_huge_png(3000, 2000), 2, ImageLimits(max_output_pixels=10**8))
@@ -291,10 +292,10 @@ def test_quantize_uint16_has_the_uint8_semantics() -> None:
 def test_prepare_and_finish_split() -> None:
     prepared = prepare(encode(Image.fromarray(textured(30, 50))), 3, LIMITS, 32, 6)
     assert prepared.input_size == (50, 30) and prepared.output_size == (150, 90)
-    t = prepared.tiles
+    (t,) = prepared.tiles
     assert t.dtype == np.float32 and t.ndim == 4 and t.shape[1:] == (1, 32, 32)
     assert 0.0 < t.mean() < 1.0
-    out = Image.open(io.BytesIO(finish(prepared, identity(t))))
+    out = Image.open(io.BytesIO(finish(prepared, [identity(t)])))
     assert out.size == (150, 90)
 
 
@@ -458,7 +459,7 @@ def test_tiling_invariance_with_real_model(ort_model) -> None:
     data = encode(Image.fromarray(_content()))
     whole = upscale_bytes(data, 2, run, LIMITS, 96, depth, 8)  # 96x96 output: exactly one tile
     tiled = upscale_bytes(data, 2, run, LIMITS, 32, depth, 8)  # overlapping tiles of <= 32**2 pixels
-    tiles = prepare(data, 2, LIMITS, 32, depth).tiles
+    (tiles,) = prepare(data, 2, LIMITS, 32, depth).tiles
     assert len(tiles) > 9 and tiles.shape[2] * tiles.shape[3] <= 32 * 32
     a, b = (np.asarray(Image.open(io.BytesIO(x))) for x in (whole, tiled))
     assert a.shape == b.shape == (96, 96, 3)

@@ -11,6 +11,7 @@ import pytest
 
 from imaging.tiling import (
     QUANTUM,
+    TILE_SHAPES,
     _axis,
     core_bands,
     extract_tiles,
@@ -212,3 +213,15 @@ def test_a_short_axis_of_square_tiles_differs_only_near_its_padded_border(model)
     tiled = stitch_tiles(run_in_batches(extract_tiles(img, plan), run, 8), plan)
     np.testing.assert_allclose(tiled[:, : 20 - depth], whole[:, : 20 - depth], rtol=0, atol=ATOL)
     assert np.abs(tiled[:, 20 - depth :] - whole[:, 20 - depth :]).max() > ATOL
+
+
+@pytest.mark.parametrize("kind", TILE_SHAPES)
+def test_the_plan_of_a_transposed_image_is_the_transposed_plan(kind: str) -> None:
+    """The x8 ensemble's quarter turns run on the transposed plan: same tiles, same pixels per tile."""
+    rng = np.random.default_rng(7)
+    for h, w in [(1, 300), (46, 60), (60, 46), (97, 97), (130, 31), *rng.integers(1, 400, (40, 2)).tolist()]:
+        for tile, margin in [(32, 6), (64, 12), (128, 20)]:
+            a, b = plan_tiles(h, w, tile, margin, kind), plan_tiles(w, h, tile, margin, kind)
+            assert (b.height, b.width, b.tile_h, b.tile_w) == (a.width, a.height, a.tile_w, a.tile_h)
+            swapped = {(t.x0, t.y0, t.core_x, t.core_y) for t in a.tiles}
+            assert {(t.y0, t.x0, t.core_y, t.core_x) for t in b.tiles} == swapped, (h, w, tile, margin)
