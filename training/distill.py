@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+
 from drrn.errors import UserError
 from drrn.paths import PROJECT_ROOT, sha256_file
 from training.data import Teacher
@@ -37,3 +39,20 @@ def load_teacher(recipe: DistillRecipe) -> Teacher:
         "sha256": sha256_file(model_file) if model_file else None,
     }
     return Teacher(sr=sr, identity=identity)
+
+
+def pixel_loss(pred: torch.Tensor, target: torch.Tensor, kind: str) -> torch.Tensor:
+    """Mean squared (``mse``) or absolute (``l1``) error over all pixels; float32 tensors of one shape."""
+    diff = pred - target
+    return diff.pow(2).mean() if kind == "mse" else diff.abs().mean()
+
+
+def student_loss(
+    pred: torch.Tensor, target: torch.Tensor, teacher: torch.Tensor | None, kind: str, weight: float
+) -> torch.Tensor:
+    """``(1 - weight) * loss(pred, target) + weight * loss(pred, teacher)``; without a teacher's outputs,
+    the ground-truth loss alone. Float32 ``[N, 1, h, w]`` tensors, Y in [0, 1]."""
+    loss = pixel_loss(pred, target, kind)
+    if teacher is None:
+        return loss
+    return (1 - weight) * loss + weight * pixel_loss(pred, teacher, kind)

@@ -13,8 +13,6 @@ Run directory layout (``runs/NAME/``):
 from __future__ import annotations
 
 import json
-import os
-import platform
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -29,30 +27,11 @@ from model_export.lineage import stage_summary, stages_of
 from model_export.model import DRRN
 from model_export.weights import WeightsMeta, load_weights, save_weights
 from training.data import PatchSampler, build_patch_cache
-from training.distill import load_teacher
+from training.distill import load_teacher, student_loss
 from training.paths import cache_root, resolve
 from training.recipe import Recipe, learning_rate
-from training.run_dir import atomic_torch_save, check_resumable, trim_log
+from training.run_dir import atomic_torch_save, check_resumable, hardware_summary, trim_log
 from training.validation import validate
-
-
-def pixel_loss(pred: torch.Tensor, target: torch.Tensor, kind: str) -> torch.Tensor:
-    """Mean squared (``mse``) or absolute (``l1``) error over all pixels; float32 tensors of one shape."""
-    diff = pred - target
-    return diff.pow(2).mean() if kind == "mse" else diff.abs().mean()
-
-
-def hardware_summary(device: str) -> dict:
-    info = {
-        "platform": platform.platform(),
-        "cpu": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-    }
-    if device == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(0)
-    return info
 
 
 class Trainer:
@@ -215,10 +194,8 @@ class Trainer:
         )
         with amp:
             pred = self.model(x)
-        loss = pixel_loss(pred.float(), y, r.optim.loss)
-        if t is not None:
-            w = r.distill.weight
-            loss = (1 - w) * loss + w * pixel_loss(pred.float(), t.to(self.device), r.optim.loss)
+        teacher = None if t is None else t.to(self.device)
+        loss = student_loss(pred.float(), y, teacher, r.optim.loss, r.distill.weight)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         if r.clip.mode == "adjustable":

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 from pathlib import Path
 
 import torch
@@ -60,3 +61,17 @@ def _row(line: str) -> dict | None:
     except ValueError:
         return None
     return row if isinstance(row, dict) else None
+
+
+def hardware_summary(device: str) -> dict:
+    """Where a run trained (recorded in its weights): platform, CPU, torch, threads and the GPU if any."""
+    info = {
+        "platform": platform.platform(),
+        "cpu": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+    }
+    if device == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
