@@ -78,3 +78,32 @@ def test_readme_tables_are_the_committed_json(measured: dict, name: str) -> None
     }
     for label, table in expected.items():
         assert rows[label] == [_expect(table, (name, s)) for s in "234"], label
+
+
+def _fine(paths: list[Path]) -> dict[tuple[str, str], tuple[str, float]]:
+    """``(set, scale) -> ("psnr / ssim" to 3 and 4 decimals, psnr)``, as the card's stage tables print."""
+    out = {}
+    for path in paths:
+        for s, per in json.loads(path.read_text(encoding="utf-8"))["results"].items():
+            for k, r in per.items():
+                out[s, k] = (f"{r['psnr']:.3f} / {r['ssim']:.4f}", r["psnr"])
+    return out
+
+
+@pytest.mark.parametrize(
+    "heading, files",
+    [("### Stage 1", ["eval-quality-ft-cpu.json"]), ("### Stage 2", ["eval-quality-ft-gpu-*.json"])],
+)
+def test_card_stage_tables_are_the_committed_json(heading: str, files: list[str]) -> None:
+    """Each fine-tuning stage's 9-cell table: the imported weights, the stage, and the change between."""
+    text = (PROJECT_ROOT / "weights/QUALITY_MODEL_CARD.md").read_text(encoding="utf-8")
+    section = text.split(heading, 1)[1].split("\n### ", 1)[0].split("\n## ", 1)[0]
+    row_start = re.compile(r"\| (Set5|Set14|BSD100) \| x[234] \|")
+    rows = [_row(line) for line in section.splitlines() if row_start.match(line)]
+    imported = _fine([EVALS / "eval-quality.json"])
+    stage = _fine(sorted(p for pattern in files for p in EVALS.glob(pattern)))
+    assert len(rows) == 9 and len(stage) == 9, "one row per set and scale, all measured"
+    for name, scale, before, after, change in rows:
+        key = (name, scale[1:])
+        assert (before, after) == (imported[key][0], stage[key][0]), key
+        assert float(change) == pytest.approx(round(stage[key][1] - imported[key][1], 3), abs=1e-9), key
