@@ -25,9 +25,10 @@ Other shapes (``shape=``): ``"uniform"`` tiles are ``min(T, H) x min(T, W)``, so
 both axes gets the same T x T tiles and they batch across requests (the CUDA default; still exact, and a
 thin image still gets thin tiles). ``"square"`` tiles are always T x T, for an engine that can run one
 shape only: an axis shorter than T is mirror-padded (``numpy`` "symmetric") up to T and its far border then
-differs slightly from a whole-image run within ``depth`` pixels. Every shape is symmetric in the axes:
-the plan of a ``W x H`` image is the transpose of the ``H x W`` one's (the x8 self-ensemble's quarter turns
-rely on it: their tiles are the upright ones' transposes, with as many pixels).
+differs slightly from a whole-image run within ``depth`` pixels. Every shape is symmetric in the axes: for
+``H != W`` the plan of a ``W x H`` image is the transpose of the ``H x W`` one's (the x8 self-ensemble's
+quarter turns rely on it: their tiles are the upright ones' transposes, with as many pixels). A square
+image's plan may still have non-square tiles (``fit``: 35x35 at T=32 gives 35x24 tiles); it is its own.
 """
 
 from __future__ import annotations

@@ -2,8 +2,9 @@
 numpy; no HTTP, no metrics library).
 
 Each model is a :class:`Lane` (engine call, tile side T, ``max_batch``); a request names one and its tiles
-(``float32[N, 1, th, tw]``, at most T**2 pixels each, one shape per request) join that lane's queue; a run
-stacks tiles of one shape only. A single worker task takes the next ready lane's batch
+(``float32[N, 1, th, tw]``, at most T**2 pixels each; or two such groups with as many pixels per tile, as
+the x8 ensemble sends, :class:`inference.lane_queue.TileSet`) join that lane's queue; a run stacks tiles of
+one shape only. A single worker task takes the next ready lane's batch
 (:mod:`inference.scheduling`: rotation over lanes with a full batch or whose oldest tile waited
 ``max_delay_ms``, so one model's backlog delays another's ready request by at most one run; within a
 lane, time alternates between the request that has waited longest for its work and the oldest) and hands
@@ -234,7 +235,8 @@ class TileBatcher:
         sequence of such groups with equal ``th * tw``, :class:`inference.lane_queue.TileSet`) through
         ``model``'s engine by ``deadline`` (loop.time()).
 
-        The outputs are written over ``tiles`` in place (``result.outputs is tiles``): each tile's output
+        The outputs are written over ``tiles`` in place (``result.outputs`` is the submitted array, or a
+        tuple of the submitted groups): each tile's output
         replaces it after the engine run that read it, so a large request costs one tile buffer, not two.
         If the request fails, ``tiles`` may hold a mix of inputs and outputs. ``tiles`` must be writeable
         and C-contiguous, and not shared with another concurrent submit.

@@ -71,8 +71,9 @@ def _ensemble_plans(
 ) -> list[tuple[int, TilePlan]]:
     """``(transform k, its tile plan)`` in tile order: the transforms that keep the output's orientation
     (even ``k``) first, then the quarter turns (odd ``k``), planned on the transposed output. Tile plans
-    are symmetric in their axes, so the turned plan is the upright one transposed: its ``tw x th`` tiles
-    hold as many pixels, and both orientations tile exactly like a single pass of the same shape."""
+    are symmetric in their axes, so for a non-square output the turned plan is the upright one transposed
+    (its ``tw x th`` tiles hold as many pixels; a square output's plans are one and the same), and both
+    orientations tile exactly like a single pass of the same shape."""
     h, w = out_shape
     upright, turned = plan_tiles(h, w, tile, margin, shape), plan_tiles(w, h, tile, margin, shape)
     order = [k for k in range(ensemble) if k % 2 == 0] + [k for k in range(ensemble) if k % 2 == 1]
