@@ -26,9 +26,7 @@ class Lane:
     def check_tiles(self, groups: Sequence[np.ndarray], model: str) -> None:
         """Raise ValueError unless each group is a writeable, C-contiguous ``float32[N >= 1, 1, th, tw]``
         with ``th * tw <= T**2``, the same ``th * tw`` in every group: what this lane can run, with its
-        outputs written over its inputs."""
-        if not groups:
-            raise ValueError("a request needs at least one group of tiles")
+        outputs written over its inputs (``groups`` is non-empty: :class:`inference.lane_queue.TileSet`)."""
         for tiles in groups:
             self._check_group(tiles, model)
         if len({g.shape[2] * g.shape[3] for g in groups}) != 1:
