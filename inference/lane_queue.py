@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import itertools
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -91,6 +92,18 @@ class TileSet:
     def outputs(self) -> np.ndarray | tuple[np.ndarray, ...]:
         return self.groups[0] if self.single else self.groups
 
+    def runs_from(self, start: int, max_batch: int) -> int:
+        """Engine runs that tiles ``start:`` need at ``max_batch`` tiles per run with no other request's
+        tiles: a run stacks one tile shape, so the rest of each stretch of groups of one shape (two groups
+        of square tiles stack together) is rounded up on its own."""
+        runs, begin, left, shape = 0, 0, 0, None
+        for group, end in zip(self.groups, self._ends, strict=True):
+            if group.shape[2:] != shape:
+                runs, left, shape = runs + math.ceil(left / max_batch), 0, group.shape[2:]
+            left += max(0, end - max(start, begin))
+            begin = end
+        return runs + math.ceil(left / max_batch)
+
 
 @dataclass(eq=False)
 class Job:
@@ -124,6 +137,10 @@ class Job:
     def queued(self) -> int:
         """Tiles not yet taken into a batch."""
         return len(self.tiles) - self.next_tile
+
+    def queued_runs(self, max_batch: int) -> int:
+        """Engine runs its queued tiles need alone at ``max_batch`` per run (:meth:`TileSet.runs_from`)."""
+        return self.tiles.runs_from(self.next_tile, max_batch)
 
     @property
     def tile_pixels(self) -> int:

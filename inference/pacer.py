@@ -46,6 +46,8 @@ class QueuedJob(Protocol):
     @property
     def queued_pixels(self) -> int: ...
 
+    def queued_runs(self, max_batch: int) -> int: ...
+
 
 class QueueState(Protocol):
     """What :class:`Pacer` reads of the scheduler (:class:`inference.scheduling.LaneRotation`)."""
@@ -163,7 +165,7 @@ class Pacer:
             shape = self.lanes[job.lane]
             pixels = job.queued_pixels
             work = self.costs[job.lane].work_seconds(
-                math.ceil(job.queued / shape.max_batch), self.full_tiles(job.lane, pixels)
+                job.queued_runs(shape.max_batch), self.full_tiles(job.lane, pixels)
             )
             if work is None or not math.isfinite(job.deadline):
                 continue

@@ -305,3 +305,32 @@ def test_an_urgent_request_alternates_with_batches_its_slack_can_afford(
     rot.add(big := make_job(loop, "f", 4, 2, shape=(4, 4)))
     rot.add(make_job(loop, "f", 5, 1, shape=(2, 2)))
     assert [ids(rot.next_batch(0.0, big)[1]) for _ in range(2)] == [[400], [401]]  # critical: alone
+
+
+def test_a_requests_runs_left_round_up_per_tile_shape_not_over_all_its_tiles() -> None:
+    from inference.lane_queue import TileSet
+
+    upright, turned = np.zeros((3, 1, 2, 4), np.float32), np.zeros((3, 1, 4, 2), np.float32)
+    two = TileSet((upright, turned))  # a run stacks one shape: 2 + 2 runs of 2, not ceil(6 / 2) = 3
+    assert [two.runs_from(start, 2) for start in range(7)] == [4, 3, 3, 2, 1, 1, 0]
+    assert two.runs_from(0, 3) == 2 and two.runs_from(0, 1) == 6
+    square = TileSet((np.zeros((3, 1, 4, 4), np.float32), np.zeros((3, 1, 4, 4), np.float32)))
+    assert [square.runs_from(start, 2) for start in range(7)] == [3, 3, 2, 2, 1, 1, 0]  # they stack
+    assert TileSet(upright).runs_from(1, 2) == 1
+
+
+def test_the_pacers_slack_counts_a_two_group_requests_runs_per_group(
+    loop: asyncio.AbstractEventLoop,
+) -> None:
+    from inference.pacer import LaneShape, Pacer
+
+    pacer = Pacer({"f": LaneShape(2, 2)})
+    pacer.observe("f", 4, 1.5)  # one full 2x2 tile: 1.5 s; two: 2 s (1 s per run + 0.5 s per tile)
+    pacer.observe("f", 8, 2.0)
+    rot = LaneRotation({"f": 2}, max_delay_s=0.0)
+    tiles = (np.zeros((3, 1, 1, 4), np.float32), np.zeros((3, 1, 4, 1), np.float32))
+    job = Job("r1", tiles, loop.create_future(), 0.0, "f", deadline=20.0)
+    rot.add(job)
+    # 6 tiles in 4 runs (2 per group): 4 s + 3 s = 7 s of work; as ceil(6 / 2) = 3 runs it would be 6 s
+    assert pacer.urgent(rot, now=8.0) == (job, pytest.approx(3.0))  # slack 20 - 8 - 7 = 5 s (share 0.25)
+    assert pacer.urgent(rot, now=7.9) is None  # slack 5.1 s: not yet
