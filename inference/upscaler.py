@@ -34,8 +34,9 @@ from contextlib import ExitStack
 
 from engines.repository import UnknownModelError
 from inference import pipeline
-from inference.batch_types import DeadlineExceededError, EngineStalledError, Lane
+from inference.batch_types import DeadlineExceededError, EngineStalledError
 from inference.batcher import TileBatcher
+from inference.batcher_setup import WarmupRuns, build_batcher
 from inference.cpu_stages import CpuStages
 from inference.pipeline import ImageLimits
 from inference.request_params import parse_ensemble, parse_scale
@@ -113,7 +114,7 @@ class Upscaler:
     async def warm_and_start(self) -> None:
         """Warm every model on its thread, then start the batcher: READY. A failed warmup is FAILED."""
         loop = asyncio.get_running_loop()
-        warm: dict[str, list[tuple[int, float]]] = {}
+        warm: dict[str, WarmupRuns] = {}
         for m in self.models.values():
             if self.phase is not Phase.STARTING:  # a shutdown arrived: warm nothing more
                 return
@@ -129,26 +130,7 @@ class Upscaler:
             log.info("warmed model %r (tile %d) in %.2fs", m.name, m.tile, time.perf_counter() - t0)
         if self.phase is not Phase.STARTING:  # a shutdown arrived during warmup
             return
-        lanes = {n: Lane(m.engine.run, m.tile, m.engine.max_batch) for n, m in self.models.items()}
-        c = self.config
-        self.batcher = TileBatcher(
-            lanes,
-            max_delay_ms=c.max_delay_ms,
-            max_queue_tiles=c.max_queue_tiles,
-            executor=self._engine_pool,
-            observer=self.observer,
-            retry_after_s=c.retry_after_s,
-            deadline_budget_s=c.request_timeout_s if c.deadline_admission else None,
-            engine_stall_s=c.engine_stall_s,
-        )
-        for name, timings in warm.items():
-            # Admission's first estimate: without it a lane that has only run tiny tiles has no per-pixel
-            # cost, and a large request arriving then is admitted on a guess. The warmup's last run (on
-            # CUDA the largest batch, after the cold first one) errs towards refusing: a CPU's one warmup
-            # run is its cold one. Real runs then take over.
-            if timings:
-                n, seconds = timings[-1]
-                self.batcher.calibrate(name, n * self.models[name].tile ** 2, seconds)
+        self.batcher = build_batcher(self.models, self.config, self._engine_pool, self.observer, warm)
         self.batcher.start()
         self._set_phase(Phase.READY)
 
