@@ -1,4 +1,4 @@
-"""The quality model's tables in the README and its card are hand-written; each measured cell in them must
+"""The model tables in the README and the cards are hand-written; each measured cell in them must
 be the committed ``drrn eval`` JSON it cites, rounded as printed. A cell with no JSON must say "not run"."""
 
 from __future__ import annotations
@@ -114,3 +114,21 @@ def test_card_stage_tables_are_the_committed_json(heading: str, files: list[str]
             continue
         assert after == stage[key][0], key
         assert float(change) == pytest.approx(round(stage[key][1] - imported[key][1], 3), abs=1e-9), key
+
+
+def test_fast_card_distillation_control_table_is_the_committed_json() -> None:
+    """The fast model's stage-5 table: stage 4, the control (no teacher) and the shipped distilled model,
+    each from its committed JSON, and the two differences between them as printed (3 decimals)."""
+    text = (PROJECT_ROOT / "weights/MODEL_CARD.md").read_text(encoding="utf-8")
+    section = text.split("### Stage 5", 1)[1].split("\n### ", 1)[0]
+    row_start = re.compile(r"\s*\| (Set5|Set14|BSD100) \| x[234] \|")
+    rows = [_row(line) for line in section.splitlines() if row_start.match(line)]
+    stage4, control, shipped = (
+        {key: psnr for key, (_, psnr) in _fine([EVALS / name]).items()}
+        for name in ("eval-fast-stage4-fp32.json", "eval-fast-distill-control.json", "eval-default.json")
+    )
+    assert len(rows) == 9, "one row per set and scale"
+    for name, scale, *cells in rows:
+        key = (name, scale[1:])
+        a, c, d = stage4[key], control[key], shipped[key]
+        assert cells == [f"{a:.3f}", f"{c:.3f}", f"{d:.3f}", f"{c - a:+.3f}", f"{d - c:+.3f}"], key
