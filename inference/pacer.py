@@ -146,7 +146,9 @@ class Pacer:
         return refusal, None if est is None else est.total_s
 
     def queued_seconds(self, sched: QueueState, lane: str) -> float | None:
-        """Estimated engine seconds of ``lane``'s queued tiles (None before a run was measured)."""
+        """Estimated engine seconds of ``lane``'s queued tiles (None before a run was measured). The runs are
+        counted as if any tiles could stack (the lane's gauge: requests of one tile shape do share runs),
+        unlike :meth:`urgent`'s count for one request alone."""
         shape = self.lanes[lane]
         jobs = [job for job in sched.queued_jobs() if job.lane == lane]
         tiles = sum(job.queued for job in jobs)

@@ -312,11 +312,13 @@ def test_a_requests_runs_left_round_up_per_tile_shape_not_over_all_its_tiles() -
 
     upright, turned = np.zeros((3, 1, 2, 4), np.float32), np.zeros((3, 1, 4, 2), np.float32)
     two = TileSet((upright, turned))  # a run stacks one shape: 2 + 2 runs of 2, not ceil(6 / 2) = 3
-    assert [two.runs_from(start, 2) for start in range(7)] == [4, 3, 3, 2, 1, 1, 0]
+    assert [two.runs_from(start, 2) for start in range(8)] == [4, 3, 3, 2, 1, 1, 0, 0]  # 7: past the end
     assert two.runs_from(0, 3) == 2 and two.runs_from(0, 1) == 6
     square = TileSet((np.zeros((3, 1, 4, 4), np.float32), np.zeros((3, 1, 4, 4), np.float32)))
     assert [square.runs_from(start, 2) for start in range(7)] == [3, 3, 2, 2, 1, 1, 0]  # they stack
     assert TileSet(upright).runs_from(1, 2) == 1
+    aba = TileSet((upright, turned, upright))  # only neighbours of one shape stack
+    assert aba.runs_from(0, 3) == 3 and aba.runs_from(2, 3) == 3 and aba.runs_from(3, 3) == 2
 
 
 def test_the_pacers_slack_counts_a_two_group_requests_runs_per_group(
@@ -332,5 +334,6 @@ def test_the_pacers_slack_counts_a_two_group_requests_runs_per_group(
     job = Job("r1", tiles, loop.create_future(), 0.0, "f", deadline=20.0)
     rot.add(job)
     # 6 tiles in 4 runs (2 per group): 4 s + 3 s = 7 s of work; as ceil(6 / 2) = 3 runs it would be 6 s
-    assert pacer.urgent(rot, now=8.0) == (job, pytest.approx(3.0))  # slack 20 - 8 - 7 = 5 s (share 0.25)
-    assert pacer.urgent(rot, now=7.9) is None  # slack 5.1 s: not yet
+    # urgent at slack <= 5 s (share 0.25 of 20 s), critical at 2 s
+    assert pacer.urgent(rot, now=8.2) == (job, pytest.approx(2.8))  # slack 20 - 8.2 - 7 = 4.8 s
+    assert pacer.urgent(rot, now=7.8) is None  # slack 5.2 s: not yet
