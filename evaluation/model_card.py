@@ -182,7 +182,7 @@ Reproduce: `drrn eval --model default --data ../shared/datasets/Set5 ../shared/d
 """
 
 
-README_START = "<!-- model-table:start (generated: python -m evaluation.model_card --readme) -->"
+README_START = "<!-- model-table:start (generated: python -m evaluation.model_card --readme README.md …) -->"
 README_END = "<!-- model-table:end -->"
 
 
