@@ -92,6 +92,15 @@ def _fine(paths: list[Path]) -> dict[tuple[str, str], tuple[str, float]]:
     return out
 
 
+def _section_rows(card: str, heading: str) -> list[list[str]]:
+    """The cells of each set-and-scale row (indented or not) of the tables under ``heading`` in ``card``,
+    up to the next heading."""
+    text = (PROJECT_ROOT / card).read_text(encoding="utf-8")
+    section = text.split(heading, 1)[1].split("\n### ", 1)[0].split("\n## ", 1)[0]
+    row_start = re.compile(r"\s*\| (Set5|Set14|BSD100) \| x[234] \|")
+    return [_row(line) for line in section.splitlines() if row_start.match(line)]
+
+
 @pytest.mark.parametrize(
     "heading, files",
     [("### Stage 1", ["eval-quality-ft-cpu*.json"]), ("### Stage 2", ["eval-quality-ft-gpu-*.json"])],
@@ -99,10 +108,7 @@ def _fine(paths: list[Path]) -> dict[tuple[str, str], tuple[str, float]]:
 def test_card_stage_tables_are_the_committed_json(heading: str, files: list[str]) -> None:
     """Each fine-tuning stage's 9-cell table: the imported weights, the stage, and the change between (a
     cell with no JSON yet reads "not run", with no change)."""
-    text = (PROJECT_ROOT / "weights/QUALITY_MODEL_CARD.md").read_text(encoding="utf-8")
-    section = text.split(heading, 1)[1].split("\n### ", 1)[0].split("\n## ", 1)[0]
-    row_start = re.compile(r"\| (Set5|Set14|BSD100) \| x[234] \|")
-    rows = [_row(line) for line in section.splitlines() if row_start.match(line)]
+    rows = _section_rows("weights/QUALITY_MODEL_CARD.md", heading)
     imported = _fine([EVALS / "eval-quality.json"])
     stage = _fine(sorted(p for pattern in files for p in EVALS.glob(pattern)))
     assert len(rows) == 9 and stage, "one row per set and scale"
@@ -119,10 +125,7 @@ def test_card_stage_tables_are_the_committed_json(heading: str, files: list[str]
 def test_fast_card_distillation_control_table_is_the_committed_json() -> None:
     """The fast model's stage-5 table: stage 4, the control (no teacher) and the shipped distilled model,
     each from its committed JSON, and the two differences between them as printed (3 decimals)."""
-    text = (PROJECT_ROOT / "weights/MODEL_CARD.md").read_text(encoding="utf-8")
-    section = text.split("### Stage 5", 1)[1].split("\n### ", 1)[0]
-    row_start = re.compile(r"\s*\| (Set5|Set14|BSD100) \| x[234] \|")
-    rows = [_row(line) for line in section.splitlines() if row_start.match(line)]
+    rows = _section_rows("weights/MODEL_CARD.md", "### Stage 5")
     stage4, control, shipped = (
         {key: psnr for key, (_, psnr) in _fine([EVALS / name]).items()}
         for name in ("eval-fast-stage4-fp32.json", "eval-fast-distill-control.json", "eval-default.json")
